@@ -135,7 +135,7 @@ def _scores(
     average: Optional[str],
     pos_label: Any,
     zero_division: float,
-    labels: Optional[Sequence[Any]],
+    labels: Any,
     ignore_index: Optional[int],
 ) -> Tuple[Any, Any, Any, Any]:
     """(precision, recall, f1, support) with sklearn's precision_recall_fscore_support rules."""
