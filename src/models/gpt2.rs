@@ -15,7 +15,8 @@ use std::path::Path;
 
 use crate::config::Gpt2Config;
 use crate::error::{Error, Result};
-use crate::io::safetensors::{load_model_dir, RawTensor};
+use crate::io::atomic::{ensure_dir, write_atomic};
+use crate::io::safetensors::{f32_bytes, load_model_dir, save_file, OutTensor, RawTensor};
 use crate::kernels::attention::{attention_backward, attention_forward, AttnShape};
 use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats, IGNORE_INDEX};
 use crate::kernels::dropout::{dropout_apply, dropout_mask};
@@ -278,6 +279,29 @@ impl<F: Real> Gpt2<F> {
             return Err(Error::MissingTensor { name: self.table.infos()[idx].name.clone(), path: Some(source.to_path_buf()) });
         }
         Ok(())
+    }
+
+    /// Writes `config.json` and `model.safetensors` (f32, transformers' key names, the tied
+    /// lm_head omitted as transformers does), each file atomically.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        ensure_dir(dir)?;
+        let config = serde_json::to_string_pretty(&self.config.to_value()).expect("config serialises");
+        let bytes: Vec<Vec<u8>> = self
+            .table
+            .infos()
+            .iter()
+            .map(|i| f32_bytes(&self.params[i.range.clone()].iter().map(|x| x.to_f32().unwrap()).collect::<Vec<_>>()))
+            .collect();
+        let tensors: Vec<OutTensor<'_>> = self
+            .table
+            .infos()
+            .iter()
+            .zip(&bytes)
+            .map(|(i, b)| OutTensor { name: i.name.clone(), dtype: safetensors::Dtype::F32, shape: i.shape.clone(), data: b })
+            .collect();
+        let meta = [("format".to_string(), "pt".to_string())].into_iter().collect();
+        save_file(&dir.join("model.safetensors"), &tensors, Some(meta))?;
+        write_atomic(&dir.join("config.json"), config.as_bytes())
     }
 
     pub fn table(&self) -> &ParamTable {

@@ -1,0 +1,33 @@
+"""ferrotune: fine-tune Hugging Face language models on CPU, with a Rust core and no PyTorch."""
+
+from . import io
+from ._core import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    FerrotuneError,
+    InputError,
+    NonFiniteError,
+    ShapeError,
+    TokenizerError,
+    __version__,
+)
+from .modeling import CausalLMOutput, Model, ModelConfig
+from .optimizer import AdamW
+
+__all__ = [
+    "AdamW",
+    "CausalLMOutput",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "FerrotuneError",
+    "InputError",
+    "Model",
+    "ModelConfig",
+    "NonFiniteError",
+    "ShapeError",
+    "TokenizerError",
+    "__version__",
+    "io",
+]
