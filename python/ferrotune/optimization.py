@@ -306,4 +306,4 @@ def get_scheduler(
     Returns:
         an :class:`LRScheduler`; ``sched(k)`` is the learning rate of step ``k``.
     """
-    return LRScheduler(name, base_lr, num_warmup_steps, num_training_steps, **kwargs)
+    return LRScheduler(name, base_lr, num_warmup_steps or 0, num_training_steps, **kwargs)

@@ -48,7 +48,7 @@ import signal
 import threading
 import time
 import warnings
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -358,9 +358,10 @@ class Trainer:
         self._user_scheduler = self.lr_scheduler is not None
 
         default_callbacks: List[Any] = [DefaultFlowCallback]
-        if "tensorboard" in args.report_to:
+        report_to = cast(List[str], args.report_to)  # normalised to a list by TrainingArguments
+        if "tensorboard" in report_to:
             default_callbacks.append(TensorBoardCallback)
-        if "jsonl" in args.report_to:
+        if "jsonl" in report_to:
             default_callbacks.append(JSONLLoggerCallback)
         all_callbacks = default_callbacks + list(callbacks or [])
         all_callbacks.append(PrinterCallback if args.disable_tqdm else ProgressCallback)
@@ -505,7 +506,7 @@ class Trainer:
                 base_lr=self.args.learning_rate,
                 num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
                 num_training_steps=num_training_steps,
-                **(self.args.lr_scheduler_kwargs or {}),
+                **cast(Dict[str, Any], self.args.lr_scheduler_kwargs or {}),
             )
         return self.lr_scheduler
 

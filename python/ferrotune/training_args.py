@@ -147,7 +147,7 @@ class TrainingArguments:
         eval_steps (default ``logging_steps``), eval_delay, eval_on_start, prediction_loss_only.
     """
 
-    output_dir: Optional[str] = None
+    output_dir: str = None  # type: ignore[assignment]  # None -> "trainer_output", as transformers 5
     overwrite_output_dir: bool = False
     do_train: bool = False
     do_eval: bool = False
