@@ -56,7 +56,10 @@ class CausalLMOutput:
 
 
 def _ids(name: str, x: ArrayLike, ndim_hint: Optional[Tuple[int, int]] = None) -> np.ndarray:
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError as e:
+        raise ValueError(f"{name} must be a rectangular array of integers (ragged rows? pad them first)") from e
     if arr.dtype == object:
         raise ValueError(f"{name} must be a rectangular array of integers (ragged rows? pad them first)")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
