@@ -145,6 +145,8 @@ class TrainingArguments:
         (default ``output_dir/runs/<date>_<host>`` as transformers 4), report_to (``"none"``,
         ``"all"``, or a list of ``"tensorboard"``/``"jsonl"``), disable_tqdm, eval_strategy (``"no"``),
         eval_steps (default ``logging_steps``), eval_delay, eval_on_start, prediction_loss_only.
+        logging_nan_inf_filter is accepted for compatibility, but ferrotune never filters a
+        non-finite loss: training stops with :class:`ferrotune.NonFiniteError` naming the step.
     """
 
     output_dir: str = None  # type: ignore[assignment]  # None -> "trainer_output", as transformers 5
