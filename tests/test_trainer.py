@@ -334,9 +334,15 @@ def test_interrupt_and_resume_is_bit_exact(tmp_path, event, step):
     resumed, resumed_model, out = run("cut", resume=True)
 
     def steps(t):
-        return [(h["step"], h["loss"], h["learning_rate"], h["grad_norm"]) for h in t.state.log_history if "loss" in h]
+        return [(h["step"], h["loss"], h["learning_rate"]) for h in t.state.log_history if "loss" in h]
 
-    assert steps(resumed) == steps(full)
+    def norms(t):
+        return [h["grad_norm"] for h in t.state.log_history if "loss" in h]
+
+    assert steps(resumed) == steps(full)  # bit for bit
+    # grad_norm is summed in float64 by a parallel reduction whose order varies from run to run,
+    # so its last bit can differ even between two uninterrupted runs; it is only logged.
+    assert norms(resumed) == pytest.approx(norms(full), rel=1e-12)
     assert out.global_step == 12
     a, b = full_model.state_dict(), resumed_model.state_dict()
     for k in a:
