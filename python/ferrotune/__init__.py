@@ -12,22 +12,58 @@ from ._core import (
     TokenizerError,
     __version__,
 )
+from .callbacks import (
+    DefaultFlowCallback,
+    EarlyStoppingCallback,
+    JSONLLoggerCallback,
+    PrinterCallback,
+    ProgressCallback,
+    TensorBoardCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+)
+from .data import DataCollatorForLanguageModeling, load_jsonl
+from .metrics import EvalPrediction
 from .modeling import CausalLMOutput, Model, ModelConfig
+from .optimization import get_scheduler
 from .optimizer import AdamW
+from .plotting import plot_history
+from .trainer import PredictionOutput, Trainer, TrainOutput, get_last_checkpoint
+from .training_args import TrainingArguments
 
 __all__ = [
     "AdamW",
     "CausalLMOutput",
     "CheckpointError",
     "ConfigError",
+    "DataCollatorForLanguageModeling",
     "DataError",
+    "DefaultFlowCallback",
+    "EarlyStoppingCallback",
+    "EvalPrediction",
     "FerrotuneError",
     "InputError",
+    "JSONLLoggerCallback",
     "Model",
     "ModelConfig",
     "NonFiniteError",
+    "PredictionOutput",
+    "PrinterCallback",
+    "ProgressCallback",
     "ShapeError",
+    "TensorBoardCallback",
     "TokenizerError",
+    "TrainOutput",
+    "Trainer",
+    "TrainerCallback",
+    "TrainerControl",
+    "TrainerState",
+    "TrainingArguments",
     "__version__",
+    "get_last_checkpoint",
+    "get_scheduler",
     "io",
+    "load_jsonl",
+    "plot_history",
 ]

@@ -22,6 +22,11 @@ impl std::ops::Add for LossStats {
     }
 }
 
+/// Sums per-row statistics in row order, so totals are bit-identical from run to run.
+fn sum_in_order(rows: Vec<LossStats>) -> LossStats {
+    rows.into_iter().fold(LossStats::default(), |a, b| a + b)
+}
+
 /// log-sum-exp and argmax of one row.
 fn row_lse_argmax<F: Real>(row: &[F]) -> (F, usize) {
     let (mut max, mut arg) = (F::neg_infinity(), 0);
@@ -37,16 +42,19 @@ fn row_lse_argmax<F: Real>(row: &[F]) -> (F, usize) {
 
 /// Loss statistics of logits (N, V) against targets (N); logits are not modified.
 pub fn crossentropy_forward<F: Real>(logits: &[F], targets: &[i64], v: usize) -> LossStats {
-    logits
+    let rows = logits
         .par_chunks(v)
         .zip(targets.par_iter())
-        .filter(|(_, &t)| t != IGNORE_INDEX)
         .map(|(row, &t)| {
+            if t == IGNORE_INDEX {
+                return LossStats::default();
+            }
             let (lse, arg) = row_lse_argmax(row);
             let loss = (lse - row[t as usize]).to_f64().unwrap();
             LossStats { loss_sum: loss, count: 1, correct: (arg == t as usize) as usize }
         })
-        .reduce(LossStats::default, |a, b| a + b)
+        .collect();
+    sum_in_order(rows)
 }
 
 /// Fused forward + backward, in place: logits (N, V) become dlogits = scale * (softmax - onehot)
@@ -54,7 +62,7 @@ pub fn crossentropy_forward<F: Real>(logits: &[F], targets: &[i64], v: usize) ->
 /// step) the gradient is that of the token-weighted mean loss.
 pub fn crossentropy_forward_backward<F: Real>(logits: &mut [F], targets: &[i64], v: usize, scale: f64) -> LossStats {
     let scale = F::lit(scale);
-    logits
+    let rows = logits
         .par_chunks_mut(v)
         .zip(targets.par_iter())
         .map(|(row, &t)| {
@@ -71,7 +79,8 @@ pub fn crossentropy_forward_backward<F: Real>(logits: &mut [F], targets: &[i64],
             row[t] -= scale;
             LossStats { loss_sum: loss, count: 1, correct: (arg == t) as usize }
         })
-        .reduce(LossStats::default, |a, b| a + b)
+        .collect();
+    sum_in_order(rows)
 }
 
 #[cfg(test)]

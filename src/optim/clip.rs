@@ -4,9 +4,14 @@ use rayon::prelude::*;
 
 use crate::kernels::Real;
 
-/// The L2 norm of all gradients together.
+/// The L2 norm of all gradients together. Fixed-size chunks summed in order keep the result
+/// bit-identical from run to run (resumed runs must equal uninterrupted ones).
 pub fn grad_norm<F: Real>(grads: &[F]) -> f64 {
-    grads.par_iter().map(|g| g.to_f64().unwrap().powi(2)).sum::<f64>().sqrt()
+    let partial: Vec<f64> = grads
+        .par_chunks(1 << 14)
+        .map(|c| c.iter().map(|g| g.to_f64().unwrap().powi(2)).sum::<f64>())
+        .collect();
+    partial.iter().sum::<f64>().sqrt()
 }
 
 /// Scales gradients by max_norm / (norm + 1e-6) when that is below 1; returns the norm
