@@ -31,7 +31,7 @@ pub(crate) fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> PyFtResult<T> 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
-    m.add_class::<model::PyGpt2>()?;
+    m.add_class::<model::PyModel>()?;
     m.add_class::<optimizer::PyAdamW>()?;
     m.add_function(wrap_pyfunction!(io::load_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(io::save_safetensors, m)?)?;
