@@ -45,8 +45,8 @@ pub enum Error {
     #[error("invalid input: {0}")]
     Input(String),
 
-    #[error("token id {id} at position {pos} is out of range for a vocabulary of {vocab}")]
-    TokenOutOfRange { id: i64, pos: usize, vocab: usize },
+    #[error("{what} {id} at [{row}, {col}] is out of range for a vocabulary of {vocab}")]
+    TokenOutOfRange { what: &'static str, id: i64, row: usize, col: usize, vocab: usize },
 
     // ---- data, tokenizer, numerics ----
     #[error("data error: {0}")]

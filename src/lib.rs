@@ -1,9 +1,13 @@
-//! ferrotune: fine-tune Hugging Face causal language models on CPU from Python.
-//!
-//! The crate is usable from Rust (`cargo test --no-default-features` needs no
-//! Python); the `python` feature adds the pyo3 bindings of `ferrotune._core`.
+//! ferrotune: fine-tune Hugging Face causal language models on CPU, with forward and
+//! backward passes we own. The `python` feature adds the pyo3 bindings (`ferrotune._core`).
 
+pub mod config;
 pub mod error;
+pub mod io;
+pub mod kernels;
+pub mod models;
+pub mod optim;
+pub mod rng;
 pub mod tokenizer;
 
 #[cfg(feature = "python")]

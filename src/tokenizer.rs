@@ -915,14 +915,15 @@ impl Tokenizer {
 
     // ---- decoding ----
 
-    fn check_ids(&self, ids: &[i64]) -> Result<Vec<u32>> {
+    /// The ids as u32, or an error naming the first one that is no token
+    /// (`row` is the sequence's index in a batch).
+    fn check_ids(&self, ids: &[i64], row: usize) -> Result<Vec<u32>> {
         ids.iter()
             .enumerate()
-            .map(|(pos, &id)| {
-                u32::try_from(id)
-                    .ok()
-                    .filter(|&u| self.inner.id_to_token(u).is_some())
-                    .ok_or(Error::TokenOutOfRange { id, pos, vocab: self.len() })
+            .map(|(col, &id)| {
+                u32::try_from(id).ok().filter(|&u| self.inner.id_to_token(u).is_some()).ok_or(
+                    Error::TokenOutOfRange { what: "token id", id, row, col, vocab: self.len() },
+                )
             })
             .collect()
     }
@@ -930,7 +931,7 @@ impl Tokenizer {
     /// Text of `ids`; an id that names no token is an error.
     /// `clean_up` overrides `clean_up_tokenization_spaces`.
     pub fn decode(&self, ids: &[i64], skip_special_tokens: bool, clean_up: Option<bool>) -> Result<String> {
-        let ids = self.check_ids(ids)?;
+        let ids = self.check_ids(ids, 0)?;
         let text = self.inner.decode(&ids, skip_special_tokens).map_err(tok_err)?;
         Ok(self.finish_decode(text, clean_up))
     }
@@ -942,7 +943,8 @@ impl Tokenizer {
         skip_special_tokens: bool,
         clean_up: Option<bool>,
     ) -> Result<Vec<String>> {
-        let checked = seqs.iter().map(|s| self.check_ids(s)).collect::<Result<Vec<_>>>()?;
+        let checked =
+            seqs.iter().enumerate().map(|(row, s)| self.check_ids(s, row)).collect::<Result<Vec<_>>>()?;
         let refs: Vec<&[u32]> = checked.iter().map(Vec::as_slice).collect();
         let texts = self.inner.decode_batch(&refs, skip_special_tokens).map_err(tok_err)?;
         Ok(texts.into_iter().map(|t| self.finish_decode(t, clean_up)).collect())
@@ -1035,8 +1037,10 @@ impl Tokenizer {
         let token = match id {
             None => None,
             Some(id) => Some(self.id_to_token(id).ok_or(Error::TokenOutOfRange {
+                what: kind.key(),
                 id,
-                pos: 0,
+                row: 0,
+                col: 0,
                 vocab: self.len(),
             })?),
         };
@@ -1466,7 +1470,7 @@ mod tests {
         let n = tok.len() as i64;
         assert!(matches!(
             tok.decode(&[1, n], false, None),
-            Err(Error::TokenOutOfRange { pos: 1, .. })
+            Err(Error::TokenOutOfRange { col: 1, .. })
         ));
         assert!(matches!(tok.decode(&[-100], false, None), Err(Error::TokenOutOfRange { .. })));
     }

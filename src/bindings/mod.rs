@@ -1,13 +1,42 @@
-//! pyo3 bindings: the only place that uses pyo3/numpy. One file per Python class.
+//! The only place that uses pyo3/numpy: one file per Python class, `errors.rs` for the
+//! exception classes, `convert.rs` for numpy <-> Rust buffers.
 
+pub mod convert;
 pub mod errors;
+pub mod io;
+pub mod model;
+pub mod optimizer;
 pub mod tokenizer;
 
 use pyo3::prelude::*;
 
+use errors::{FerrotuneError, PyFtResult};
+
+/// Runs long Rust work with the GIL released; a Rust panic becomes a FerrotuneError
+/// instead of taking the interpreter down.
+pub(crate) fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> PyFtResult<T> + Send) -> PyResult<T> {
+    let out = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    match out {
+        Ok(r) => r.map_err(PyErr::from),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(FerrotuneError::new_err(format!("internal error in ferrotune's Rust core: {msg}")))
+        }
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
+    m.add_class::<model::PyGpt2>()?;
+    m.add_class::<optimizer::PyAdamW>()?;
     m.add_class::<tokenizer::PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(io::load_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(io::save_safetensors, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

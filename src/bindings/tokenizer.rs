@@ -1,6 +1,6 @@
 //! `ferrotune._core.Tokenizer`: thin binding over `crate::tokenizer::Tokenizer`.
 //! Argument normalisation lives in python/ferrotune/tokenizer.py; batch work
-//! (encode, decode, train, save) runs with the GIL released.
+//! (encode, decode, train, save) runs with the GIL released, through `bindings::detach`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -12,6 +12,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyIterator, PyList, PyString, PyTuple};
 
+use super::detach;
 use super::errors::{PyFerrotuneErr, PyFtResult};
 use crate::error::{Error, Result};
 use crate::tokenizer::{EncodeOptions, Padding, Side, SpecialToken, Tokenizer};
@@ -96,11 +97,11 @@ where
 {
     let err = Arc::new(Mutex::new(None));
     let source = PyTexts { iter: texts.try_iter()?.unbind(), buf: VecDeque::new(), done: false, err: err.clone() };
-    let result = py.detach(move || train(source));
+    let result = detach(py, move || Ok(train(source)?));
     if let Some(e) = err.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }
-    ft(result)
+    result
 }
 
 fn special_kind(kind: &str) -> PyResult<SpecialToken> {
@@ -134,8 +135,8 @@ impl PyTokenizer {
 impl PyTokenizer {
     /// Loads tokenizer.json (or vocab.json + merges.txt) and the config files.
     #[staticmethod]
-    fn from_pretrained(py: Python<'_>, path: PathBuf) -> PyFtResult<Self> {
-        let inner = py.detach(|| Tokenizer::from_pretrained(&path))?;
+    fn from_pretrained(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = detach(py, || Ok(Tokenizer::from_pretrained(&path)?))?;
         Ok(PyTokenizer { inner })
     }
 
@@ -204,7 +205,7 @@ impl PyTokenizer {
         pad_to_multiple_of: Option<usize>,
     ) -> PyResult<(Vec<Vec<u32>>, Vec<Vec<u8>>)> {
         let opts = Self::options(add_special_tokens, padding, truncation, max_length, pad_to_multiple_of)?;
-        let batch = ft(py.detach(|| self.inner.encode_batch(&texts, &opts)))?;
+        let batch = detach(py, || Ok(self.inner.encode_batch(&texts, &opts)?))?;
         Ok((batch.input_ids, batch.attention_mask))
     }
 
@@ -221,7 +222,7 @@ impl PyTokenizer {
         pad_to_multiple_of: Option<usize>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let opts = Self::options(add_special_tokens, padding, truncation, max_length, pad_to_multiple_of)?;
-        let rect = ft(py.detach(|| self.inner.encode_batch(&texts, &opts)?.to_rect()))?;
+        let rect = detach(py, || Ok(self.inner.encode_batch(&texts, &opts)?.to_rect()?))?;
         Ok((
             array2(py, rect.batch, rect.seq_len, rect.input_ids)?,
             array2(py, rect.batch, rect.seq_len, rect.attention_mask)?,
@@ -284,10 +285,10 @@ impl PyTokenizer {
         sequences: Vec<Vec<i64>>,
         skip_special_tokens: bool,
         clean_up_tokenization_spaces: Option<bool>,
-    ) -> PyFtResult<Vec<String>> {
-        Ok(py.detach(|| {
-            self.inner.decode_batch(&sequences, skip_special_tokens, clean_up_tokenization_spaces)
-        })?)
+    ) -> PyResult<Vec<String>> {
+        detach(py, || {
+            Ok(self.inner.decode_batch(&sequences, skip_special_tokens, clean_up_tokenization_spaces)?)
+        })
     }
 
     // ---- vocabulary ----
@@ -427,8 +428,8 @@ impl PyTokenizer {
     // ---- saving ----
 
     /// Writes the tokenizer files into `directory`; returns their paths.
-    fn save_pretrained(&self, py: Python<'_>, directory: PathBuf) -> PyFtResult<Vec<String>> {
-        let paths = py.detach(|| self.inner.save_pretrained(&directory))?;
+    fn save_pretrained(&self, py: Python<'_>, directory: PathBuf) -> PyResult<Vec<String>> {
+        let paths = detach(py, || Ok(self.inner.save_pretrained(&directory)?))?;
         Ok(paths.into_iter().map(|p| p.display().to_string()).collect())
     }
 }

@@ -1,0 +1,359 @@
+"""Datasets and batches for causal-LM fine-tuning.
+
+Accepted training/evaluation data (each row a dict):
+
+- ``{"text": str}``: tokenized with the tokenizer (``processing_class``), truncated to
+  ``max_length``, the tokenizer's EOS token appended (``add_eos_token=True``) so the model
+  learns where a text ends; the loss covers every token.
+- ``{"prompt": str, "completion": str}``: the loss covers the completion only (TRL's
+  completion-only loss): the prompt positions get label ``-100``; the EOS token is appended
+  to the completion.
+- ``{"input_ids": [...], "attention_mask": [...] (optional), "labels": [...] (optional)}``:
+  already tokenized; used as is (truncated to ``max_length``).
+
+A dataset may be a list of such dicts, a dict of columns (``{"text": [...]}``), a
+``datasets.Dataset`` (when that package is installed; it is never required), or any
+object with ``__len__`` and ``__getitem__`` returning dicts.  :func:`load_jsonl` reads a
+JSON-lines file into a list of dicts.
+
+:class:`DataCollatorForLanguageModeling` pads a list of examples into a batch (numpy
+``int64`` arrays ``input_ids``, ``attention_mask``, ``labels``).  Labels are ``-100`` on
+padding — decided from the attention mask, never from the token id, so an EOS token that
+ends an example keeps its label even when the pad token *is* the EOS token (with
+transformers' collator, which masks every ``pad_token_id``, such a model never learns to
+stop).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ._core import DataError
+
+__all__ = [
+    "IGNORE_INDEX",
+    "load_jsonl",
+    "as_examples",
+    "tokenize_example",
+    "prepare_dataset",
+    "pack_examples",
+    "DataCollatorForLanguageModeling",
+    "example_length",
+]
+
+IGNORE_INDEX = -100
+"""Label value of a position that does not count in the loss."""
+
+Feature = Dict[str, List[int]]
+
+
+def load_jsonl(path: Union[str, os.PathLike], encoding: str = "utf-8") -> List[Dict[str, Any]]:
+    """Read a JSON-lines file (one JSON object per line; blank lines skipped) into a list of dicts.
+
+    Raises FileNotFoundError naming the path when it is missing, and
+    :class:`ferrotune.DataError` naming the line when a line is not a JSON object.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(2, f"No such file or directory: {path}", path)
+    rows: List[Dict[str, Any]] = []
+    with open(path, encoding=encoding) as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def as_examples(dataset: Any) -> List[Dict[str, Any]]:
+    """Turn a dataset (list of dicts, dict of columns, ``datasets.Dataset``, indexable) into a list of dicts."""
+    if dataset is None:
+        raise DataError("no dataset was given")
+    if isinstance(dataset, Mapping):
+        columns = {k: list(v) for k, v in dataset.items()}
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise DataError(f"dataset columns have different lengths: { {k: len(v) for k, v in columns.items()} }")
+        n = lengths.pop() if lengths else 0
+        return [{k: columns[k][i] for k in columns} for i in range(n)]
+    if isinstance(dataset, (list, tuple)):
+        rows = list(dataset)
+    elif hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        rows = [dataset[i] for i in range(len(dataset))]
+    elif isinstance(dataset, Iterable):
+        rows = list(dataset)
+    else:
+        raise DataError(f"cannot read examples from a {type(dataset).__name__}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise DataError(f"example {i} is a {type(row).__name__}, expected a dict")
+    return [dict(r) for r in rows]
+
+
+def _encode(tokenizer: Any, text: str, add_special_tokens: bool = True) -> List[int]:
+    try:
+        ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    except TypeError:
+        ids = tokenizer.encode(text)
+    ids = getattr(ids, "ids", ids)
+    return [int(i) for i in ids]
+
+
+def _token_list(value: Any, name: str, index: Optional[int]) -> List[int]:
+    where = "" if index is None else f"example {index}: "
+    arr = np.asarray(value)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1:
+        raise DataError(f"{where}{name} must be a 1-D list of token ids, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise DataError(f"{where}{name} must contain integers, got dtype {arr.dtype}")
+    return [int(x) for x in arr.tolist()]
+
+
+def _eos_id(tokenizer: Any) -> Optional[int]:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return None if eos is None else int(eos)
+
+
+def tokenize_example(
+    example: Mapping[str, Any],
+    tokenizer: Any = None,
+    max_length: Optional[int] = None,
+    *,
+    text_field: str = "text",
+    add_eos_token: bool = True,
+    label_key: str = "labels",
+    index: Optional[int] = None,
+) -> Feature:
+    """Turn one example (see the module docs for the formats) into ``input_ids``/``attention_mask``
+    (+ ``labels`` when some positions must not count), truncated to ``max_length``."""
+    where = "" if index is None else f"example {index}: "
+    if "input_ids" in example:
+        ids = _token_list(example["input_ids"], "input_ids", index)
+        mask = (
+            _token_list(example["attention_mask"], "attention_mask", index)
+            if example.get("attention_mask") is not None
+            else [1] * len(ids)
+        )
+        if len(mask) != len(ids):
+            raise DataError(f"{where}attention_mask has {len(mask)} entries but input_ids has {len(ids)}")
+        feat: Feature = {"input_ids": ids, "attention_mask": mask}
+        if example.get(label_key) is not None:
+            labels = _token_list(example[label_key], label_key, index)
+            if len(labels) != len(ids):
+                raise DataError(f"{where}{label_key} has {len(labels)} entries but input_ids has {len(ids)}")
+            feat["labels"] = labels
+    elif "prompt" in example and "completion" in example:
+        if tokenizer is None:
+            raise DataError(f"{where}prompt/completion examples need a tokenizer (processing_class)")
+        prompt, completion = example["prompt"], example["completion"]
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise DataError(f"{where}prompt and completion must be strings")
+        p = _encode(tokenizer, prompt, add_special_tokens=True)
+        c = _encode(tokenizer, completion, add_special_tokens=False)
+        eos = _eos_id(tokenizer)
+        if add_eos_token and eos is not None and (not c or c[-1] != eos):
+            c = c + [eos]
+        ids = p + c
+        feat = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(p) + c}
+    elif text_field in example:
+        if tokenizer is None:
+            raise DataError(f"{where}{text_field!r} examples need a tokenizer (processing_class)")
+        text = example[text_field]
+        if not isinstance(text, str):
+            raise DataError(f"{where}{text_field!r} must be a string, got {type(text).__name__}")
+        ids = _encode(tokenizer, text, add_special_tokens=True)
+        eos = _eos_id(tokenizer)
+        if add_eos_token and eos is not None and (not ids or ids[-1] != eos):
+            ids = ids + [eos]  # cut off again below when the text is truncated: it did not end there
+        feat = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+    else:
+        raise DataError(
+            f"{where}unrecognised example with keys {sorted(example)}: expected {text_field!r}, "
+            "'prompt' + 'completion', or 'input_ids'"
+        )
+    if max_length is not None and len(feat["input_ids"]) > max_length:
+        feat = {k: v[:max_length] for k, v in feat.items()}
+    if not feat["input_ids"]:
+        raise DataError(f"{where}the example has no tokens")
+    return feat
+
+
+def pack_examples(features: Sequence[Mapping[str, Any]], max_length: int, eos_token_id: Optional[int] = None) -> List[Feature]:
+    """Concatenate examples (EOS-separated) and cut the stream into blocks of ``max_length`` tokens.
+
+    Padding positions (attention_mask 0) are dropped first; each example keeps its labels
+    (``-100`` prompt positions stay ``-100``); when an example does not already end with
+    ``eos_token_id`` one is appended, with itself as label.  The last block may be shorter.
+    Attention is not blocked between packed examples (the classic ``run_clm`` grouping).
+    """
+    if max_length < 2:
+        raise DataError(f"packing needs max_length >= 2, got {max_length}")
+    stream_ids: List[int] = []
+    stream_labels: List[int] = []
+    for f in features:
+        ids = list(f["input_ids"])
+        mask = list(f.get("attention_mask") or [1] * len(ids))
+        labels = list(f["labels"]) if f.get("labels") is not None else list(ids)
+        keep = [i for i, m in enumerate(mask) if m]
+        ids = [ids[i] for i in keep]
+        labels = [labels[i] for i in keep]
+        if eos_token_id is not None and (not ids or ids[-1] != eos_token_id):
+            ids.append(eos_token_id)
+            labels.append(eos_token_id)
+        stream_ids += ids
+        stream_labels += labels
+    blocks: List[Feature] = []
+    for start in range(0, len(stream_ids), max_length):
+        ids = stream_ids[start : start + max_length]
+        labels = stream_labels[start : start + max_length]
+        blocks.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return blocks
+
+
+def prepare_dataset(
+    dataset: Any,
+    tokenizer: Any = None,
+    max_length: Optional[int] = None,
+    *,
+    text_field: str = "text",
+    add_eos_token: bool = True,
+    packing: bool = False,
+    label_key: str = "labels",
+) -> List[Feature]:
+    """Tokenize every example of ``dataset`` (see the module docs), optionally packing them."""
+    rows = as_examples(dataset)
+    feats = [
+        tokenize_example(
+            r, tokenizer, max_length, text_field=text_field, add_eos_token=add_eos_token, label_key=label_key, index=i
+        )
+        for i, r in enumerate(rows)
+    ]
+    if packing:
+        if max_length is None:
+            raise DataError("packing needs max_length")
+        feats = pack_examples(feats, max_length, _eos_id(tokenizer) if tokenizer is not None else None)
+    return feats
+
+
+def example_length(feature: Mapping[str, Any]) -> int:
+    """Number of tokens of an example (for ``group_by_length``)."""
+    return len(feature["input_ids"])
+
+
+class DataCollatorForLanguageModeling:
+    """Pad examples into a causal-LM batch, like transformers' collator with ``mlm=False``.
+
+    Args:
+        tokenizer: supplies ``pad_token_id`` (else ``eos_token_id``) and ``padding_side``; optional.
+        mlm: must be False (masked-LM training is not supported).
+        pad_to_multiple_of: round the padded length up to a multiple of this.
+        return_tensors: only ``"np"``.
+        pad_token_id: overrides the tokenizer's pad id (the value does not change the loss:
+            padding has attention_mask 0 and label -100).
+        max_length: truncate longer examples to this many tokens.
+        padding_side: ``"right"`` (default) or ``"left"``; None uses the tokenizer's.
+
+    ``collator(features)`` takes a list of dicts with ``input_ids`` and optionally
+    ``attention_mask`` and ``labels`` and returns ``int64`` arrays ``input_ids``,
+    ``attention_mask``, ``labels`` of shape (B, T).  An example without ``labels`` gets
+    ``labels = input_ids`` where its attention mask is 1 and ``-100`` elsewhere, so a final
+    EOS keeps its label even when the pad token is the EOS token.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        mlm: bool = False,
+        mlm_probability: float = 0.15,
+        pad_to_multiple_of: Optional[int] = None,
+        return_tensors: str = "np",
+        *,
+        pad_token_id: Optional[int] = None,
+        max_length: Optional[int] = None,
+        padding_side: Optional[str] = "right",
+    ) -> None:
+        if mlm:
+            from ._core import ConfigError
+
+            raise ConfigError("masked language modeling (mlm=True) is not supported: ferrotune trains causal LMs")
+        if return_tensors != "np":
+            from ._core import ConfigError
+
+            raise ConfigError(f"return_tensors={return_tensors!r} is not supported; use 'np'")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise DataError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+        self.tokenizer = tokenizer
+        self.mlm = False
+        self.mlm_probability = mlm_probability
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.return_tensors = return_tensors
+        self.max_length = max_length
+        if pad_token_id is None and tokenizer is not None:
+            pad_token_id = getattr(tokenizer, "pad_token_id", None)
+            if pad_token_id is None:
+                pad_token_id = getattr(tokenizer, "eos_token_id", None)
+        self.pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
+        if padding_side is None:
+            padding_side = getattr(tokenizer, "padding_side", "right") if tokenizer is not None else "right"
+        if padding_side not in ("right", "left"):
+            raise DataError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        self.padding_side = padding_side
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
+        if len(features) == 0:
+            raise DataError("cannot collate an empty list of examples")
+        rows = []
+        for i, f in enumerate(features):
+            if "input_ids" not in f:
+                raise DataError(
+                    f"example {i} has no input_ids (keys {sorted(f)}); tokenize it first or let the Trainer do it"
+                )
+            ids = _token_list(f["input_ids"], "input_ids", i)
+            mask = (
+                _token_list(f["attention_mask"], "attention_mask", i)
+                if f.get("attention_mask") is not None
+                else [1] * len(ids)
+            )
+            if f.get("labels") is not None:
+                labels = _token_list(f["labels"], "labels", i)
+            else:
+                labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+            if not (len(ids) == len(mask) == len(labels)):
+                raise DataError(
+                    f"example {i}: input_ids, attention_mask and labels have lengths "
+                    f"{len(ids)}, {len(mask)}, {len(labels)}"
+                )
+            if self.max_length is not None and len(ids) > self.max_length:
+                ids, mask, labels = ids[: self.max_length], mask[: self.max_length], labels[: self.max_length]
+            rows.append((ids, mask, labels))
+        T = max(len(r[0]) for r in rows)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            T = ((T + m - 1) // m) * m
+        B = len(rows)
+        input_ids = np.full((B, T), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((B, T), dtype=np.int64)
+        labels_arr = np.full((B, T), IGNORE_INDEX, dtype=np.int64)
+        for b, (ids, mask, labels) in enumerate(rows):
+            n = len(ids)
+            sl = slice(0, n) if self.padding_side == "right" else slice(T - n, T)
+            input_ids[b, sl] = ids
+            attention_mask[b, sl] = mask
+            labels_arr[b, sl] = labels
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels_arr}

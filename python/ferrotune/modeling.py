@@ -1,0 +1,227 @@
+"""``ferrotune.Model``: a Hugging Face causal LM whose forward and backward run in Rust."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from ._core import FerrotuneError
+
+PathLike = Union[str, "os.PathLike[str]"]
+ArrayLike = Any
+
+
+class ModelConfig:
+    """A model's ``config.json`` with attribute access (like ``transformers.PretrainedConfig``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.__dict__.update(kwargs)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        return cls(**dict(d))
+
+    @classmethod
+    def from_json_file(cls, path: PathLike) -> "ModelConfig":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"ModelConfig {self.to_json_string()}"
+
+
+@dataclass
+class CausalLMOutput:
+    """What ``model(...)`` returns: ``loss`` (when labels were given) and (B, T, V) ``logits``."""
+
+    loss: Optional[float]
+    logits: Optional[np.ndarray]
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+def _ids(name: str, x: ArrayLike, ndim_hint: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise ValueError(f"{name} must be a rectangular array of integers (ragged rows? pad them first)")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (batch, seq_len) or (seq_len,), got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _inputs(
+    input_ids: ArrayLike, attention_mask: Optional[ArrayLike], labels: Optional[ArrayLike]
+) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+    ids = _ids("input_ids", input_ids)
+    mask = None if attention_mask is None else _ids("attention_mask", attention_mask)
+    lab = None if labels is None else _ids("labels", labels)
+    return ids, mask, lab
+
+
+class Model:
+    """A causal language model (GPT-2 today) with the transformers API.
+
+    >>> model = Model.from_pretrained("path/to/gpt2")
+    >>> out = model(input_ids, attention_mask=mask, labels=input_ids)
+    >>> out.loss, out.logits.shape          # (B, T, V)
+    """
+
+    def __init__(self, core: "_core.Gpt2") -> None:
+        self._core = core
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: PathLike) -> "Model":
+        """Loads a Hugging Face directory: ``config.json`` + ``model.safetensors`` (or shards)."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(2, f"No such file or directory: {path}", path)
+        return cls(_core.Gpt2.from_pretrained(path))
+
+    @classmethod
+    def from_config(cls, config: Union[ModelConfig, Mapping[str, Any]], seed: int = 0) -> "Model":
+        """A new model with transformers' random initialisation, seeded."""
+        d = config.to_dict() if isinstance(config, ModelConfig) else dict(config)
+        return cls(_core.Gpt2.from_config(json.dumps(d), int(seed)))
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig.from_dict(json.loads(self._core.config_json()))
+
+    # ---- forward / backward ---------------------------------------------------------
+    def __call__(
+        self, input_ids: ArrayLike, attention_mask: Optional[ArrayLike] = None, labels: Optional[ArrayLike] = None
+    ) -> CausalLMOutput:
+        """Full forward. ``loss`` is the mean next-token cross-entropy over labels != -100
+        (label t+1 is predicted at position t, as in transformers)."""
+        ids, mask, lab = _inputs(input_ids, attention_mask, labels)
+        loss, logits = self._core.forward(ids, mask, lab, True)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    forward = __call__
+
+    def forward_backward(
+        self,
+        input_ids: ArrayLike,
+        labels: Optional[ArrayLike] = None,
+        attention_mask: Optional[ArrayLike] = None,
+        num_items_in_batch: Optional[int] = None,
+    ) -> float:
+        """Forward + backward; gradients are added to the model's gradient buffers.
+
+        Returns this batch's mean loss. The gradient is that of (sum of token losses) /
+        ``num_items_in_batch`` — pass the number of counted tokens of all micro-batches of
+        one optimizer step so every token weighs the same (default: this batch's count).
+        Without labels, ``input_ids`` are the labels (-100 where ``attention_mask`` is 0).
+        """
+        ids, mask, lab = _inputs(input_ids, attention_mask, labels)
+        n = None if num_items_in_batch is None else float(num_items_in_batch)
+        loss_sum, count = self._core.forward_backward(ids, mask, lab, n)
+        return loss_sum / count if count else float("nan")
+
+    def loss_stats(
+        self, input_ids: ArrayLike, labels: Optional[ArrayLike] = None, attention_mask: Optional[ArrayLike] = None
+    ) -> Tuple[float, int, int]:
+        """Forward only, without returning logits: (summed loss, counted tokens, tokens whose
+        argmax prediction is right). For evaluation loss, perplexity and token accuracy."""
+        ids, mask, lab = _inputs(input_ids, attention_mask, labels)
+        return self._core.loss_stats(ids, mask, lab)
+
+    # ---- gradients ------------------------------------------------------------------
+    def zero_grad(self) -> None:
+        self._core.zero_grad()
+
+    def gradients(self) -> Dict[str, np.ndarray]:
+        """{parameter name: gradient} (copies)."""
+        return self._core.gradients()
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Scales gradients so their global L2 norm is at most ``max_norm``
+        (torch.nn.utils.clip_grad_norm_); returns the norm before clipping."""
+        return self._core.clip_grad_norm(float(max_norm))
+
+    def check_gradient_flow(self) -> None:
+        """Raises if any parameter's gradient is all zero or not finite (call after a backward)."""
+        bad = []
+        for name, g in self.gradients().items():
+            if not np.all(np.isfinite(g)):
+                bad.append(f"{name}: non-finite")
+            elif not np.any(g):
+                bad.append(f"{name}: all zero")
+        if bad:
+            raise FerrotuneError("gradient flow check failed: " + "; ".join(bad))
+
+    # ---- parameters -----------------------------------------------------------------
+    def parameter_names(self) -> List[str]:
+        return [name for name, _ in self._core.param_info()]
+
+    def named_parameter_shapes(self) -> Iterator[Tuple[str, Tuple[int, ...]]]:
+        for name, shape in self._core.param_info():
+            yield name, tuple(shape)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        # every parameter is trainable until freezing lands
+        return self._core.num_parameters()
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """{parameter name: float32 array} (copies), transformers' names."""
+        return self._core.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True) -> None:
+        """Copies arrays into the parameters; shapes are checked and nothing changes on error."""
+        tensors = [(str(k), np.ascontiguousarray(v, dtype=np.float32)) for k, v in state_dict.items()]
+        self._core.load_state_dict(tensors, bool(strict))
+
+    # ---- modes and state ----------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Model":
+        """Dropout on (like torch's module.train())."""
+        self._core.training = bool(mode)
+        return self
+
+    def eval(self) -> "Model":
+        """Dropout off."""
+        return self.train(False)
+
+    @property
+    def training(self) -> bool:
+        return self._core.training
+
+    def get_rng_state(self) -> int:
+        """The dropout random generator's state (save it to resume a run exactly)."""
+        return self._core.rng_state
+
+    def set_rng_state(self, state: int) -> None:
+        self._core.rng_state = int(state)
+
+    def save_pretrained(self, save_directory: PathLike) -> None:
+        """Writes ``config.json`` + ``model.safetensors`` that transformers loads."""
+        self._core.save_pretrained(os.fspath(save_directory))
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"Model({c.model_type}: {c.n_layer} layers, n_embd={c.n_embd}, n_head={c.n_head}, "
+            f"vocab_size={c.vocab_size}, {self.num_parameters():,} parameters)"
+        )

@@ -1,0 +1,88 @@
+"""AdamW with torch.optim.AdamW's numerics, fused in Rust and applied in place."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Tuple
+
+import numpy as np
+
+from . import _core
+from .modeling import Model
+
+
+class AdamW:
+    """``torch.optim.AdamW`` for a ferrotune model.
+
+    Every parameter decays by default (like torch); ``no_decay`` lists parameter names that
+    do not (the Trainer passes biases and LayerNorm weights, like transformers).
+
+    >>> opt = AdamW(model, lr=1e-3)
+    >>> loss = model.forward_backward(input_ids); opt.step(); model.zero_grad()
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        no_decay: Iterable[str] = (),
+    ) -> None:
+        if not isinstance(model, Model):
+            raise TypeError(f"AdamW expects a ferrotune.Model, got {type(model).__name__}")
+        beta1, beta2 = (float(b) for b in betas)
+        self.model = model
+        self.eps = float(eps)
+        self.betas = (beta1, beta2)
+        self.weight_decay = float(weight_decay)
+        self.no_decay = sorted(set(no_decay))
+        self._core = _core.AdamW(model._core, float(lr), beta1, beta2, self.eps, self.weight_decay, self.no_decay)
+
+    def step(self) -> None:
+        """Applies one update from the gradients accumulated in the model."""
+        self._core.step()
+
+    @property
+    def lr(self) -> float:
+        return self._core.lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._core.lr = float(value)
+
+    @property
+    def step_count(self) -> int:
+        return self._core.step_count
+
+    def state_dict(self) -> Dict[str, Any]:
+        step, moments = self._core.moments()
+        return {
+            "step": step,
+            "lr": self.lr,
+            "betas": self.betas,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "no_decay": list(self.no_decay),
+            "exp_avg": {name: m for name, m, _ in moments},
+            "exp_avg_sq": {name: v for name, _, v in moments},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        missing = set(exp_avg) ^ set(exp_avg_sq)
+        if missing:
+            raise KeyError(f"optimizer state has exp_avg and exp_avg_sq for different parameters: {sorted(missing)}")
+        moments = [
+            (name, np.ascontiguousarray(exp_avg[name], np.float32), np.ascontiguousarray(exp_avg_sq[name], np.float32))
+            for name in exp_avg
+        ]
+        self._core.load_moments(int(state["step"]), moments)
+        if "lr" in state:
+            self.lr = state["lr"]
+
+    def __repr__(self) -> str:
+        return (
+            f"AdamW(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay}, "
+            f"no_decay={len(self.no_decay)} parameters, step={self.step_count})"
+        )

@@ -1,0 +1,1290 @@
+"""``Trainer``: transformers' fine-tuning loop for ferrotune models, for notebooks.
+
+    >>> args = TrainingArguments(output_dir="out", num_train_epochs=3, per_device_train_batch_size=2,
+    ...                          save_steps=200, save_total_limit=2)
+    >>> trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=val_rows,
+    ...                   processing_class=tokenizer)
+    >>> trainer.train()            # progress bar; Ctrl-C stops at a step boundary
+    >>> trainer.evaluate()         # eval_loss, eval_perplexity, eval_accuracy, ...
+    >>> trainer.save_model("out/final")
+
+What a step does (one optimizer update):
+
+1. take ``gradient_accumulation_steps`` micro-batches and count ``N``, the label tokens that
+   count in the loss across all of them (``labels[:, 1:] != -100``: the shift of causal LM);
+2. ``model.forward_backward(..., num_items_in_batch=N)`` for each micro-batch, so the
+   accumulated gradient is that of the token-mean loss over the whole step — micro-batches
+   with different padding give the same update as one big batch (transformers' 2024 fix);
+3. clip the global gradient norm to ``max_grad_norm`` (the pre-clip norm is logged as
+   ``grad_norm``), set the learning rate from the schedule, ``AdamW.step()``, zero the gradients.
+
+The logged ``loss`` is, as in transformers, the mean of the step losses since the last log,
+each step loss being the token-weighted mean over its micro-batches.
+
+Safety:
+
+* A NaN/inf loss or gradient norm raises :class:`ferrotune.NonFiniteError` naming the step;
+  that step is not applied (the model keeps the weights of the previous step) and no
+  checkpoint is written, so the last good checkpoint stays as it was.
+* Ctrl-C (KeyboardInterrupt): a step in progress is abandoned cleanly (its gradients are
+  dropped, the dropout RNG is rewound; a step whose optimizer update already ran is
+  completed), so the model holds the weights of the last complete step.  With
+  ``save_on_interrupt=True`` (default) a checkpoint of that step is written, then the
+  KeyboardInterrupt propagates (as in transformers, the cell stops).  ``trainer.train(
+  resume_from_checkpoint=True)`` then continues exactly where the uninterrupted run would
+  have been: same data order, learning rates, dropout masks, losses and final weights.
+* Checkpoints are written into a temporary directory inside ``output_dir`` and renamed into
+  place, so a crash or kill during a save never leaves a half-written ``checkpoint-*``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+import warnings
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
+
+import numpy as np
+
+from ._core import CheckpointError, ConfigError, DataError, NonFiniteError
+from .callbacks import (
+    CallbackHandler,
+    DefaultFlowCallback,
+    ExportableState,
+    JSONLLoggerCallback,
+    PrinterCallback,
+    ProgressCallback,
+    TensorBoardCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+)
+from .data import IGNORE_INDEX, DataCollatorForLanguageModeling, example_length, prepare_dataset
+from .optimization import LRScheduler, get_scheduler
+from .training_args import TrainingArguments
+
+__all__ = [
+    "Trainer",
+    "TrainOutput",
+    "PredictionOutput",
+    "PREFIX_CHECKPOINT_DIR",
+    "get_last_checkpoint",
+    "get_decay_parameter_names",
+    "get_no_decay_parameter_names",
+    "speed_metrics",
+]
+
+PREFIX_CHECKPOINT_DIR = "checkpoint"
+_re_checkpoint = re.compile(r"^" + PREFIX_CHECKPOINT_DIR + r"-(\d+)$")
+_TMP_PREFIX = ".tmp-checkpoint-"
+
+TRAINER_STATE_NAME = "trainer_state.json"
+TRAINING_ARGS_NAME = "training_args.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+SCHEDULER_NAME = "scheduler.json"
+RNG_STATE_NAME = "rng_state.json"
+LOOP_STATE_NAME = "loop_state.json"
+MODEL_WEIGHTS_NAME = "model.safetensors"
+
+
+class TrainOutput(NamedTuple):
+    global_step: int
+    training_loss: float
+    metrics: Dict[str, float]
+
+
+class PredictionOutput(NamedTuple):
+    predictions: Any
+    label_ids: Any
+    metrics: Optional[Dict[str, float]]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def get_last_checkpoint(folder: Union[str, os.PathLike]) -> Optional[str]:
+    """The ``checkpoint-<step>`` directory with the highest step in ``folder`` (None if there is none)."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return None
+    best: Optional[Tuple[int, str]] = None
+    for name in os.listdir(folder):
+        m = _re_checkpoint.match(name)
+        path = os.path.join(folder, name)
+        if m and os.path.isdir(path):
+            step = int(m.group(1))
+            if best is None or step > best[0]:
+                best = (step, path)
+    return None if best is None else best[1]
+
+
+def _sorted_checkpoints(folder: str) -> List[str]:
+    found = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            m = _re_checkpoint.match(name)
+            path = os.path.join(folder, name)
+            if m and os.path.isdir(path):
+                found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+_NO_DECAY_PATTERNS = [
+    re.compile(p)
+    for p in (
+        r"bias",
+        r"layernorm",
+        r"rmsnorm",
+        r"(?:^|\.)norm(?:$|\.)",
+        r"_norm(?:$|\.)",
+        r"(?:^|\.)ln_[^.]*\.",  # GPT-2's LayerNorm modules: ln_1, ln_2, ln_f
+        r"(?:^|\.)(?:layer_norm|layernorm|norm)[^.]*\.",
+    )
+]
+
+
+def get_no_decay_parameter_names(names: Sequence[str]) -> List[str]:
+    """Parameters transformers' Trainer excludes from weight decay: biases and norm weights.
+
+    transformers decides by module type (``nn.LayerNorm``) and by name pattern (``bias``,
+    ``layernorm``, ``rmsnorm``, ``norm``); ferrotune has only the names, so the LayerNorm
+    modules are recognised by their names too (GPT-2: ``ln_1``, ``ln_2``, ``ln_f``;
+    Llama/Qwen2/Mistral: ``input_layernorm``, ``post_attention_layernorm``, ``norm``).
+    """
+    return [n for n in names if any(p.search(n.lower()) for p in _NO_DECAY_PATTERNS)]
+
+
+def get_decay_parameter_names(names: Sequence[str]) -> List[str]:
+    """The complement of :func:`get_no_decay_parameter_names`."""
+    no = set(get_no_decay_parameter_names(names))
+    return [n for n in names if n not in no]
+
+
+def speed_metrics(
+    split: str,
+    start_time: float,
+    num_samples: Optional[float] = None,
+    num_steps: Optional[float] = None,
+    num_tokens: Optional[float] = None,
+) -> Dict[str, float]:
+    """transformers' ``speed_metrics``: ``<split>_runtime`` and per-second rates."""
+    runtime = time.time() - start_time
+    result = {f"{split}_runtime": round(runtime, 4)}
+    if runtime == 0:
+        return result
+    if num_samples is not None:
+        result[f"{split}_samples_per_second"] = round(num_samples / runtime, 3)
+    if num_steps is not None:
+        result[f"{split}_steps_per_second"] = round(num_steps / runtime, 3)
+    if num_tokens is not None:
+        result[f"{split}_tokens_per_second"] = round(num_tokens / runtime, 3)
+    return result
+
+
+def _seed_to_rng_state(seed: int) -> int:
+    """A well-mixed non-zero 64-bit RNG state from a seed (splitmix64)."""
+    z = (int(seed) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    z = z ^ (z >> 31)
+    return z or 1
+
+
+def _length_grouped_indices(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> List[int]:
+    """transformers' ``get_length_grouped_indices``: shuffle, cut into mega-batches of
+    ``50 * batch_size`` (fewer for small sets), sort each by length (longest first), and put
+    the longest example first so a memory problem shows up at once."""
+    n = len(lengths)
+    mega_batch_mult = min(n // (batch_size * 4), 50) or 1
+    indices = rng.permutation(n).tolist()
+    size = mega_batch_mult * batch_size
+    megabatches = [indices[i : i + size] for i in range(0, n, size)]
+    megabatches = [sorted(mb, key=lambda i: lengths[i], reverse=True) for mb in megabatches]
+    maxima = [lengths[mb[0]] for mb in megabatches]
+    max_idx = int(np.argmax(maxima))
+    megabatches[0][0], megabatches[max_idx][0] = megabatches[max_idx][0], megabatches[0][0]
+    return [i for mb in megabatches for i in mb]
+
+
+def _count_label_tokens(labels: np.ndarray) -> int:
+    """Tokens that count in a causal-LM loss: labels[:, 1:] != -100 (label t+1 is predicted at t)."""
+    return int(np.count_nonzero(labels[..., 1:] != IGNORE_INDEX))
+
+
+def _pad_concat(arrays: List[np.ndarray], pad: int = IGNORE_INDEX) -> np.ndarray:
+    """Concatenate along axis 0, padding axis 1 to the longest (transformers pads with -100)."""
+    arrays = [np.asarray(a) for a in arrays]
+    if not arrays:
+        return np.zeros((0,))
+    if arrays[0].ndim < 2 or all(a.shape[1:] == arrays[0].shape[1:] for a in arrays):
+        return np.concatenate(arrays, axis=0)
+    T = max(a.shape[1] for a in arrays)
+    out = []
+    for a in arrays:
+        if a.shape[1] < T:
+            width = [(0, 0)] * a.ndim
+            width[1] = (0, T - a.shape[1])
+            a = np.pad(a, width, constant_values=pad)
+        out.append(a)
+    return np.concatenate(out, axis=0)
+
+
+def _perplexity(loss: float) -> float:
+    if math.isnan(loss):
+        return float("nan")
+    return math.exp(loss) if loss < 709.0 else float("inf")
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+class _DeferSigint:
+    """Hold SIGINT (Ctrl-C) during a short critical section and deliver it afterwards, so an
+    optimizer update and the bookkeeping that records it happen together or not at all."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.installed = False
+        self.old: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def __enter__(self) -> "_DeferSigint":
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self.old = signal.getsignal(signal.SIGINT)
+                signal.signal(signal.SIGINT, self._handler)
+                self.installed = True
+            except (ValueError, OSError, TypeError):
+                self.installed = False
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.old)
+        if self.received and exc_type is None:
+            if callable(self.old):
+                self.old(signal.SIGINT, None)
+            elif self.old != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+
+# ----------------------------------------------------------------------------- Trainer
+
+
+class Trainer:
+    """transformers-style training loop (see the module docs).
+
+    Args (as ``transformers.Trainer``):
+        model: a ferrotune model (``ferrotune.Model``).
+        args: :class:`TrainingArguments` (default: ``TrainingArguments()``, output in ``trainer_output``).
+        data_collator: turns a list of tokenized examples into a batch; default
+            :class:`~ferrotune.data.DataCollatorForLanguageModeling`.
+        train_dataset, eval_dataset: see :mod:`ferrotune.data` for the accepted formats;
+            ``eval_dataset`` may also be a dict of named datasets (metrics ``eval_<name>_loss``, ...).
+        processing_class: the tokenizer (``tokenizer=`` is accepted as an alias); needed for
+            ``text``/``prompt``+``completion`` examples; saved into checkpoints.
+        compute_metrics: ``f(EvalPrediction) -> dict`` for extra evaluation metrics; it gets the
+            (padded) logits, or what ``preprocess_logits_for_metrics(logits, labels)`` makes of
+            them batch by batch (e.g. ``argmax``: memory then stays bounded), and the labels.
+        callbacks: extra :class:`TrainerCallback` objects or classes.
+        optimizers: ``(optimizer, lr_scheduler)``; either may be None (created from ``args``).
+        preprocess_logits_for_metrics: see ``compute_metrics``.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        args: Optional[TrainingArguments] = None,
+        data_collator: Optional[Callable[[List[Dict[str, Any]]], Dict[str, Any]]] = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        model_init: Optional[Callable[[], Any]] = None,
+        compute_loss_func: Optional[Callable[..., Any]] = None,
+        compute_metrics: Optional[Callable[[Any], Dict[str, float]]] = None,
+        callbacks: Optional[List[Any]] = None,
+        optimizers: Tuple[Any, Any] = (None, None),
+        preprocess_logits_for_metrics: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
+        *,
+        tokenizer: Any = None,
+    ) -> None:
+        if model is None:
+            raise ConfigError("Trainer needs a model")
+        if model_init is not None:
+            raise ConfigError("model_init is not supported; pass the model")
+        if compute_loss_func is not None:
+            raise ConfigError("compute_loss_func is not supported: the loss is the causal-LM cross-entropy")
+        if processing_class is not None and tokenizer is not None and processing_class is not tokenizer:
+            raise ConfigError("pass the tokenizer as processing_class or tokenizer, not both")
+        if args is None:
+            args = TrainingArguments()
+        if not isinstance(args, TrainingArguments):
+            raise ConfigError(f"args must be a ferrotune.TrainingArguments, got {type(args).__name__}")
+        self.model = model
+        self.args = args
+        self.processing_class = processing_class if processing_class is not None else tokenizer
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.compute_metrics = compute_metrics
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
+        self._user_collator = data_collator is not None
+        self.data_collator = data_collator if data_collator is not None else self._default_collator()
+        self.optimizer, self.lr_scheduler = optimizers
+        self._user_optimizer = self.optimizer is not None
+        self._user_scheduler = self.lr_scheduler is not None
+
+        default_callbacks: List[Any] = [DefaultFlowCallback]
+        report_to = cast(List[str], args.report_to)  # normalised to a list by TrainingArguments
+        if "tensorboard" in report_to:
+            default_callbacks.append(TensorBoardCallback)
+        if "jsonl" in report_to:
+            default_callbacks.append(JSONLLoggerCallback)
+        all_callbacks = default_callbacks + list(callbacks or [])
+        all_callbacks.append(PrinterCallback if args.disable_tqdm else ProgressCallback)
+        self.callback_handler = CallbackHandler(
+            all_callbacks, self.model, self.processing_class, self.optimizer, self.lr_scheduler
+        )
+        self.state = TrainerState()
+        self.control = TrainerControl()
+        self._features_cache: Dict[int, Tuple[Any, List[Dict[str, List[int]]]]] = {}
+        self._reset_loop_accumulators()
+        self._last_saved_step: Optional[int] = None
+        self._post: Optional[Dict[str, Any]] = None
+        self.is_in_train = False
+        self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+
+    # ------------------------------------------------------------------ callbacks
+
+    def add_callback(self, callback: Any) -> None:
+        self.callback_handler.add_callback(callback)
+
+    def pop_callback(self, callback: Any) -> Optional[TrainerCallback]:
+        return self.callback_handler.pop_callback(callback)
+
+    def remove_callback(self, callback: Any) -> None:
+        self.callback_handler.remove_callback(callback)
+
+    # ------------------------------------------------------------------ data
+
+    def _max_length(self) -> Optional[int]:
+        if self.args.max_length is not None:
+            return self.args.max_length
+        cfg = getattr(self.model, "config", None)
+        for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+            v = getattr(cfg, key, None)
+            if v is None and isinstance(cfg, dict):
+                v = cfg.get(key)
+            if v:
+                return int(v)
+        return None
+
+    def _default_collator(self) -> DataCollatorForLanguageModeling:
+        pad_id = None
+        if self.processing_class is None:
+            cfg = getattr(self.model, "config", None)
+            pad_id = getattr(cfg, "pad_token_id", None) or getattr(cfg, "eos_token_id", None)
+            if isinstance(pad_id, (list, tuple)):
+                pad_id = pad_id[0] if pad_id else None
+        return DataCollatorForLanguageModeling(
+            self.processing_class, pad_token_id=pad_id, max_length=None, padding_side="right"
+        )
+
+    def _features(self, dataset: Any) -> List[Dict[str, List[int]]]:
+        """Tokenized examples of ``dataset`` (cached per dataset object)."""
+        key = id(dataset)
+        hit = self._features_cache.get(key)
+        if hit is not None and hit[0] is dataset:
+            return hit[1]
+        label_key = self.args.label_names[0] if self.args.label_names else "labels"
+        feats = prepare_dataset(
+            dataset,
+            self.processing_class,
+            self._max_length(),
+            text_field=self.args.dataset_text_field,
+            add_eos_token=self.args.add_eos_token,
+            packing=self.args.packing,
+            label_key=label_key,
+        )
+        if not feats:
+            raise DataError("the dataset has no examples")
+        self._features_cache[key] = (dataset, feats)
+        return feats
+
+    def _collate(self, examples: List[Dict[str, Any]]) -> Dict[str, np.ndarray]:
+        batch = self.data_collator(examples)
+        out = {k: np.ascontiguousarray(np.asarray(v)) for k, v in dict(batch).items()}
+        if "input_ids" not in out:
+            raise DataError(f"the data collator returned no input_ids (keys {sorted(out)})")
+        ids = out["input_ids"].astype(np.int64, copy=False)
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        out["input_ids"] = ids
+        if out.get("attention_mask") is None:
+            out["attention_mask"] = np.ones_like(ids)
+        out["attention_mask"] = out["attention_mask"].astype(np.int64, copy=False).reshape(ids.shape)
+        if out.get("labels") is None:
+            out["labels"] = np.where(out["attention_mask"] == 1, ids, IGNORE_INDEX).astype(np.int64)
+        out["labels"] = out["labels"].astype(np.int64, copy=False).reshape(ids.shape)
+        return out
+
+    def _epoch_batches(self, feats: List[Dict[str, List[int]]], epoch: int) -> List[List[int]]:
+        """The batches (lists of example indices) of ``epoch``: a pure function of
+        (data_seed or seed, epoch), which makes resuming exact without replaying RNG draws."""
+        args = self.args
+        n = len(feats)
+        bs = args.per_device_train_batch_size
+        rng = self._data_rng(epoch)
+        if args.group_by_length:
+            lengths = [example_length(f) for f in feats]
+            order = _length_grouped_indices(lengths, bs * args.gradient_accumulation_steps, rng)
+        else:
+            order = rng.permutation(n).tolist()
+        batches = [order[i : i + bs] for i in range(0, n, bs)]
+        if args.dataloader_drop_last and batches and len(batches[-1]) < bs:
+            batches.pop()
+        return batches
+
+    def _data_seed(self) -> int:
+        return int(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
+    def _data_rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([abs(self._data_seed()), int(epoch)])
+
+    def _num_batches(self, n: int) -> int:
+        bs = self.args.per_device_train_batch_size
+        return n // bs if self.args.dataloader_drop_last else math.ceil(n / bs)
+
+    # ------------------------------------------------------------------ optimizer / schedule
+
+    def get_decay_parameter_names(self, model: Any = None) -> List[str]:
+        model = self.model if model is None else model
+        return get_decay_parameter_names(list(model.parameter_names()))
+
+    def create_optimizer(self) -> Any:
+        if self.optimizer is None:
+            from . import AdamW  # the package exports the Rust-backed optimizer
+
+            names = list(self.model.parameter_names())
+            self.optimizer = AdamW(
+                self.model,
+                lr=self.args.learning_rate,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+                weight_decay=self.args.weight_decay,
+                no_decay=get_no_decay_parameter_names(names),
+            )
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int) -> LRScheduler:
+        if self.lr_scheduler is None:
+            self.lr_scheduler = get_scheduler(
+                self.args.lr_scheduler_type,
+                base_lr=self.args.learning_rate,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                **cast(Dict[str, Any], self.args.lr_scheduler_kwargs or {}),
+            )
+        return self.lr_scheduler
+
+    def _lr_for_step(self, step: int) -> float:
+        sched = self.lr_scheduler
+        if callable(sched):
+            return float(sched(step))
+        raise ConfigError(f"the lr scheduler must be callable as sched(step) -> lr, got {type(sched).__name__}")
+
+    # ------------------------------------------------------------------ training
+
+    def _reset_loop_accumulators(self) -> None:
+        self._tr_loss_sum = 0.0  # sum of step losses since the last log
+        self._globalstep_last_logged = 0
+        self._last_grad_norm: Optional[float] = None
+        self._last_lr: Optional[float] = None
+        self._call_loss_sum = 0.0  # sum of step losses in this train() call (train_loss)
+
+    def train(self, resume_from_checkpoint: Union[None, bool, str, os.PathLike] = None) -> TrainOutput:
+        """Train; returns ``TrainOutput(global_step, training_loss, metrics)``.
+
+        ``resume_from_checkpoint``: True (the latest ``checkpoint-*`` in ``output_dir``) or a
+        checkpoint directory; when None, ``args.resume_from_checkpoint`` is used.  Resuming
+        restores the weights, AdamW moments, schedule position, trainer state, data position
+        and dropout RNG, so the run continues exactly as if it had not stopped.
+
+        Ctrl-C stops at a step boundary (see the module docs) and re-raises KeyboardInterrupt.
+        ``training_loss`` is the mean step loss of the steps run in this call (as transformers).
+        """
+        args = self.args
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = args.resume_from_checkpoint
+        ckpt: Optional[str] = None
+        if resume_from_checkpoint is True or (
+            isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() == "latest"
+        ):
+            ckpt = get_last_checkpoint(args.output_dir)
+            if ckpt is None:
+                raise CheckpointError(f"no checkpoint-* directory found in output_dir {args.output_dir!r} to resume from")
+        elif resume_from_checkpoint not in (None, False):
+            ckpt = os.fspath(resume_from_checkpoint)  # type: ignore[arg-type]
+            if not os.path.isdir(ckpt):
+                raise FileNotFoundError(2, f"No such file or directory: {ckpt}", ckpt)
+
+        if self.train_dataset is None:
+            raise DataError("Trainer.train needs a train_dataset")
+        os.makedirs(args.output_dir, exist_ok=True)
+        self._remove_stale_tmp_dirs()
+        feats = self._features(self.train_dataset)
+        len_dataloader = self._num_batches(len(feats))
+        if len_dataloader == 0:
+            raise DataError(
+                f"the training set ({len(feats)} examples) gives no batch of {args.per_device_train_batch_size} "
+                "with dataloader_drop_last=True"
+            )
+        ga = args.gradient_accumulation_steps
+        upe = max(len_dataloader // ga + int(len_dataloader % ga > 0), 1)
+        if args.max_steps > 0:
+            max_steps = args.max_steps
+            num_train_epochs = max_steps // upe + int(max_steps % upe > 0)
+        else:
+            max_steps = math.ceil(args.num_train_epochs * upe)
+            num_train_epochs = math.ceil(args.num_train_epochs)
+
+        self.is_in_train = True
+        self.state = TrainerState()
+        self.state.train_batch_size = args.per_device_train_batch_size
+        self.state.compute_steps(args, max_steps)
+        self.control = TrainerControl()
+        self._reset_loop_accumulators()
+        self._last_saved_step = None
+        self._post = None
+        if not self._user_optimizer:
+            self.optimizer = None
+        if not self._user_scheduler:
+            self.lr_scheduler = None
+        self.create_optimizer()
+        self.create_scheduler(max_steps)
+        self.model.zero_grad()
+        if hasattr(self.model, "set_rng_state"):
+            self.model.set_rng_state(_seed_to_rng_state(args.seed))
+
+        epochs_trained = 0
+        steps_trained_in_current_epoch = 0
+        loop_state: Dict[str, Any] = {}
+        if ckpt is not None:
+            loop_state = self._load_checkpoint(ckpt)
+            epochs_trained = self.state.global_step // upe
+            if not args.ignore_data_skip:
+                steps_trained_in_current_epoch = self.state.global_step % upe
+        self.state.max_steps = max_steps
+        self.state.num_train_epochs = num_train_epochs
+        self.state.compute_steps(args, max_steps)
+        self.state.is_local_process_zero = True
+        self.state.is_world_process_zero = True
+        for attr in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, attr, getattr(self, attr))
+        self.callback_handler.train_dataloader = None
+
+        if hasattr(self.model, "train"):
+            self.model.train()
+        start_time = time.time()
+        self._initial_global_step = self.state.global_step
+        self._initial_tokens = self.state.num_input_tokens_seen
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        try:
+            if loop_state.get("post"):
+                # the checkpoint was written by an interrupt inside a step's (or epoch's) logging /
+                # evaluation / saving: restore the control flags of that moment and finish it
+                saved_control = (self.state.stateful_callbacks or {}).get("TrainerControl")
+                if isinstance(saved_control, dict):
+                    for k, v in saved_control.get("args", {}).items():
+                        if hasattr(self.control, k):
+                            setattr(self.control, k, bool(v))
+                self._replay_post_processing(loop_state["post"], upe)
+            if args.eval_on_start and ckpt is None:
+                self._evaluate_and_track()
+            for epoch in range(epochs_trained, num_train_epochs):
+                if self.control.should_training_stop or self.state.global_step >= max_steps:
+                    break
+                batches = self._epoch_batches(feats, epoch)
+                self.callback_handler.train_dataloader = batches
+                self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
+                skip = steps_trained_in_current_epoch if epoch == epochs_trained else 0
+                steps_in_epoch = len(batches)
+                for update_step in range(skip, upe):
+                    group = batches[update_step * ga : (update_step + 1) * ga]
+                    if not group:
+                        break
+                    self._training_step(feats, group, epoch, update_step * ga, steps_in_epoch)
+                    if self.control.should_epoch_stop or self.control.should_training_stop:
+                        break
+                self._post = {"kind": "epoch", "flags_decided": False}
+                self.control = self.callback_handler.on_epoch_end(args, self.state, self.control)
+                self._post["flags_decided"] = True
+                self._maybe_log_save_evaluate()
+                self._post = None
+                if self.control.should_training_stop:
+                    break
+        except KeyboardInterrupt as exc:
+            self._on_interrupt(exc)
+            raise
+        except BaseException as exc:
+            self.is_in_train = False
+            self.callback_handler.on_train_abort(args, self.state, self.control, error=exc)
+            raise
+        return self._finalize_training(start_time)
+
+    def _training_step(
+        self,
+        feats: List[Dict[str, List[int]]],
+        group: List[List[int]],
+        epoch: int,
+        first_micro: int,
+        steps_in_epoch: int,
+    ) -> None:
+        """One optimizer update over the micro-batches in ``group``, then logging/eval/saving."""
+        args, model, state = self.args, self.model, self.state
+        step_no = state.global_step + 1  # 1-based number of the step being computed
+        self.control = self.callback_handler.on_step_begin(args, state, self.control)
+        batches = [self._collate([feats[i] for i in idx]) for idx in group]
+        counts = [_count_label_tokens(b["labels"]) for b in batches]
+        num_items = sum(counts)
+        rng0 = model.get_rng_state() if hasattr(model, "get_rng_state") else None
+        applied = False
+        committed = False
+        step_loss = 0.0
+        tokens = 0
+        grad_norm: Optional[float] = None
+        lr = 0.0
+
+        def commit() -> None:
+            nonlocal committed
+            state.global_step += 1
+            state.epoch = epoch + (first_micro + len(batches)) / steps_in_epoch
+            state.num_input_tokens_seen += tokens
+            self._tr_loss_sum += step_loss
+            self._call_loss_sum += step_loss
+            self._last_grad_norm = grad_norm
+            self._last_lr = lr
+            self._post = {"kind": "step", "flags_decided": False}
+            committed = True
+
+        try:
+            if num_items == 0:
+                warnings.warn(
+                    f"step {step_no}: no label token counts in this step's batches (all -100); "
+                    "its loss is 0 and its gradient is zero"
+                )
+            for i, (b, n_i) in enumerate(zip(batches, counts)):
+                if args.include_num_input_tokens_seen == "all":
+                    tokens += int(b["input_ids"].size)
+                else:
+                    tokens += int(np.count_nonzero(b["attention_mask"]))
+                if n_i == 0:
+                    continue  # contributes nothing to the loss or the gradient
+                try:
+                    loss_i = model.forward_backward(
+                        b["input_ids"],
+                        labels=b["labels"],
+                        attention_mask=b["attention_mask"],
+                        num_items_in_batch=num_items,
+                    )
+                except NonFiniteError as e:
+                    raise NonFiniteError(
+                        f"non-finite values at step {step_no} (epoch {epoch}, micro-batch {i + 1} of "
+                        f"{len(batches)}): {e}. The step was not applied; the model keeps the weights of step "
+                        f"{step_no - 1}."
+                    ) from e
+                loss_i = float(loss_i)
+                if not math.isfinite(loss_i):
+                    raise NonFiniteError(
+                        f"the loss is {loss_i} at step {step_no} (epoch {epoch}, micro-batch {i + 1} of "
+                        f"{len(batches)}). The step was not applied; the model keeps the weights of step "
+                        f"{step_no - 1}{self._last_checkpoint_note()}."
+                    )
+                step_loss += loss_i * n_i / num_items
+                if i < len(batches) - 1:
+                    self.control = self.callback_handler.on_substep_end(args, state, self.control)
+            max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
+            grad_norm = float(model.clip_grad_norm(max_norm))
+            if not math.isfinite(grad_norm):
+                raise NonFiniteError(
+                    f"the gradient norm is {grad_norm} at step {step_no} (loss {step_loss}). The step was not "
+                    f"applied; the model keeps the weights of step {step_no - 1}{self._last_checkpoint_note()}."
+                )
+            self.control = self.callback_handler.on_pre_optimizer_step(args, state, self.control)
+            lr = self._lr_for_step(state.global_step)
+            self.optimizer.lr = lr
+            with _DeferSigint():
+                self.optimizer.step()
+                applied = True
+            self.control = self.callback_handler.on_optimizer_step(args, state, self.control)
+            model.zero_grad()
+            with _DeferSigint():
+                commit()
+        except BaseException:
+            model.zero_grad()
+            if not applied:
+                if rng0 is not None:
+                    model.set_rng_state(rng0)
+            elif not committed:
+                commit()
+            raise
+
+        self.control = self.callback_handler.on_step_end(args, state, self.control)
+        assert self._post is not None
+        self._post["flags_decided"] = True
+        self._maybe_log_save_evaluate()
+        self._post = None
+
+    def _last_checkpoint_note(self) -> str:
+        last = get_last_checkpoint(self.args.output_dir)
+        return f"; the last checkpoint ({last}) is intact" if last else ""
+
+    def _replay_post_processing(self, post: Dict[str, Any], upe: int) -> None:
+        """Finish the logging/evaluation/saving of the step (or epoch end) an interrupt cut short."""
+        flow = DefaultFlowCallback()
+        if post.get("kind") == "step":
+            if not post.get("flags_decided"):
+                self.control = flow.on_step_end(self.args, self.state, self.control) or self.control
+            self._maybe_log_save_evaluate()
+            end_of_epoch = self.state.global_step % upe == 0
+            if end_of_epoch or self.control.should_training_stop or self.state.global_step >= self.state.max_steps:
+                post = {"kind": "epoch", "flags_decided": False}
+        if post.get("kind") == "epoch":
+            if not post.get("flags_decided"):
+                self.control = flow.on_epoch_end(self.args, self.state, self.control) or self.control
+            self._maybe_log_save_evaluate()
+        self._post = None
+
+    def _maybe_log_save_evaluate(self) -> None:
+        args, state = self.args, self.state
+        if self.control.should_log and state.global_step > self._globalstep_last_logged:
+            logs: Dict[str, Any] = {}
+            logs["loss"] = self._tr_loss_sum / (state.global_step - self._globalstep_last_logged)
+            if self._last_grad_norm is not None:
+                logs["grad_norm"] = self._last_grad_norm
+            if self._last_lr is not None:
+                logs["learning_rate"] = self._last_lr
+            self._tr_loss_sum = 0.0
+            self._globalstep_last_logged = state.global_step
+            self.log(logs)
+        if self.control.should_evaluate:
+            is_new_best = self._evaluate_and_track()
+            if args.save_strategy == "best":
+                self.control.should_save = is_new_best
+        if self.control.should_save:
+            self._save_checkpoint()
+            self.control = self.callback_handler.on_save(args, state, self.control)
+
+    def _evaluate_and_track(self) -> bool:
+        metrics = self.evaluate()
+        return self._determine_best_metric(metrics)
+
+    def _determine_best_metric(self, metrics: Dict[str, float]) -> bool:
+        args, state = self.args, self.state
+        if args.metric_for_best_model is None:
+            return False
+        key = args.metric_for_best_model
+        if not key.startswith("eval_"):
+            key = f"eval_{key}"
+        if key not in metrics:
+            raise ConfigError(
+                f"metric_for_best_model={args.metric_for_best_model!r} ({key}) is not among the evaluation "
+                f"metrics {sorted(metrics)}"
+            )
+        value = float(metrics[key])
+        if state.best_metric is None:
+            better = not math.isnan(value)
+        else:
+            better = value > state.best_metric if args.greater_is_better else value < state.best_metric
+        if better:
+            state.best_metric = value
+            if args.save_strategy in ("steps", "epoch", "best"):
+                state.best_global_step = state.global_step
+        return better
+
+    def _finalize_training(self, start_time: float) -> TrainOutput:
+        args, state = self.args, self.state
+        steps = state.global_step - self._initial_global_step
+        train_loss = self._call_loss_sum / max(steps, 0.001)
+        # as transformers: samples of the whole schedule, scaled to the share of steps run in this call
+        if args.max_steps > 0:
+            total_samples = float(args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps)
+        else:
+            total_samples = len(self._features(self.train_dataset)) * float(args.num_train_epochs)
+        num_samples = total_samples * steps / max(state.max_steps, 1)
+        metrics = speed_metrics(
+            "train",
+            start_time,
+            num_samples=num_samples,
+            num_steps=steps,
+            num_tokens=state.num_input_tokens_seen - self._initial_tokens,
+        )
+        n_params = 0
+        if hasattr(self.model, "num_parameters"):
+            try:
+                n_params = int(self.model.num_parameters())
+            except Exception:  # noqa: BLE001 - flops are informative only
+                n_params = 0
+        state.total_flos = float(6 * n_params * state.num_input_tokens_seen)
+        metrics["total_flos"] = state.total_flos
+        metrics["train_loss"] = train_loss
+        self.is_in_train = False
+        self.log(metrics)
+        if args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            if os.path.isdir(state.best_model_checkpoint):
+                self._load_model_weights(state.best_model_checkpoint)
+            else:
+                warnings.warn(f"the best checkpoint {state.best_model_checkpoint} no longer exists; keeping the last weights")
+        self.control = self.callback_handler.on_train_end(args, state, self.control)
+        return TrainOutput(state.global_step, train_loss, metrics)
+
+    def _on_interrupt(self, exc: BaseException) -> None:
+        args, state = self.args, self.state
+        self.is_in_train = False
+        where = f"step {state.global_step}"
+        saved = None
+        needs_save = state.global_step > 0 and (self._last_saved_step != state.global_step or self._post is not None)
+        if args.save_on_interrupt and not args.save_only_model and needs_save:
+            try:
+                saved = self._save_checkpoint(interrupt=True)
+            except BaseException as save_exc:  # noqa: BLE001 - the interrupt must still propagate
+                warnings.warn(f"could not save the interrupt checkpoint: {save_exc!r}")
+        elif state.global_step > 0 and self._last_saved_step == state.global_step:
+            saved = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        msg = f"Training interrupted after {where} (epoch {state.epoch:.3f}); the model holds the weights of {where}."
+        if saved:
+            msg += f" Checkpoint: {saved}. Continue with trainer.train(resume_from_checkpoint=True)."
+        print(msg)
+        self.callback_handler.on_train_abort(args, state, self.control, error=exc)
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, logs: Dict[str, Any], start_time: Optional[float] = None) -> None:
+        """Record ``logs`` (with ``epoch`` and ``step``) in ``state.log_history`` and call ``on_log``."""
+        if self.state.epoch is not None:
+            logs["epoch"] = self.state.epoch
+        if self.args.include_num_input_tokens_seen != "no":
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+        output = {**logs, "step": self.state.global_step}
+        self.state.log_history.append(output)
+        self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _is_dataset_dict(self, ds: Any) -> bool:
+        if not isinstance(ds, dict) or not ds:
+            return False
+        for v in ds.values():
+            if hasattr(v, "column_names"):
+                continue
+            if isinstance(v, (list, tuple)) and v and isinstance(v[0], dict):
+                continue
+            return False
+        return True
+
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: Optional[List[str]] = None,
+        metric_key_prefix: str = "eval",
+    ) -> Dict[str, float]:
+        """Evaluate; returns ``<prefix>_loss`` (token-mean cross-entropy), ``<prefix>_perplexity``
+        (``exp`` of it), ``<prefix>_accuracy`` (next-token argmax accuracy), runtime and
+        throughput, and what ``compute_metrics`` returns (prefixed).
+
+        The loss, perplexity and accuracy come from the model's forward-only statistics: no
+        (N, T, V) logits are kept.  Logits are computed (batch by batch, reduced by
+        ``preprocess_logits_for_metrics`` when given) only when ``compute_metrics`` is set.
+        Note: transformers averages per-batch mean losses; ferrotune weights every label token
+        equally, which does not depend on the batch size.
+        """
+        override = eval_dataset is not None
+        ds = eval_dataset if override else self.eval_dataset
+        if ds is None:
+            raise DataError("Trainer.evaluate needs an eval_dataset")
+        if self._is_dataset_dict(ds):
+            metrics: Dict[str, float] = {}
+            for name, sub in ds.items():
+                metrics.update(self.evaluate(sub, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        start = time.time()
+        want_preds = self.compute_metrics is not None and not self.args.prediction_loss_only
+        metrics, _, _, n_samples, n_batches = self._evaluation_loop(ds, metric_key_prefix, want_preds)
+        metrics.update(speed_metrics(metric_key_prefix, start, num_samples=n_samples, num_steps=n_batches))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def predict(
+        self,
+        test_dataset: Any,
+        ignore_keys: Optional[List[str]] = None,
+        metric_key_prefix: str = "test",
+    ) -> PredictionOutput:
+        """Logits (or ``preprocess_logits_for_metrics`` of them) and labels of ``test_dataset``,
+        padded with -100 to a common length, plus the metrics ``evaluate`` would report."""
+        start = time.time()
+        metrics, preds, labels, n_samples, n_batches = self._evaluation_loop(test_dataset, metric_key_prefix, True)
+        metrics.update(speed_metrics(metric_key_prefix, start, num_samples=n_samples, num_steps=n_batches))
+        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics)
+        return PredictionOutput(predictions=preds, label_ids=labels, metrics=metrics)
+
+    def _evaluation_loop(
+        self, dataset: Any, prefix: str, want_preds: bool
+    ) -> Tuple[Dict[str, float], Any, Any, int, int]:
+        feats = self._features(dataset)
+        bs = self.args.per_device_eval_batch_size
+        batches = [list(range(i, min(i + bs, len(feats)))) for i in range(0, len(feats), bs)]
+        self.callback_handler.eval_dataloader = batches
+        model = self.model
+        was_training = bool(getattr(model, "training", False))
+        loss_sum = 0.0
+        n_tokens = 0
+        n_correct = 0
+        preds: List[np.ndarray] = []
+        labels_all: List[np.ndarray] = []
+        if hasattr(model, "eval"):
+            model.eval()
+        try:
+            for idx in batches:
+                b = self._collate([feats[i] for i in idx])
+                if want_preds:
+                    out = model(b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
+                    logits = np.asarray(out.logits)
+                    n = _count_label_tokens(b["labels"])
+                    if n:
+                        loss_sum += float(out.loss) * n
+                        shifted = b["labels"][:, 1:]
+                        hits = (np.argmax(logits[:, :-1, :], axis=-1) == shifted) & (shifted != IGNORE_INDEX)
+                        n_correct += int(np.count_nonzero(hits))
+                    n_tokens += n
+                    p = logits
+                    if self.preprocess_logits_for_metrics is not None:
+                        p = np.asarray(self.preprocess_logits_for_metrics(logits, b["labels"]))
+                    preds.append(p)
+                    labels_all.append(b["labels"])
+                    del out, logits
+                else:
+                    s, n, c = model.loss_stats(b["input_ids"], labels=b["labels"], attention_mask=b["attention_mask"])
+                    loss_sum += float(s)
+                    n_tokens += int(n)
+                    n_correct += int(c)
+                self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+        finally:
+            if hasattr(model, "train") and was_training:
+                model.train()
+        loss = loss_sum / n_tokens if n_tokens else float("nan")
+        metrics: Dict[str, float] = {
+            f"{prefix}_loss": loss,
+            f"{prefix}_perplexity": _perplexity(loss),
+            f"{prefix}_accuracy": n_correct / n_tokens if n_tokens else float("nan"),
+        }
+        all_preds = _pad_concat(preds) if want_preds else None
+        all_labels = _pad_concat(labels_all) if want_preds else None
+        if want_preds and self.compute_metrics is not None and not self.args.prediction_loss_only:
+            from .metrics import EvalPrediction
+
+            extra = self.compute_metrics(EvalPrediction(predictions=all_preds, label_ids=all_labels))
+            for k, v in dict(extra or {}).items():
+                key = k if k.startswith(f"{prefix}_") else f"{prefix}_{k}"
+                metrics[key] = v
+        return metrics, all_preds, all_labels, len(feats), len(batches)
+
+    # ------------------------------------------------------------------ saving
+
+    def save_model(self, output_dir: Optional[Union[str, os.PathLike]] = None) -> None:
+        """Save the model (``config.json`` + ``model.safetensors``), the tokenizer and ``training_args.json``."""
+        out = os.fspath(output_dir) if output_dir is not None else self.args.output_dir
+        os.makedirs(out, exist_ok=True)
+        self.model.save_pretrained(out)
+        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
+            self.processing_class.save_pretrained(out)
+        with open(os.path.join(out, TRAINING_ARGS_NAME), "w", encoding="utf-8") as f:
+            f.write(self.args.to_json_string())
+
+    def _remove_stale_tmp_dirs(self) -> None:
+        out = self.args.output_dir
+        if not os.path.isdir(out):
+            return
+        for name in os.listdir(out):
+            if name.startswith(_TMP_PREFIX):
+                shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+
+    def _save_checkpoint(self, interrupt: bool = False) -> str:
+        """Write ``output_dir/checkpoint-<step>`` atomically (temp dir + rename), then rotate."""
+        args, state = self.args, self.state
+        run_dir = args.output_dir
+        os.makedirs(run_dir, exist_ok=True)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        final = os.path.join(run_dir, name)
+        tmp = os.path.join(run_dir, f"{_TMP_PREFIX}{state.global_step}-{os.getpid()}")
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+
+        if state.best_global_step:
+            best_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
+            if state.best_global_step == state.global_step or os.path.exists(best_dir):
+                state.best_model_checkpoint = best_dir
+        try:
+            self.save_model(tmp)
+            if not args.save_only_model:
+                self._save_optimizer(tmp)
+                self._save_scheduler(tmp)
+                self._save_rng_state(tmp)
+                _write_json(os.path.join(tmp, LOOP_STATE_NAME), self._loop_state(interrupt))
+            self._store_callback_states()
+            state.save_to_json(os.path.join(tmp, TRAINER_STATE_NAME))
+            _fsync_dir(tmp)
+            if os.path.exists(final):
+                trash = os.path.join(run_dir, f"{_TMP_PREFIX}old-{state.global_step}-{os.getpid()}")
+                os.replace(final, trash)
+                os.replace(tmp, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(run_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._last_saved_step = state.global_step
+        self._rotate_checkpoints(run_dir)
+        return final
+
+    def _store_callback_states(self) -> None:
+        states: Dict[str, Any] = {}
+        for cb in self.callback_handler.callbacks + [self.control]:
+            if isinstance(cb, ExportableState):
+                name = cb.__class__.__name__
+                s = cb.state()
+                if name in states:
+                    if not isinstance(states[name], list):
+                        states[name] = [states[name]]
+                    states[name].append(s)
+                else:
+                    states[name] = s
+        self.state.stateful_callbacks = states
+
+    def _loop_state(self, interrupt: bool) -> Dict[str, Any]:
+        return {
+            "tr_loss_sum": self._tr_loss_sum,
+            "globalstep_last_logged": self._globalstep_last_logged,
+            "last_grad_norm": self._last_grad_norm,
+            "last_learning_rate": self._last_lr,
+            # logging/eval/saving that an interrupt cut short, finished on resume
+            "post": dict(self._post) if (interrupt and self._post is not None) else None,
+        }
+
+    def _save_optimizer(self, out: str) -> None:
+        from .io import save_safetensors
+
+        sd = self.optimizer.state_dict()
+        tensors: Dict[str, np.ndarray] = {}
+        for kind in ("exp_avg", "exp_avg_sq"):
+            for n, a in dict(sd.get(kind, {})).items():
+                tensors[f"{kind}.{n}"] = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+        meta = {"format": "ferrotune.AdamW", "step": str(int(sd.get("step", 0)))}
+        for k, v in sd.items():
+            if k in ("exp_avg", "exp_avg_sq", "step"):
+                continue
+            meta[k] = json.dumps(list(v) if isinstance(v, tuple) else v)
+        save_safetensors(tensors, os.path.join(out, OPTIMIZER_NAME), metadata=meta)
+
+    def _save_scheduler(self, out: str) -> None:
+        sched = self.lr_scheduler
+        d: Dict[str, Any] = sched.state_dict() if hasattr(sched, "state_dict") else {"name": repr(sched)}
+        d = dict(d)
+        d["last_step"] = self.state.global_step
+        d["last_lr"] = self._last_lr
+        _write_json(os.path.join(out, SCHEDULER_NAME), d)
+
+    def _save_rng_state(self, out: str) -> None:
+        epoch = self.state.global_step // max(1, self._updates_per_epoch())
+        d: Dict[str, Any] = {
+            "model_rng_state": int(self.model.get_rng_state()) if hasattr(self.model, "get_rng_state") else None,
+            "data_seed": self._data_seed(),
+            "epoch": epoch,
+            # the generator that orders this epoch's data (a function of data_seed and epoch)
+            "numpy_generator": self._data_rng(epoch).bit_generator.state,
+        }
+        _write_json(os.path.join(out, RNG_STATE_NAME), d)
+
+    def _updates_per_epoch(self) -> int:
+        n = len(self._features(self.train_dataset))
+        nb = self._num_batches(n)
+        ga = self.args.gradient_accumulation_steps
+        return max(nb // ga + int(nb % ga > 0), 1)
+
+    def _rotate_checkpoints(self, run_dir: str) -> None:
+        """Keep the ``save_total_limit`` most recent checkpoints, plus the best one."""
+        limit = self.args.save_total_limit
+        if limit is None or limit <= 0:
+            return
+        ckpts = _sorted_checkpoints(run_dir)
+        keep = set(ckpts[-limit:])
+        best = self.state.best_model_checkpoint
+        best_path = os.path.abspath(best) if best else None
+        for c in ckpts:
+            if c in keep or (best_path is not None and os.path.abspath(c) == best_path):
+                continue
+            shutil.rmtree(c, ignore_errors=True)
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_model_weights(self, ckpt: str) -> None:
+        from .io import load_safetensors
+
+        path = os.path.join(ckpt, MODEL_WEIGHTS_NAME)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint {ckpt} has no {MODEL_WEIGHTS_NAME}")
+        self.model.load_state_dict(load_safetensors(path))
+
+    def _load_checkpoint(self, ckpt: str) -> Dict[str, Any]:
+        """Restore weights, optimizer, trainer state and RNG from ``ckpt``; returns its loop state."""
+        from .io import load_safetensors
+
+        args = self.args
+        for required in (TRAINER_STATE_NAME, MODEL_WEIGHTS_NAME):
+            if not os.path.isfile(os.path.join(ckpt, required)):
+                raise CheckpointError(f"checkpoint {ckpt} is incomplete: {required} is missing")
+        if not os.path.isfile(os.path.join(ckpt, OPTIMIZER_NAME)):
+            raise CheckpointError(
+                f"checkpoint {ckpt} has no {OPTIMIZER_NAME} (saved with save_only_model=True?): it holds weights "
+                "only and cannot be resumed from; load it with Model.from_pretrained instead"
+            )
+        self._warn_on_changed_args(ckpt)
+        self._load_model_weights(ckpt)
+
+        tensors = load_safetensors(os.path.join(ckpt, OPTIMIZER_NAME))
+        meta = _read_safetensors_metadata(os.path.join(ckpt, OPTIMIZER_NAME))
+        osd: Dict[str, Any] = {"step": int(meta.get("step", "0")), "exp_avg": {}, "exp_avg_sq": {}}
+        for k, v in meta.items():
+            if k in ("format", "step"):
+                continue
+            try:
+                val = json.loads(v)
+            except (json.JSONDecodeError, TypeError):
+                val = v
+            osd[k] = tuple(val) if k == "betas" and isinstance(val, list) else val
+        for key, arr in tensors.items():
+            kind, _, name = key.partition(".")
+            if kind in ("exp_avg", "exp_avg_sq"):
+                osd[kind][name] = arr
+        self.optimizer.load_state_dict(osd)
+
+        self.state = TrainerState.load_from_json(os.path.join(ckpt, TRAINER_STATE_NAME))
+        if self.state.best_model_checkpoint is not None and not os.path.isdir(self.state.best_model_checkpoint):
+            warnings.warn(
+                f"the best checkpoint {self.state.best_model_checkpoint} recorded in {ckpt} does not exist any more"
+            )
+            self.state.best_model_checkpoint = None
+        if args.restore_callback_states_from_checkpoint:
+            self._restore_callback_states()
+
+        rng_path = os.path.join(ckpt, RNG_STATE_NAME)
+        if os.path.isfile(rng_path):
+            with open(rng_path, encoding="utf-8") as f:
+                rng = json.load(f)
+            if rng.get("model_rng_state") is not None and hasattr(self.model, "set_rng_state"):
+                self.model.set_rng_state(int(rng["model_rng_state"]))
+            if rng.get("data_seed") is not None and int(rng["data_seed"]) != self._data_seed():
+                warnings.warn(
+                    f"the checkpoint was trained with data seed {rng['data_seed']} but this run uses "
+                    f"{self._data_seed()}: the data order after resuming differs from the original run"
+                )
+        else:
+            warnings.warn(f"{ckpt} has no {RNG_STATE_NAME}: dropout after resuming will differ from the original run")
+
+        loop: Dict[str, Any] = {}
+        loop_path = os.path.join(ckpt, LOOP_STATE_NAME)
+        if os.path.isfile(loop_path):
+            with open(loop_path, encoding="utf-8") as f:
+                loop = json.load(f)
+            self._tr_loss_sum = float(loop.get("tr_loss_sum", 0.0))
+            self._globalstep_last_logged = int(loop.get("globalstep_last_logged", self.state.global_step))
+            self._last_grad_norm = loop.get("last_grad_norm")
+            self._last_lr = loop.get("last_learning_rate")
+        else:
+            self._globalstep_last_logged = self.state.global_step
+        self._last_saved_step = self.state.global_step
+        return loop
+
+    def _restore_callback_states(self) -> None:
+        saved = self.state.stateful_callbacks or {}
+        for cb in self.callback_handler.callbacks:
+            if not isinstance(cb, ExportableState):
+                continue
+            s = saved.get(cb.__class__.__name__)
+            if isinstance(s, list):
+                s = s[0] if s else None
+            if isinstance(s, dict):
+                for k, v in s.get("attributes", {}).items():
+                    setattr(cb, k, v)
+
+    def _warn_on_changed_args(self, ckpt: str) -> None:
+        path = os.path.join(ckpt, TRAINING_ARGS_NAME)
+        if not os.path.isfile(path):
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return
+        keys = (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "lr_scheduler_type",
+            "warmup_steps",
+            "warmup_ratio",
+            "max_steps",
+            "num_train_epochs",
+            "seed",
+            "data_seed",
+            "group_by_length",
+            "dataloader_drop_last",
+            "packing",
+            "max_length",
+        )
+        now = self.args.to_dict()
+        changed = [k for k in keys if k in old and old[k] != now.get(k)]
+        if changed:
+            warnings.warn(
+                "resuming with different arguments than the checkpoint was trained with ("
+                + ", ".join(f"{k}: {old[k]!r} -> {now.get(k)!r}" for k in changed)
+                + "): the run will not continue exactly as the original"
+            )
+
+
+def _read_safetensors_metadata(path: str) -> Dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (its JSON header)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise CheckpointError(f"{path} is not a safetensors file")
+        n = int.from_bytes(head, "little")
+        header = json.loads(f.read(n).decode("utf-8"))
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}

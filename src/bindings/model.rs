@@ -1,0 +1,225 @@
+//! `ferrotune._core.Gpt2`: the Rust GPT-2 behind `ferrotune.Model`.
+
+use std::path::PathBuf;
+
+use numpy::{PyReadonlyArray2, PyReadonlyArrayDyn};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::config::{model_type, read_config_json, Gpt2Config};
+use crate::error::Error;
+use crate::models::check_model_type;
+use crate::models::gpt2::{Batch, Gpt2};
+use crate::optim::clip::clip_grad_norm;
+
+use super::convert::{f32_nd, ids_2d, to_numpy};
+use super::detach;
+use super::errors::PyFtResult;
+
+#[pyclass(name = "Gpt2", module = "ferrotune._core")]
+pub struct PyGpt2 {
+    pub inner: Gpt2<f32>,
+}
+
+type Ids<'py> = PyReadonlyArray2<'py, i64>;
+
+fn batch<'a>(ids: &'a Ids<'_>, mask: &'a Option<Ids<'_>>, labels: &'a Option<Ids<'_>>) -> PyFtResult<Batch<'a>> {
+    let (ids, b, t) = ids_2d("input_ids", ids)?;
+    let mask = match mask {
+        Some(m) => Some(ids_2d("attention_mask", m)?),
+        None => None,
+    };
+    let labels = match labels {
+        Some(l) => Some(ids_2d("labels", l)?),
+        None => None,
+    };
+    for (name, x) in [("attention_mask", &mask), ("labels", &labels)] {
+        if let Some((_, xb, xt)) = x {
+            if (*xb, *xt) != (b, t) {
+                return Err(Error::shape(name, &[b, t], &[*xb, *xt]).into());
+            }
+        }
+    }
+    Ok(Batch { ids, mask: mask.map(|m| m.0), labels: labels.map(|l| l.0), b, t })
+}
+
+#[pymethods]
+impl PyGpt2 {
+    /// Loads a Hugging Face GPT-2 directory (config.json + safetensors weights).
+    #[staticmethod]
+    fn from_pretrained(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = detach(py, move || {
+            if !path.exists() {
+                return Err(Error::FileNotFound(path).into());
+            }
+            let value = read_config_json(&path)?;
+            check_model_type(&model_type(&value)?)?;
+            let config = Gpt2Config::from_value(value)?;
+            Ok(Gpt2::from_pretrained(&path, config)?)
+        })?;
+        Ok(Self { inner })
+    }
+
+    /// A freshly initialised model from a config.json string.
+    #[staticmethod]
+    fn from_config(py: Python<'_>, config_json: &str, seed: u64) -> PyResult<Self> {
+        let value: serde_json::Value = serde_json::from_str(config_json)
+            .map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Config(format!("invalid config JSON: {e}")))))?;
+        let inner = detach(py, move || {
+            check_model_type(&model_type(&value)?)?;
+            Ok(Gpt2::from_config(Gpt2Config::from_value(value)?, seed)?)
+        })?;
+        Ok(Self { inner })
+    }
+
+    fn config_json(&self) -> String {
+        serde_json::to_string(&self.inner.config.to_value()).expect("config serialises")
+    }
+
+    /// (loss or None, (B, T, V) float32 logits or None).
+    #[pyo3(signature = (input_ids, attention_mask=None, labels=None, return_logits=true))]
+    fn forward<'py>(
+        &mut self,
+        py: Python<'py>,
+        input_ids: Ids<'py>,
+        attention_mask: Option<Ids<'py>>,
+        labels: Option<Ids<'py>>,
+        return_logits: bool,
+    ) -> PyResult<(Option<f64>, Option<Bound<'py, PyAny>>)> {
+        let batch = batch(&input_ids, &attention_mask, &labels)?;
+        let has_labels = labels.is_some();
+        let (b, t, v) = (batch.b, batch.t, self.inner.config.vocab_size);
+        let model = &mut self.inner;
+        let (loss, logits) = detach(py, move || {
+            model.forward(&batch)?;
+            let loss = has_labels.then(|| {
+                let s = model.loss_stats();
+                if s.count == 0 { f64::NAN } else { s.loss_sum / s.count as f64 }
+            });
+            Ok((loss, return_logits.then(|| model.logits().to_vec())))
+        })?;
+        let logits = logits.map(|l| to_numpy(py, l, &[b, t, v])).transpose()?;
+        Ok((loss, logits))
+    }
+
+    /// Forward only, nothing (B, T, V) returned: (summed loss, counted tokens, correct argmax).
+    #[pyo3(signature = (input_ids, attention_mask=None, labels=None))]
+    fn loss_stats(
+        &mut self,
+        py: Python<'_>,
+        input_ids: Ids<'_>,
+        attention_mask: Option<Ids<'_>>,
+        labels: Option<Ids<'_>>,
+    ) -> PyResult<(f64, usize, usize)> {
+        let batch = batch(&input_ids, &attention_mask, &labels)?;
+        let model = &mut self.inner;
+        detach(py, move || {
+            model.forward(&batch)?;
+            let s = model.loss_stats();
+            Ok((s.loss_sum, s.count, s.correct))
+        })
+    }
+
+    /// Forward + backward, adding to the gradients: (summed loss, counted tokens).
+    #[pyo3(signature = (input_ids, attention_mask=None, labels=None, num_items_in_batch=None))]
+    fn forward_backward(
+        &mut self,
+        py: Python<'_>,
+        input_ids: Ids<'_>,
+        attention_mask: Option<Ids<'_>>,
+        labels: Option<Ids<'_>>,
+        num_items_in_batch: Option<f64>,
+    ) -> PyResult<(f64, usize)> {
+        let batch = batch(&input_ids, &attention_mask, &labels)?;
+        let model = &mut self.inner;
+        detach(py, move || {
+            let s = model.forward_backward(&batch, num_items_in_batch)?;
+            Ok((s.loss_sum, s.count))
+        })
+    }
+
+    fn zero_grad(&mut self) {
+        self.inner.zero_grad();
+    }
+
+    fn clip_grad_norm(&mut self, py: Python<'_>, max_norm: f64) -> PyResult<f64> {
+        let model = &mut self.inner;
+        detach(py, move || Ok(clip_grad_norm(model.grads_mut(), max_norm)))
+    }
+
+    /// [(name, shape)] of every parameter, in storage order.
+    fn param_info(&self) -> Vec<(String, Vec<usize>)> {
+        self.inner.table().infos().iter().map(|i| (i.name.clone(), i.shape.clone())).collect()
+    }
+
+    fn num_parameters(&self) -> usize {
+        self.inner.table().total()
+    }
+
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for i in self.inner.table().infos() {
+            d.set_item(&i.name, to_numpy(py, self.inner.params()[i.range.clone()].to_vec(), &i.shape)?)?;
+        }
+        Ok(d)
+    }
+
+    fn gradients<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let infos = self.inner.table().infos().to_vec();
+        let g = self.inner.grads();
+        let d = PyDict::new(py);
+        for i in infos {
+            d.set_item(&i.name, to_numpy(py, g[i.range.clone()].to_vec(), &i.shape)?)?;
+        }
+        Ok(d)
+    }
+
+    /// Copies float32 arrays into the named parameters (shapes checked; all-or-nothing).
+    fn load_state_dict(&mut self, tensors: Vec<(String, PyReadonlyArrayDyn<'_, f32>)>, strict: bool) -> PyResult<()> {
+        let table = self.inner.table().clone();
+        let mut updates = Vec::with_capacity(tensors.len());
+        for (name, arr) in &tensors {
+            let (data, shape) = f32_nd(name, arr)?;
+            let info = table.get(name).ok_or_else(|| PyErr::from(super::errors::PyFerrotuneErr::from(Error::UnexpectedTensor(name.clone()))))?;
+            if shape != info.shape {
+                return Err(super::errors::PyFerrotuneErr::from(Error::shape(name.clone(), &info.shape, &shape)).into());
+            }
+            updates.push((info.range.clone(), data));
+        }
+        if strict {
+            if let Some(missing) = table.infos().iter().find(|i| !tensors.iter().any(|(n, _)| n == &i.name)) {
+                return Err(super::errors::PyFerrotuneErr::from(Error::MissingTensor { name: missing.name.clone(), path: None }).into());
+            }
+        }
+        let params = self.inner.params_mut();
+        for (range, data) in updates {
+            params[range].copy_from_slice(data);
+        }
+        Ok(())
+    }
+
+    #[getter]
+    fn training(&self) -> bool {
+        self.inner.training()
+    }
+
+    #[setter]
+    fn set_training(&mut self, training: bool) {
+        self.inner.set_training(training);
+    }
+
+    #[getter]
+    fn rng_state(&self) -> u64 {
+        self.inner.rng_state()
+    }
+
+    #[setter]
+    fn set_rng_state(&mut self, state: u64) {
+        self.inner.set_rng_state(state);
+    }
+
+    fn save_pretrained(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let model = &self.inner;
+        detach(py, move || Ok(model.save_pretrained(&path)?))
+    }
+}

@@ -1,0 +1,4 @@
+//! Reading and writing weights: safetensors (single and sharded) and atomic file writes.
+
+pub mod atomic;
+pub mod safetensors;

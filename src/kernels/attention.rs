@@ -1,0 +1,231 @@
+//! Causal multi-head self-attention with a key padding mask.
+//!
+//! qkv (B, T, 3C) holds q | k | v for each position, head h owning columns h*HS..(h+1)*HS of
+//! each third (Hugging Face GPT-2's c_attn layout). Query t attends to keys s <= t whose
+//! padding mask is 1.
+//!
+//! A query with no key to attend to (a left-padding position) does what transformers' eager
+//! attention does: all its scores are the most negative float, so its softmax is uniform
+//! over all T keys (future ones included), and torch's softmax backward at that point still
+//! sends gradient to q and k. Matching this matters: with the usual shift, the last padding
+//! position predicts the first real token, so it enters the loss.
+//! Work is split across (batch, head) pairs, one thread per pair group.
+
+use rayon::prelude::*;
+
+use super::{Real, SyncPtr};
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub nh: usize,
+}
+
+impl AttnShape {
+    fn hs(&self) -> usize {
+        self.c / self.nh
+    }
+}
+
+#[inline]
+fn allowed(mask: Option<&[i64]>, b: usize, t: usize, s: usize, tq: usize) -> bool {
+    s <= tq && mask.is_none_or(|m| m[b * t + s] != 0)
+}
+
+#[inline]
+fn dot<F: Real>(a: &[F], b: &[F]) -> F {
+    a.iter().zip(b).fold(F::zero(), |acc, (&x, &y)| acc + x * y)
+}
+
+/// Forward:
+///   att (B, NH, T, T) = softmax(q k^T * scale) over allowed keys (0 elsewhere), saved for backward
+///   out (B, T, C)     = (att * drop) @ v, with `drop` (B, NH, T, T) the attention-dropout mask if any
+pub fn attention_forward<F: Real>(
+    out: &mut [F],
+    att: &mut [F],
+    qkv: &[F],
+    mask: Option<&[i64]>,
+    drop: Option<&[F]>,
+    shape: AttnShape,
+    scale: f64,
+) {
+    let AttnShape { t, c, nh, .. } = shape;
+    let hs = shape.hs();
+    let scale = F::lit(scale);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    att.par_chunks_mut(t * t).enumerate().for_each(|(bh, att_bh)| {
+        let (b, h) = (bh / nh, bh % nh);
+        let q_at = |s: usize| &qkv[(b * t + s) * 3 * c + h * hs..][..hs];
+        let k_at = |s: usize| &qkv[(b * t + s) * 3 * c + c + h * hs..][..hs];
+        let v_at = |s: usize| &qkv[(b * t + s) * 3 * c + 2 * c + h * hs..][..hs];
+        for tq in 0..t {
+            let row = &mut att_bh[tq * t..(tq + 1) * t];
+            let q = q_at(tq);
+            let mut max = F::neg_infinity();
+            for s in 0..t {
+                row[s] = if allowed(mask, b, t, s, tq) {
+                    let x = dot(q, k_at(s)) * scale;
+                    max = max.max(x);
+                    x
+                } else {
+                    F::neg_infinity()
+                };
+            }
+            if max == F::neg_infinity() {
+                row.fill(F::one() / F::lit(t as f64));
+            } else {
+                let mut sum = F::zero();
+                for x in row.iter_mut() {
+                    *x = if *x == F::neg_infinity() { F::zero() } else { (*x - max).exp() };
+                    sum += *x;
+                }
+                let inv = F::one() / sum;
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            // SAFETY: (b, tq, h) addresses a HS-slice of `out` owned by this (b, h) task only.
+            let y = unsafe { out_ptr.slice_mut((b * t + tq) * c + h * hs, hs) };
+            y.fill(F::zero());
+            for s in 0..t {
+                let a = match drop {
+                    Some(d) => row[s] * d[bh * t * t + tq * t + s],
+                    None => row[s],
+                };
+                if a != F::zero() {
+                    for (yi, &vi) in y.iter_mut().zip(v_at(s)) {
+                        *yi += a * vi;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Backward: dqkv (B, T, 3C) is overwritten with the gradients of q, k and v.
+pub fn attention_backward<F: Real>(
+    dqkv: &mut [F],
+    dout: &[F],
+    qkv: &[F],
+    att: &[F],
+    drop: Option<&[F]>,
+    shape: AttnShape,
+    scale: f64,
+) {
+    let AttnShape { b: nb, t, c, nh } = shape;
+    let hs = shape.hs();
+    let scale = F::lit(scale);
+    dqkv.fill(F::zero());
+    let dptr = SyncPtr(dqkv.as_mut_ptr());
+    (0..nb * nh).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / nh, bh % nh);
+        let off = |s: usize, which: usize| (b * t + s) * 3 * c + which * c + h * hs;
+        let mut datt = vec![F::zero(); t];
+        for tq in 0..t {
+            let a_row = &att[bh * t * t + tq * t..][..t];
+            let d_row = drop.map(|d| &d[bh * t * t + tq * t..][..t]);
+            let dy = &dout[(b * t + tq) * c + h * hs..][..hs];
+            // datt = (dy . v) * drop;  dv += (att * drop) dy
+            let mut weighted = F::zero();
+            for s in 0..t {
+                let a = a_row[s];
+                if a == F::zero() {
+                    datt[s] = F::zero();
+                    continue;
+                }
+                let m = d_row.map_or(F::one(), |d| d[s]);
+                datt[s] = dot(dy, &qkv[off(s, 2)..][..hs]) * m;
+                weighted += a * datt[s];
+                // SAFETY: v-gradient columns of head h in batch b belong to this task only.
+                let dv = unsafe { dptr.slice_mut(off(s, 2), hs) };
+                for (d, &g) in dv.iter_mut().zip(dy) {
+                    *d += a * m * g;
+                }
+            }
+            // softmax backward, then the q k^T product
+            let q = &qkv[off(tq, 0)..][..hs];
+            // SAFETY: as above, q-gradient slice of (b, tq, h).
+            let dq = unsafe { dptr.slice_mut(off(tq, 0), hs) };
+            for s in 0..t {
+                let a = a_row[s];
+                if a == F::zero() {
+                    continue;
+                }
+                let dpre = a * (datt[s] - weighted) * scale;
+                let k = &qkv[off(s, 1)..][..hs];
+                for (d, &kv) in dq.iter_mut().zip(k) {
+                    *d += dpre * kv;
+                }
+                // SAFETY: k-gradient slice of (b, s, h).
+                let dk = unsafe { dptr.slice_mut(off(s, 1), hs) };
+                for (d, &qv) in dk.iter_mut().zip(q) {
+                    *d += dpre * qv;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::*;
+
+    /// Finite differences; `skip_rows` are (b, t) query rows whose output is left out of the
+    /// loss (fully masked rows, whose torch-compatible gradient is not the true derivative).
+    fn check(mask: Option<&[i64]>, drop: Option<&[f64]>, skip_rows: &[(usize, usize)]) {
+        let shape = AttnShape { b: 2, t: 5, c: 6, nh: 2 };
+        let (b, t, c, nh) = (shape.b, shape.t, shape.c, shape.nh);
+        let qkv = rand_vec(b * t * 3 * c, 1);
+        let mut proj = rand_vec(b * t * c, 2);
+        for &(rb, rt) in skip_rows {
+            proj[(rb * t + rt) * c..(rb * t + rt + 1) * c].fill(0.0);
+        }
+        let scale = 1.0 / ((c / nh) as f64).sqrt();
+        let fwd = |qkv: &[f64]| {
+            let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
+            attention_forward(&mut out, &mut att, qkv, mask, drop, shape, scale);
+            (out, att)
+        };
+        let (_, att) = fwd(&qkv);
+        let mut dqkv = vec![0.0; qkv.len()];
+        attention_backward(&mut dqkv, &proj, &qkv, &att, drop, shape, scale);
+        let num = numeric_grad(&qkv, |x| project(&fwd(x).0, &proj));
+        assert_close("dqkv", &dqkv, &num, 1e-7);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        check(None, None, &[]);
+    }
+
+    #[test]
+    fn backward_with_padding_both_sides() {
+        // row 0 right-padded, row 1 left-padded (its first query attends to nothing)
+        check(Some(&[1, 1, 1, 0, 0, 0, 0, 1, 1, 1]), None, &[(1, 0), (1, 1)]);
+    }
+
+    #[test]
+    fn backward_with_dropout_mask() {
+        let d: Vec<f64> = rand_vec(2 * 2 * 5 * 5, 5).iter().map(|&x| if x < -0.3 { 0.0 } else { 1.0 / 0.65 }).collect();
+        check(Some(&[1, 1, 1, 1, 0, 0, 1, 1, 1, 1]), Some(&d), &[(1, 0)]);
+    }
+
+    #[test]
+    fn rows_are_causal_distributions() {
+        let shape = AttnShape { b: 1, t: 4, c: 4, nh: 1 };
+        let qkv = rand_vec(4 * 12, 3);
+        let (mut out, mut att) = (vec![0.0; 16], vec![0.0; 16]);
+        attention_forward(&mut out, &mut att, &qkv, Some(&[0, 1, 1, 1]), None, shape, 0.5);
+        assert!(att[0..4].iter().all(|&a| a == 0.25), "fully masked query row is uniform over all keys");
+        let v_mean: Vec<f64> = (0..4).map(|j| (0..4).map(|s| qkv[s * 12 + 8 + j]).sum::<f64>() / 4.0).collect();
+        assert_close("uniform row output", &out[0..4], &v_mean, 1e-12);
+        for tq in 1..4 {
+            let row = &att[tq * 4..tq * 4 + 4];
+            assert_eq!(row[0], 0.0, "padding key masked");
+            assert!(row[tq + 1..].iter().all(|&a| a == 0.0), "future keys masked");
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! GELU, tanh approximation (`gelu_new` / `gelu_pytorch_tanh` in transformers):
+//!   y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+
+use rayon::prelude::*;
+
+use super::Real;
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const COEF: f64 = 0.044_715;
+
+/// out (N) = gelu(inp (N))
+pub fn gelu_forward<F: Real>(out: &mut [F], inp: &[F]) {
+    let (k, a, half) = (F::lit(SQRT_2_OVER_PI), F::lit(COEF), F::lit(0.5));
+    out.par_iter_mut().zip(inp.par_iter()).for_each(|(o, &x)| {
+        let t = (k * (x + a * x * x * x)).tanh();
+        *o = half * x * (F::one() + t);
+    });
+}
+
+/// dinp (N) = dout * gelu'(inp)   (overwritten)
+pub fn gelu_backward<F: Real>(dinp: &mut [F], inp: &[F], dout: &[F]) {
+    let (k, a, half, three) = (F::lit(SQRT_2_OVER_PI), F::lit(COEF), F::lit(0.5), F::lit(3.0));
+    dinp.par_iter_mut().zip(inp.par_iter().zip(dout.par_iter())).for_each(|(d, (&x, &g))| {
+        let t = (k * (x + a * x * x * x)).tanh();
+        let dt = F::one() - t * t;
+        let local = half * (F::one() + t) + half * x * dt * k * (F::one() + three * a * x * x);
+        *d = g * local;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::*;
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let n = 50;
+        let inp: Vec<f64> = rand_vec(n, 1).iter().map(|x| 4.0 * x).collect();
+        let proj = rand_vec(n, 2);
+        let mut dinp = vec![0.0; n];
+        gelu_backward(&mut dinp, &inp, &proj);
+        let num = numeric_grad(&inp, |x| {
+            let mut out = vec![0.0; n];
+            gelu_forward(&mut out, x);
+            project(&out, &proj)
+        });
+        assert_close("dinp", &dinp, &num, 1e-7);
+    }
+
+    #[test]
+    fn known_values() {
+        let mut out = [0.0f64; 3];
+        gelu_forward(&mut out, &[0.0, 1.0, -1.0]);
+        assert_eq!(out[0], 0.0);
+        assert!((out[1] - 0.841_191_990_607_477_6).abs() < 1e-12);
+        assert!((out[2] + 0.158_808_009_392_522_4).abs() < 1e-12);
+    }
+}

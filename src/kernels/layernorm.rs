@@ -1,0 +1,118 @@
+//! LayerNorm over the last dimension (GPT-2's ln_1, ln_2, ln_f).
+
+use rayon::prelude::*;
+
+use super::Real;
+
+/// out (N, C) = (inp - mean) * rstd * w + b; saves mean (N) and rstd (N) for the backward.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward<F: Real>(
+    out: &mut [F],
+    mean: &mut [F],
+    rstd: &mut [F],
+    inp: &[F],
+    w: &[F],
+    b: &[F],
+    c: usize,
+    eps: f64,
+) {
+    let eps = F::lit(eps);
+    let cf = F::lit(c as f64);
+    out.par_chunks_mut(c)
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .for_each(|((o, x), (m_out, s_out))| {
+            let m = x.iter().copied().sum::<F>() / cf;
+            let v = x.iter().map(|&xi| (xi - m) * (xi - m)).sum::<F>() / cf;
+            let s = F::one() / (v + eps).sqrt();
+            for i in 0..c {
+                o[i] = (x[i] - m) * s * w[i] + b[i];
+            }
+            *m_out = m;
+            *s_out = s;
+        });
+}
+
+/// Backward of `layernorm_forward`:
+///   dinp (N, C) += ...   (accumulates: it is the residual stream's gradient)
+///   dw (C) += sum over rows of dout * xhat,  db (C) += sum over rows of dout
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward<F: Real>(
+    dinp: &mut [F],
+    dw: &mut [F],
+    db: &mut [F],
+    dout: &[F],
+    inp: &[F],
+    w: &[F],
+    mean: &[F],
+    rstd: &[F],
+    c: usize,
+) {
+    let cf = F::lit(c as f64);
+    dinp.par_chunks_mut(c)
+        .zip(dout.par_chunks(c))
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .for_each(|(((dx, dy), x), (&m, &s))| {
+            // dnorm = dy * w; dx = s * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
+            let mut dnorm_mean = F::zero();
+            let mut dnorm_xhat_mean = F::zero();
+            for i in 0..c {
+                let xhat = (x[i] - m) * s;
+                let dnorm = dy[i] * w[i];
+                dnorm_mean += dnorm;
+                dnorm_xhat_mean += dnorm * xhat;
+            }
+            dnorm_mean = dnorm_mean / cf;
+            dnorm_xhat_mean = dnorm_xhat_mean / cf;
+            for i in 0..c {
+                let xhat = (x[i] - m) * s;
+                let dnorm = dy[i] * w[i];
+                dx[i] += s * (dnorm - dnorm_mean - xhat * dnorm_xhat_mean);
+            }
+        });
+    for ((dy, x), (&m, &s)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(mean.iter().zip(rstd)) {
+        for i in 0..c {
+            let xhat = (x[i] - m) * s;
+            dw[i] += dy[i] * xhat;
+            db[i] += dy[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::*;
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let (n, c) = (5, 7);
+        let (inp, w, b, proj) = (rand_vec(n * c, 1), rand_vec(c, 2), rand_vec(c, 3), rand_vec(n * c, 4));
+        let fwd = |inp: &[f64], w: &[f64], b: &[f64]| {
+            let (mut out, mut m, mut s) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+            layernorm_forward(&mut out, &mut m, &mut s, inp, w, b, c, 1e-5);
+            (out, m, s)
+        };
+        let (_, m, s) = fwd(&inp, &w, &b);
+        let (mut dinp, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
+        layernorm_backward(&mut dinp, &mut dw, &mut db, &proj, &inp, &w, &m, &s, c);
+        let loss = |i: &[f64], w: &[f64], b: &[f64]| project(&fwd(i, w, b).0, &proj);
+        assert_close("dinp", &dinp, &numeric_grad(&inp, |x| loss(x, &w, &b)), 1e-7);
+        assert_close("dw", &dw, &numeric_grad(&w, |x| loss(&inp, x, &b)), 1e-7);
+        assert_close("db", &db, &numeric_grad(&b, |x| loss(&inp, &w, x)), 1e-7);
+    }
+
+    #[test]
+    fn normalises_rows() {
+        let (n, c) = (3, 8);
+        let inp = rand_vec(n * c, 9);
+        let (mut out, mut m, mut s) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+        layernorm_forward(&mut out, &mut m, &mut s, &inp, &[1.0; 8], &[0.0; 8], c, 0.0);
+        for row in out.chunks(c) {
+            let mean: f64 = row.iter().sum::<f64>() / c as f64;
+            let var: f64 = row.iter().map(|x| x * x).sum::<f64>() / c as f64;
+            assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-9);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Matrix multiplications through the `gemm` crate (candle's matmul engine), laid out so
+//! that no transposed copy is ever made: transposes are expressed as strides.
+//!
+//! Weights use Hugging Face's Conv1D layout, w: (C, OC), so `out = inp @ w + bias`.
+//! The tied lm_head uses the embedding (V, C) transposed through strides.
+
+use gemm::Parallelism;
+
+use super::Real;
+
+/// A row-major or strided matrix operand: element (i, j) is at `ptr + i*rs + j*cs`.
+#[derive(Clone, Copy)]
+pub struct View<F> {
+    ptr: *const F,
+    rs: isize,
+    cs: isize,
+}
+
+impl<F> View<F> {
+    /// A (rows, cols) row-major matrix.
+    pub fn rows(data: &[F], cols: usize) -> Self {
+        Self { ptr: data.as_ptr(), rs: cols as isize, cs: 1 }
+    }
+    /// The transpose of a (rows, cols) row-major matrix, i.e. a (cols, rows) operand.
+    pub fn t(data: &[F], cols: usize) -> Self {
+        Self { ptr: data.as_ptr(), rs: 1, cs: cols as isize }
+    }
+}
+
+/// dst (M, N) row-major `=` (or `+=` when `accumulate`) lhs (M, K) @ rhs (K, N).
+pub fn gemm<F: Real>(dst: &mut [F], m: usize, n: usize, k: usize, lhs: View<F>, rhs: View<F>, accumulate: bool) {
+    assert!(dst.len() >= m * n, "gemm: dst too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(F::zero());
+        }
+        return;
+    }
+    // SAFETY: the callers pass views over slices holding at least the (M, K) and (K, N)
+    // elements addressed by the strides; dst holds M*N elements (checked above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            F::one(),
+            F::one(),
+            false,
+            false,
+            false,
+            Parallelism::Rayon(0),
+        )
+    }
+}
+
+/// out (N, OC) = inp (N, C) @ w (C, OC) + bias (OC)
+pub fn matmul_forward<F: Real>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
+    debug_assert_eq!(inp.len(), n * c);
+    debug_assert_eq!(w.len(), c * oc);
+    let out = &mut out[..n * oc];
+    match bias {
+        Some(b) => {
+            for row in out.chunks_exact_mut(oc) {
+                row.copy_from_slice(b);
+            }
+            gemm(out, n, oc, c, View::rows(inp, c), View::rows(w, oc), true);
+        }
+        None => gemm(out, n, oc, c, View::rows(inp, c), View::rows(w, oc), false),
+    }
+}
+
+/// Backward of `matmul_forward`:
+///   dinp (N, C)  = dout (N, OC) @ w^T      (overwritten)
+///   dw   (C, OC) += inp^T @ dout
+///   dbias (OC)   += column sums of dout
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward<F: Real>(
+    dinp: &mut [F],
+    dw: &mut [F],
+    dbias: Option<&mut [F]>,
+    dout: &[F],
+    inp: &[F],
+    w: &[F],
+    n: usize,
+    c: usize,
+    oc: usize,
+) {
+    gemm(dinp, n, c, oc, View::rows(dout, oc), View::t(w, oc), false);
+    gemm(dw, c, oc, n, View::t(inp, c), View::rows(dout, oc), true);
+    if let Some(db) = dbias {
+        bias_backward(db, dout, oc);
+    }
+}
+
+/// dbias (OC) += sum over rows of dout (N, OC)
+pub fn bias_backward<F: Real>(dbias: &mut [F], dout: &[F], oc: usize) {
+    for row in dout.chunks_exact(oc) {
+        for (d, g) in dbias.iter_mut().zip(row) {
+            *d += *g;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::*;
+
+    fn naive(inp: &[f64], w: &[f64], b: &[f64], n: usize, c: usize, oc: usize) -> Vec<f64> {
+        let mut out = vec![0.0; n * oc];
+        for i in 0..n {
+            for o in 0..oc {
+                out[i * oc + o] = b[o] + (0..c).map(|k| inp[i * c + k] * w[k * oc + o]).sum::<f64>();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn forward_matches_naive() {
+        let (n, c, oc) = (7, 5, 9);
+        let (inp, w, b) = (rand_vec(n * c, 1), rand_vec(c * oc, 2), rand_vec(oc, 3));
+        let mut out = vec![0.0; n * oc];
+        matmul_forward(&mut out, &inp, &w, Some(&b), n, c, oc);
+        assert_close("out", &out, &naive(&inp, &w, &b, n, c, oc), 1e-12);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let (n, c, oc) = (6, 4, 5);
+        let (inp, w, b, proj) = (rand_vec(n * c, 1), rand_vec(c * oc, 2), rand_vec(oc, 3), rand_vec(n * oc, 4));
+        let (mut dinp, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c * oc], vec![0.0; oc]);
+        matmul_backward(&mut dinp, &mut dw, Some(&mut db), &proj, &inp, &w, n, c, oc);
+        let loss = |inp: &[f64], w: &[f64], b: &[f64]| {
+            let mut out = vec![0.0; n * oc];
+            matmul_forward(&mut out, inp, w, Some(b), n, c, oc);
+            project(&out, &proj)
+        };
+        assert_close("dinp", &dinp, &numeric_grad(&inp, |x| loss(x, &w, &b)), 1e-7);
+        assert_close("dw", &dw, &numeric_grad(&w, |x| loss(&inp, x, &b)), 1e-7);
+        assert_close("db", &db, &numeric_grad(&b, |x| loss(&inp, &w, x)), 1e-7);
+    }
+
+    #[test]
+    fn transposed_view() {
+        // (2, 3) @ (3, 2)^T-of-(2,3)
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut out = [0.0f64; 4];
+        gemm(&mut out, 2, 2, 3, View::rows(&a, 3), View::t(&a, 3), false);
+        assert_eq!(out, [14.0, 32.0, 32.0, 77.0]);
+    }
+}

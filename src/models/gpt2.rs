@@ -1,0 +1,661 @@
+//! GPT-2 (transformers' `GPT2LMHeadModel`): token + position embeddings, pre-LayerNorm
+//! blocks of causal self-attention and a gelu_new MLP, a final LayerNorm and the lm_head
+//! tied to the token embedding. Weights keep Hugging Face's names and Conv1D layout
+//! (y = x @ W + b, W: (in, out)).
+//!
+//! Explicit forward and backward per layer (llm.c style): activations are kept in buffers
+//! sized for one (B, T) and reused every step; every parameter's gradient is ours.
+//!
+//! Shapes: B = batch, T = time, C = n_embd, NH = n_head, HS = C / NH, V = vocab_size,
+//! N = B * T, I = MLP width (4C).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use crate::config::Gpt2Config;
+use crate::error::{Error, Result};
+use crate::io::atomic::{ensure_dir, write_atomic};
+use crate::io::safetensors::{f32_bytes, load_model_dir, save_file, OutTensor, RawTensor};
+use crate::kernels::attention::{attention_backward, attention_forward, AttnShape};
+use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats, IGNORE_INDEX};
+use crate::kernels::dropout::{dropout_apply, dropout_mask};
+use crate::kernels::embedding::{embedding_backward, embedding_forward};
+use crate::kernels::gelu::{gelu_backward, gelu_forward};
+use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
+use crate::kernels::matmul::{gemm, matmul_backward, matmul_forward, View};
+use crate::kernels::Real;
+use crate::models::params::{two_mut, ParamTable};
+use crate::rng::SplitMix64;
+
+/// A batch of token ids (B, T), row-major, with an optional attention mask and labels.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub ids: &'a [i64],
+    pub mask: Option<&'a [i64]>,
+    pub labels: Option<&'a [i64]>,
+    pub b: usize,
+    pub t: usize,
+}
+
+struct LayerParams {
+    ln1_w: Range<usize>,
+    ln1_b: Range<usize>,
+    attn_w: Range<usize>,
+    attn_b: Range<usize>,
+    proj_w: Range<usize>,
+    proj_b: Range<usize>,
+    ln2_w: Range<usize>,
+    ln2_b: Range<usize>,
+    fc_w: Range<usize>,
+    fc_b: Range<usize>,
+    fcproj_w: Range<usize>,
+    fcproj_b: Range<usize>,
+}
+
+struct Layout {
+    wte: Range<usize>,
+    wpe: Range<usize>,
+    layers: Vec<LayerParams>,
+    lnf_w: Range<usize>,
+    lnf_b: Range<usize>,
+}
+
+impl Layout {
+    fn new(cfg: &Gpt2Config, table: &mut ParamTable) -> Layout {
+        let (v, c, i, p) = (cfg.vocab_size, cfg.n_embd, cfg.inner(), cfg.n_positions);
+        let wte = table.push("transformer.wte.weight".into(), &[v, c]);
+        let wpe = table.push("transformer.wpe.weight".into(), &[p, c]);
+        let layers = (0..cfg.n_layer)
+            .map(|l| {
+                let mut push = |n: &str, s: &[usize]| table.push(format!("transformer.h.{l}.{n}"), s);
+                LayerParams {
+                    ln1_w: push("ln_1.weight", &[c]),
+                    ln1_b: push("ln_1.bias", &[c]),
+                    attn_w: push("attn.c_attn.weight", &[c, 3 * c]),
+                    attn_b: push("attn.c_attn.bias", &[3 * c]),
+                    proj_w: push("attn.c_proj.weight", &[c, c]),
+                    proj_b: push("attn.c_proj.bias", &[c]),
+                    ln2_w: push("ln_2.weight", &[c]),
+                    ln2_b: push("ln_2.bias", &[c]),
+                    fc_w: push("mlp.c_fc.weight", &[c, i]),
+                    fc_b: push("mlp.c_fc.bias", &[i]),
+                    fcproj_w: push("mlp.c_proj.weight", &[i, c]),
+                    fcproj_b: push("mlp.c_proj.bias", &[c]),
+                }
+            })
+            .collect();
+        let lnf_w = table.push("transformer.ln_f.weight".into(), &[c]);
+        let lnf_b = table.push("transformer.ln_f.bias".into(), &[c]);
+        Layout { wte, wpe, layers, lnf_w, lnf_b }
+    }
+}
+
+/// Activations of one block, saved by the forward for the backward.
+#[derive(Default)]
+struct LayerActs<F> {
+    ln1: Vec<F>,       // (N, C)
+    ln1_mean: Vec<F>,  // (N)
+    ln1_rstd: Vec<F>,  // (N)
+    qkv: Vec<F>,       // (N, 3C)
+    atty: Vec<F>,      // (N, C)
+    att: Vec<F>,       // (B, NH, T, T)
+    att_drop: Vec<F>,  // (B, NH, T, T), empty without attention dropout
+    proj_drop: Vec<F>, // (N, C), empty without residual dropout
+    res2: Vec<F>,      // (N, C) residual after attention
+    ln2: Vec<F>,       // (N, C)
+    ln2_mean: Vec<F>,  // (N)
+    ln2_rstd: Vec<F>,  // (N)
+    fch: Vec<F>,       // (N, I)
+    fch_gelu: Vec<F>,  // (N, I)
+    fc_drop: Vec<F>,   // (N, C), empty without residual dropout
+    res3: Vec<F>,      // (N, C) residual after the MLP
+}
+
+/// All activations for one (B, T), plus the gradient scratch buffers of the backward.
+struct Acts<F> {
+    b: usize,
+    t: usize,
+    ids: Vec<i64>,          // (N)
+    mask: Option<Vec<i64>>, // (N)
+    targets: Vec<i64>,      // (N) next-token labels, -100 where ignored
+    encoded: Vec<F>,        // (N, C)
+    embd_drop: Vec<F>,      // (N, C), empty without embedding dropout
+    layers: Vec<LayerActs<F>>,
+    lnf: Vec<F>,      // (N, C)
+    lnf_mean: Vec<F>, // (N)
+    lnf_rstd: Vec<F>, // (N)
+    logits: Vec<F>,   // (N, V); the backward turns it into dlogits in place
+    // gradient scratch
+    dres: Vec<F>,  // (N, C) gradient of the residual stream
+    dtmp: Vec<F>,  // (N, C)
+    dln: Vec<F>,   // (N, C)
+    datty: Vec<F>, // (N, C)
+    dqkv: Vec<F>,  // (N, 3C)
+    dfch: Vec<F>,  // (N, I)
+    dfchg: Vec<F>, // (N, I)
+}
+
+impl<F: Real> Acts<F> {
+    fn new(cfg: &Gpt2Config, b: usize, t: usize) -> Self {
+        let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
+        let z = |len: usize| vec![F::zero(); len];
+        let layers = (0..cfg.n_layer)
+            .map(|_| LayerActs {
+                ln1: z(n * c),
+                ln1_mean: z(n),
+                ln1_rstd: z(n),
+                qkv: z(n * 3 * c),
+                atty: z(n * c),
+                att: z(b * nh * t * t),
+                att_drop: Vec::new(),
+                proj_drop: Vec::new(),
+                res2: z(n * c),
+                ln2: z(n * c),
+                ln2_mean: z(n),
+                ln2_rstd: z(n),
+                fch: z(n * i),
+                fch_gelu: z(n * i),
+                fc_drop: Vec::new(),
+                res3: z(n * c),
+            })
+            .collect();
+        Acts {
+            b,
+            t,
+            ids: vec![0; n],
+            mask: None,
+            targets: vec![IGNORE_INDEX; n],
+            encoded: z(n * c),
+            embd_drop: Vec::new(),
+            layers,
+            lnf: z(n * c),
+            lnf_mean: z(n),
+            lnf_rstd: z(n),
+            logits: z(n * v),
+            dres: z(n * c),
+            dtmp: z(n * c),
+            dln: z(n * c),
+            datty: z(n * c),
+            dqkv: z(n * 3 * c),
+            dfch: z(n * i),
+            dfchg: z(n * i),
+        }
+    }
+}
+
+/// Fills `mask` with a fresh dropout mask when dropout is active, or empties it.
+fn refresh_mask<F: Real>(mask: &mut Vec<F>, len: usize, p: f64, active: bool, rng: &mut SplitMix64) {
+    if active && p > 0.0 {
+        mask.resize(len, F::zero());
+        dropout_mask(mask, p, rng);
+    } else {
+        mask.clear();
+    }
+}
+
+fn drop_opt<F>(mask: &[F]) -> Option<&[F]> {
+    (!mask.is_empty()).then_some(mask)
+}
+
+pub struct Gpt2<F: Real> {
+    pub config: Gpt2Config,
+    table: ParamTable,
+    layout: Layout,
+    params: Vec<F>,
+    grads: Vec<F>, // empty until the first backward
+    acts: Option<Acts<F>>,
+    training: bool,
+    rng: SplitMix64,
+}
+
+impl<F: Real> Gpt2<F> {
+    /// A model with zeroed weights (load or initialise them next).
+    fn empty(config: Gpt2Config) -> Result<Self> {
+        config.validate()?;
+        let mut table = ParamTable::default();
+        let layout = Layout::new(&config, &mut table);
+        let params = vec![F::zero(); table.total()];
+        Ok(Self { config, table, layout, params, grads: Vec::new(), acts: None, training: true, rng: SplitMix64::new(0) })
+    }
+
+    /// transformers' initialisation: N(0, initializer_range) for weights and embeddings,
+    /// scaled by 1/sqrt(2 n_layer) for the residual projections (c_proj), zero biases,
+    /// LayerNorm weight 1 and bias 0.
+    pub fn from_config(config: Gpt2Config, seed: u64) -> Result<Self> {
+        let mut m = Self::empty(config)?;
+        let mut rng = SplitMix64::new(seed);
+        let std = m.config.initializer_range;
+        let proj_std = std / (2.0 * m.config.n_layer as f64).sqrt();
+        for info in m.table.infos() {
+            let name = info.name.as_str();
+            let dst = &mut m.params[info.range.clone()];
+            if name.contains(".ln_") {
+                let v = if name.ends_with(".weight") { F::one() } else { F::zero() };
+                dst.fill(v);
+            } else if name.ends_with(".bias") {
+                dst.fill(F::zero());
+            } else {
+                let s = if name.ends_with("c_proj.weight") { proj_std } else { std };
+                for x in dst.iter_mut() {
+                    *x = F::lit(rng.next_normal() * s);
+                }
+            }
+        }
+        m.rng = SplitMix64::new(seed ^ 0x5EED_D80F_0000_0001);
+        Ok(m)
+    }
+
+    /// Loads `config.json` + safetensors weights from a Hugging Face model directory.
+    pub fn from_pretrained(dir: &Path, config: Gpt2Config) -> Result<Self> {
+        let mut m = Self::empty(config)?;
+        let tensors = load_model_dir(dir)?;
+        m.load_tensors(tensors, dir)?;
+        Ok(m)
+    }
+
+    /// Maps checkpoint names to ours: with or without the `transformer.` prefix; the tied
+    /// `lm_head.weight` and the causal-mask buffers (`attn.bias`, `attn.masked_bias`) of old
+    /// checkpoints are not parameters.
+    fn load_tensors(&mut self, tensors: BTreeMap<String, RawTensor>, source: &Path) -> Result<()> {
+        let mut seen = vec![false; self.table.infos().len()];
+        for (name, raw) in tensors {
+            if name == "lm_head.weight" || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
+                continue;
+            }
+            let full = if name.starts_with("transformer.") { name.clone() } else { format!("transformer.{name}") };
+            let Some(idx) = self.table.infos().iter().position(|p| p.name == full) else {
+                return Err(Error::checkpoint(source, format!("unexpected tensor {name:?} for a gpt2 model")));
+            };
+            let info = &self.table.infos()[idx];
+            if raw.shape != info.shape {
+                return Err(Error::shape(format!("{name} in {}", source.display()), &info.shape, &raw.shape));
+            }
+            let values = raw.to_real::<F>(&name)?;
+            self.params[info.range.clone()].copy_from_slice(&values);
+            seen[idx] = true;
+        }
+        if let Some(idx) = seen.iter().position(|s| !s) {
+            return Err(Error::MissingTensor { name: self.table.infos()[idx].name.clone(), path: Some(source.to_path_buf()) });
+        }
+        Ok(())
+    }
+
+    /// Writes `config.json` and `model.safetensors` (f32, transformers' key names, the tied
+    /// lm_head omitted as transformers does), each file atomically.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        ensure_dir(dir)?;
+        let config = serde_json::to_string_pretty(&self.config.to_value()).expect("config serialises");
+        let bytes: Vec<Vec<u8>> = self
+            .table
+            .infos()
+            .iter()
+            .map(|i| f32_bytes(&self.params[i.range.clone()].iter().map(|x| x.to_f32().unwrap()).collect::<Vec<_>>()))
+            .collect();
+        let tensors: Vec<OutTensor<'_>> = self
+            .table
+            .infos()
+            .iter()
+            .zip(&bytes)
+            .map(|(i, b)| OutTensor { name: i.name.clone(), dtype: safetensors::Dtype::F32, shape: i.shape.clone(), data: b })
+            .collect();
+        let meta = [("format".to_string(), "pt".to_string())].into_iter().collect();
+        save_file(&dir.join("model.safetensors"), &tensors, Some(meta))?;
+        write_atomic(&dir.join("config.json"), config.as_bytes())
+    }
+
+    pub fn table(&self) -> &ParamTable {
+        &self.table
+    }
+    pub fn params(&self) -> &[F] {
+        &self.params
+    }
+    pub fn params_mut(&mut self) -> &mut [F] {
+        &mut self.params
+    }
+    /// Parameters and gradients together (for the optimizer); allocates gradients if needed.
+    pub fn params_and_grads(&mut self) -> (&mut [F], &[F]) {
+        self.ensure_grads();
+        (&mut self.params, &self.grads)
+    }
+    pub fn grads(&mut self) -> &[F] {
+        self.ensure_grads();
+        &self.grads
+    }
+    pub fn grads_mut(&mut self) -> &mut [F] {
+        self.ensure_grads();
+        &mut self.grads
+    }
+    pub fn zero_grad(&mut self) {
+        self.grads.fill(F::zero());
+    }
+    fn ensure_grads(&mut self) {
+        if self.grads.len() != self.params.len() {
+            self.grads = vec![F::zero(); self.params.len()];
+        }
+    }
+    pub fn training(&self) -> bool {
+        self.training
+    }
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+    pub fn rng_state(&self) -> u64 {
+        self.rng.state()
+    }
+    pub fn set_rng_state(&mut self, state: u64) {
+        self.rng.set_state(state);
+    }
+
+    /// The (B, T, V) logits of the last forward.
+    pub fn logits(&self) -> &[F] {
+        self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size])
+    }
+
+    /// Checks a batch against the model: sizes, token ids, mask values, labels.
+    pub fn validate(&self, batch: &Batch<'_>) -> Result<()> {
+        let (b, t, v) = (batch.b, batch.t, self.config.vocab_size);
+        if b == 0 || t == 0 {
+            return Err(Error::Input(format!("empty batch: input_ids has shape ({b}, {t})")));
+        }
+        if batch.ids.len() != b * t {
+            return Err(Error::shape("input_ids", &[b, t], &[batch.ids.len()]));
+        }
+        if t > self.config.n_positions {
+            return Err(Error::Input(format!(
+                "sequence length {t} exceeds the model's maximum of {} positions (n_positions)",
+                self.config.n_positions
+            )));
+        }
+        let check_ids = |what: &'static str, xs: &[i64], allow_ignore: bool| -> Result<()> {
+            for (k, &id) in xs.iter().enumerate() {
+                if (id < 0 || id as usize >= v) && !(allow_ignore && id == IGNORE_INDEX) {
+                    return Err(Error::TokenOutOfRange { what, id, row: k / t, col: k % t, vocab: v });
+                }
+            }
+            Ok(())
+        };
+        check_ids("token id", batch.ids, false)?;
+        if let Some(m) = batch.mask {
+            if m.len() != b * t {
+                return Err(Error::Input(format!(
+                    "attention_mask has {} elements but input_ids has shape ({b}, {t})",
+                    m.len()
+                )));
+            }
+            if let Some(k) = m.iter().position(|&x| x != 0 && x != 1) {
+                return Err(Error::Input(format!("attention_mask must hold 0 or 1, got {} at [{}, {}]", m[k], k / t, k % t)));
+            }
+        }
+        if let Some(l) = batch.labels {
+            if l.len() != b * t {
+                return Err(Error::Input(format!("labels have {} elements but input_ids has shape ({b}, {t})", l.len())));
+            }
+            check_ids("label", l, true)?;
+        }
+        Ok(())
+    }
+
+    /// Full forward: fills every activation and the (B, T, V) logits.
+    pub fn forward(&mut self, batch: &Batch<'_>) -> Result<()> {
+        self.validate(batch)?;
+        let (b, t) = (batch.b, batch.t);
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
+            self.acts = None; // free the old buffers before allocating new ones
+            self.acts = Some(Acts::new(&self.config, b, t));
+        }
+        let scales = self.attn_scales();
+        let cfg = &self.config;
+        let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
+        let acts = self.acts.as_mut().expect("allocated above");
+        let (p, lay, rng) = (&self.params, &self.layout, &mut self.rng);
+        let train = self.training;
+
+        acts.ids.copy_from_slice(batch.ids);
+        acts.mask = batch.mask.map(<[i64]>::to_vec);
+        // next-token targets: targets[b, t] = labels[b, t + 1] (labels default to input_ids
+        // with -100 on padding)
+        for row in 0..b {
+            for col in 0..t {
+                let k = row * t + col;
+                acts.targets[k] = if col + 1 == t {
+                    IGNORE_INDEX
+                } else {
+                    let nk = k + 1;
+                    match (batch.labels, batch.mask) {
+                        (Some(l), _) => l[nk],
+                        (None, Some(m)) if m[nk] == 0 => IGNORE_INDEX,
+                        (None, _) => batch.ids[nk],
+                    }
+                };
+            }
+        }
+
+        embedding_forward(&mut acts.encoded, batch.ids, &p[lay.wte.clone()], &p[lay.wpe.clone()], t, c);
+        refresh_mask(&mut acts.embd_drop, n * c, cfg.embd_pdrop, train, rng);
+        dropout_apply(&mut acts.encoded, &acts.embd_drop);
+
+        let shape = AttnShape { b, t, c, nh };
+        for (l, lp) in lay.layers.iter().enumerate() {
+            let (prev, rest) = acts.layers.split_at_mut(l);
+            let la = &mut rest[0];
+            let residual = if l == 0 { &acts.encoded } else { &prev[l - 1].res3 };
+
+            layernorm_forward(&mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, residual, &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, cfg.layer_norm_epsilon);
+            matmul_forward(&mut la.qkv, &la.ln1, &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
+            refresh_mask(&mut la.att_drop, b * nh * t * t, cfg.attn_pdrop, train, rng);
+            attention_forward(&mut la.atty, &mut la.att, &la.qkv, batch.mask, drop_opt(&la.att_drop), shape, scales[l]);
+            // res2 = residual + dropout(atty @ Wproj + b)
+            matmul_forward(&mut la.res2, &la.atty, &p[lp.proj_w.clone()], Some(&p[lp.proj_b.clone()]), n, c, c);
+            refresh_mask(&mut la.proj_drop, n * c, cfg.resid_pdrop, train, rng);
+            dropout_apply(&mut la.res2, &la.proj_drop);
+            add_inplace(&mut la.res2, residual);
+
+            layernorm_forward(&mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, cfg.layer_norm_epsilon);
+            matmul_forward(&mut la.fch, &la.ln2, &p[lp.fc_w.clone()], Some(&p[lp.fc_b.clone()]), n, c, i);
+            gelu_forward(&mut la.fch_gelu, &la.fch);
+            // res3 = res2 + dropout(gelu(fch) @ Wfcproj + b)
+            matmul_forward(&mut la.res3, &la.fch_gelu, &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
+            refresh_mask(&mut la.fc_drop, n * c, cfg.resid_pdrop, train, rng);
+            dropout_apply(&mut la.res3, &la.fc_drop);
+            add_inplace(&mut la.res3, &la.res2);
+        }
+
+        let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
+        layernorm_forward(&mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, last, &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, cfg.layer_norm_epsilon);
+        // logits (N, V) = lnf (N, C) @ wte^T (C, V)
+        gemm(&mut acts.logits, n, v, c, View::rows(&acts.lnf, c), View::t(&p[lay.wte.clone()], c), false);
+        Ok(())
+    }
+
+    /// The attention score scale of each layer: 1/sqrt(HS) (scale_attn_weights), divided by
+    /// layer + 1 with scale_attn_by_inverse_layer_idx.
+    fn attn_scales(&self) -> Vec<f64> {
+        let cfg = &self.config;
+        let base = if cfg.scale_attn_weights { 1.0 / ((cfg.n_embd / cfg.n_head) as f64).sqrt() } else { 1.0 };
+        (0..cfg.n_layer)
+            .map(|l| if cfg.scale_attn_by_inverse_layer_idx { base / (l + 1) as f64 } else { base })
+            .collect()
+    }
+
+    /// Loss statistics of the last forward (the logits are left intact).
+    pub fn loss_stats(&self) -> LossStats {
+        let a = self.acts.as_ref().expect("forward before loss_stats");
+        crossentropy_forward(&a.logits, &a.targets, self.config.vocab_size)
+    }
+
+    /// Forward, loss and backward; gradients are *added* to the gradient buffers.
+    /// The gradient is that of (sum of token losses) / `num_items` (default: this batch's
+    /// counted tokens), so micro-batches of one optimizer step weight every token equally.
+    /// Returns this batch's statistics (its mean loss is loss_sum / count).
+    pub fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
+        self.forward(batch)?;
+        self.ensure_grads();
+        let scales = self.attn_scales();
+        let cfg = &self.config;
+        let acts = self.acts.as_mut().expect("forward allocated activations");
+        let (b, t) = (acts.b, acts.t);
+        let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
+        let counted = acts.targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
+        let denom = num_items.unwrap_or(counted as f64);
+        if denom <= 0.0 && counted > 0 {
+            return Err(Error::Input(format!("num_items_in_batch must be positive, got {denom}")));
+        }
+        let scale = if counted == 0 { 0.0 } else { 1.0 / denom };
+        let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, scale);
+        let (p, g, lay) = (&self.params, &mut self.grads, &self.layout);
+
+        // logits = lnf @ wte^T:  dlnf (N, C) = dlogits @ wte;  dwte += dlogits^T @ lnf
+        let dlogits = &acts.logits;
+        gemm(&mut acts.dln, n, c, v, View::rows(dlogits, v), View::rows(&p[lay.wte.clone()], c), false);
+        gemm(&mut g[lay.wte.clone()], v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
+        acts.dres.fill(F::zero());
+        {
+            let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
+            let (dw, db) = two_mut(g, lay.lnf_w.clone(), lay.lnf_b.clone());
+            layernorm_backward(&mut acts.dres, dw, db, &acts.dln, last, &p[lay.lnf_w.clone()], &acts.lnf_mean, &acts.lnf_rstd, c);
+        }
+
+        let shape = AttnShape { b, t, c, nh };
+        for l in (0..cfg.n_layer).rev() {
+            let lp = &lay.layers[l];
+            let la = &acts.layers[l];
+            let residual = if l == 0 { &acts.encoded } else { &acts.layers[l - 1].res3 };
+
+            // res3 = res2 + drop(fcproj): the residual gradient passes through; the branch gets it masked
+            acts.dtmp.copy_from_slice(&acts.dres);
+            dropout_apply(&mut acts.dtmp, &la.fc_drop);
+            {
+                let (dw, db) = two_mut(g, lp.fcproj_w.clone(), lp.fcproj_b.clone());
+                matmul_backward(&mut acts.dfchg, dw, Some(db), &acts.dtmp, &la.fch_gelu, &p[lp.fcproj_w.clone()], n, i, c);
+            }
+            gelu_backward(&mut acts.dfch, &la.fch, &acts.dfchg);
+            {
+                let (dw, db) = two_mut(g, lp.fc_w.clone(), lp.fc_b.clone());
+                matmul_backward(&mut acts.dln, dw, Some(db), &acts.dfch, &la.ln2, &p[lp.fc_w.clone()], n, c, i);
+            }
+            {
+                let (dw, db) = two_mut(g, lp.ln2_w.clone(), lp.ln2_b.clone());
+                layernorm_backward(&mut acts.dres, dw, db, &acts.dln, &la.res2, &p[lp.ln2_w.clone()], &la.ln2_mean, &la.ln2_rstd, c);
+            }
+
+            // res2 = residual + drop(atty @ Wproj + b)
+            acts.dtmp.copy_from_slice(&acts.dres);
+            dropout_apply(&mut acts.dtmp, &la.proj_drop);
+            {
+                let (dw, db) = two_mut(g, lp.proj_w.clone(), lp.proj_b.clone());
+                matmul_backward(&mut acts.datty, dw, Some(db), &acts.dtmp, &la.atty, &p[lp.proj_w.clone()], n, c, c);
+            }
+            attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att, drop_opt(&la.att_drop), shape, scales[l]);
+            {
+                let (dw, db) = two_mut(g, lp.attn_w.clone(), lp.attn_b.clone());
+                matmul_backward(&mut acts.dln, dw, Some(db), &acts.dqkv, &la.ln1, &p[lp.attn_w.clone()], n, c, 3 * c);
+            }
+            {
+                let (dw, db) = two_mut(g, lp.ln1_w.clone(), lp.ln1_b.clone());
+                layernorm_backward(&mut acts.dres, dw, db, &acts.dln, residual, &p[lp.ln1_w.clone()], &la.ln1_mean, &la.ln1_rstd, c);
+            }
+        }
+
+        dropout_apply(&mut acts.dres, &acts.embd_drop);
+        let (dwte, dwpe) = two_mut(g, lay.wte.clone(), lay.wpe.clone());
+        embedding_backward(dwte, dwpe, &acts.dres, &acts.ids, t, c);
+        Ok(stats)
+    }
+}
+
+fn add_inplace<F: Real>(dst: &mut [F], src: &[F]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += *s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_config(pdrop: f64) -> Gpt2Config {
+        Gpt2Config::from_value(serde_json::json!({
+            "model_type": "gpt2", "vocab_size": 11, "n_positions": 8, "n_embd": 6, "n_layer": 2, "n_head": 2,
+            "resid_pdrop": pdrop, "embd_pdrop": pdrop, "attn_pdrop": pdrop, "initializer_range": 0.3
+        }))
+        .unwrap()
+    }
+
+    /// The whole model's backward against central differences in f64, with padding on
+    /// both sides, for every parameter.
+    #[test]
+    fn model_gradients_match_finite_differences() {
+        let mut m = Gpt2::<f64>::from_config(tiny_config(0.0), 3).unwrap();
+        // biases and LN params away from their init so every path is exercised
+        let mut r = SplitMix64::new(9);
+        for x in m.params_mut() {
+            *x += 0.1 * (r.next_f64() - 0.5);
+        }
+        let ids = [1i64, 5, 7, 2, 0, 3, 9, 4, 10, 6];
+        let mask = [1i64, 1, 1, 1, 0, 0, 1, 1, 1, 1];
+        // the fully masked query (row 1, t 0) follows torch's gradient, not the true
+        // derivative (see kernels/attention.rs), so the token it predicts is not counted here
+        let labels = [1i64, 5, 7, 2, -100, -100, -100, 4, 10, 6];
+        let batch = Batch { ids: &ids, mask: Some(&mask), labels: Some(&labels), b: 2, t: 5 };
+        m.forward_backward(&batch, None).unwrap();
+        let analytic = m.grads().to_vec();
+        let h = 1e-6;
+        let mut worst = 0.0f64;
+        for k in 0..m.params().len() {
+            let orig = m.params()[k];
+            let loss_at = |x: f64, m: &mut Gpt2<f64>| {
+                m.params_mut()[k] = x;
+                m.forward(&batch).unwrap();
+                let s = m.loss_stats();
+                s.loss_sum / s.count as f64
+            };
+            let num = (loss_at(orig + h, &mut m) - loss_at(orig - h, &mut m)) / (2.0 * h);
+            m.params_mut()[k] = orig;
+            worst = worst.max((num - analytic[k]).abs());
+        }
+        let scale = analytic.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        assert!(worst < 1e-7 * scale.max(1.0), "max abs error {worst:e} (grad scale {scale:e})");
+    }
+
+    #[test]
+    fn every_parameter_gets_a_finite_nonzero_gradient() {
+        let mut m = Gpt2::<f32>::from_config(tiny_config(0.1), 1).unwrap();
+        let ids: Vec<i64> = (0..16).map(|i| (i * 7 % 11) as i64).collect();
+        m.forward_backward(&Batch { ids: &ids, mask: None, labels: None, b: 2, t: 8 }, None).unwrap();
+        let table = m.table().clone();
+        let g = m.grads();
+        for info in table.infos() {
+            let gs = &g[info.range.clone()];
+            assert!(gs.iter().all(|x| x.is_finite()), "{} has a non-finite gradient", info.name);
+            assert!(gs.iter().any(|&x| x != 0.0), "{} has an all-zero gradient", info.name);
+        }
+    }
+
+    #[test]
+    fn dropout_only_in_train_mode() {
+        let mut m = Gpt2::<f32>::from_config(tiny_config(0.5), 1).unwrap();
+        let ids = [1i64, 2, 3, 4];
+        let batch = Batch { ids: &ids, mask: None, labels: None, b: 1, t: 4 };
+        m.set_training(false);
+        m.forward(&batch).unwrap();
+        let a = m.logits().to_vec();
+        m.forward(&batch).unwrap();
+        assert_eq!(a, m.logits(), "eval is deterministic");
+        m.set_training(true);
+        m.forward(&batch).unwrap();
+        assert_ne!(a, m.logits(), "train mode applies dropout");
+    }
+
+    #[test]
+    fn rejects_bad_batches() {
+        let m = Gpt2::<f32>::from_config(tiny_config(0.0), 1).unwrap();
+        let ids = [1i64, 11];
+        let err = m.validate(&Batch { ids: &ids, mask: None, labels: None, b: 1, t: 2 }).unwrap_err();
+        assert!(err.to_string().contains("11 at [0, 1]"), "{err}");
+        let long = [0i64; 9];
+        assert!(m.validate(&Batch { ids: &long, mask: None, labels: None, b: 1, t: 9 }).is_err());
+        let mask = [1i64];
+        assert!(m.validate(&Batch { ids: &[1, 2], mask: Some(&mask), labels: None, b: 1, t: 2 }).is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! Optimizers and gradient utilities.
+
+pub mod adamw;
+pub mod clip;
