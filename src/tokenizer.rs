@@ -182,7 +182,7 @@ impl Default for EncodeOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub input_ids: Vec<Vec<u32>>,
-    pub attention_mask: Vec<Vec<u8>>,
+    pub attention_mask: Vec<Vec<u32>>,
 }
 
 /// A batch as two row-major (B, T) i64 arrays.
@@ -612,8 +612,15 @@ impl Tokenizer {
             .chain(self.additional_special_tokens.iter())
             .cloned()
             .collect();
-        for t in wanted {
-            self.ensure_special_token(&t)?;
+        // As transformers does on load: every configured special token is an added
+        // special token, so it is never split and `skip_special_tokens` drops it.
+        let added: Vec<AddedToken> = wanted
+            .into_iter()
+            .filter(|t| !self.inner.get_added_vocabulary().get_vocab().contains_key(t))
+            .map(|t| AddedToken::from(t, true))
+            .collect();
+        if !added.is_empty() {
+            self.inner.add_special_tokens(added).map_err(tok_err)?;
         }
         Ok(())
     }
@@ -824,7 +831,7 @@ impl Tokenizer {
             }
         };
         let mut input_ids: Vec<Vec<u32>> = encodings.iter().map(|e| e.get_ids().to_vec()).collect();
-        let mut attention_mask: Vec<Vec<u8>> = input_ids.iter().map(|r| vec![1u8; r.len()]).collect();
+        let mut attention_mask: Vec<Vec<u32>> = input_ids.iter().map(|r| vec![1u32; r.len()]).collect();
         let longest = input_ids.iter().map(Vec::len).max().unwrap_or(0);
         if let Some(target) =
             self.padding_target(opts.padding, longest, opts.max_length, opts.pad_to_multiple_of)?
@@ -841,9 +848,10 @@ impl Tokenizer {
         Ok(self.inner.encode_fast(text, add_special_tokens).map_err(tok_err)?.get_ids().to_vec())
     }
 
-    /// The tokens (as strings) of one text, without special tokens added.
+    /// The tokens (as strings) of one text.
     pub fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<String>> {
-        Ok(self.inner.encode_fast(text, add_special_tokens).map_err(tok_err)?.get_tokens().to_vec())
+        // `encode_fast` leaves the token strings empty; `encode` fills them.
+        Ok(self.inner.encode(text, add_special_tokens).map_err(tok_err)?.get_tokens().to_vec())
     }
 
     /// Pads named columns of a batch of features (data-collator work):
@@ -1388,6 +1396,8 @@ mod tests {
             let ids64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
             assert_eq!(tok.decode(&ids64, false, None).unwrap(), *text);
         }
+        let tokens = tok.tokenize("Hello world", false).unwrap();
+        assert_eq!(tokens.concat(), "HelloĠworld");
         // merges were learnt: a frequent word is fewer tokens than bytes
         assert!(tok.encode("Hello world", false).unwrap().len() < "Hello world".len());
     }
@@ -1414,7 +1424,7 @@ mod tests {
         let t = full.len();
         assert_eq!(b.input_ids[1], full);
         assert_eq!(b.input_ids[0].len(), t);
-        assert_eq!(b.attention_mask[0].iter().map(|&m| m as usize).sum::<usize>(), 1);
+        assert_eq!(b.attention_mask[0].iter().sum::<u32>(), 1);
         assert_eq!(b.attention_mask[0][0], 1);
         assert_eq!(b.input_ids[0][1], 0);
 
@@ -1507,6 +1517,9 @@ mod tests {
         assert_eq!(back.encode(text, true).unwrap(), want);
         assert_eq!(back.special_token(SpecialToken::Eos), Some(GPT2_SPECIAL_TOKEN));
         assert_eq!(back.special_token(SpecialToken::Pad), None);
+        // the GPT-2 default special token is one token, as in the tokenizer.json load
+        assert_eq!(back.encode("a<|endoftext|>", true).unwrap(), tok.encode("a<|endoftext|>", true).unwrap());
+        assert_eq!(back.len(), tok.len());
 
         // the tokenizer.json file itself
         let back = Tokenizer::from_pretrained(dir.path().join(TOKENIZER_FILE)).unwrap();

@@ -5,6 +5,9 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import final
+
+__version__: str
 
 class FerrotuneError(Exception):
     """Base class of every ferrotune error."""
@@ -33,6 +36,7 @@ class NonFiniteError(FerrotuneError):
 _Texts = Union[Iterable[str], Iterable[Sequence[str]]]
 _Path = Union[str, PathLike[str]]
 
+@final
 class Tokenizer:
     """The Rust tokenizer behind ferrotune.Tokenizer."""
 

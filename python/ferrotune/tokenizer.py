@@ -277,7 +277,8 @@ class Tokenizer:
         "np" gives (B, T) int64 arrays.
         """
         single = isinstance(text, str)
-        if single:
+        texts: list[str]
+        if isinstance(text, str):
             texts = [text]
         elif isinstance(text, (list, tuple)):
             texts = list(text)

@@ -203,7 +203,7 @@ impl PyTokenizer {
         truncation: bool,
         max_length: Option<usize>,
         pad_to_multiple_of: Option<usize>,
-    ) -> PyResult<(Vec<Vec<u32>>, Vec<Vec<u8>>)> {
+    ) -> PyResult<(Vec<Vec<u32>>, Vec<Vec<u32>>)> {
         let opts = Self::options(add_special_tokens, padding, truncation, max_length, pad_to_multiple_of)?;
         let batch = detach(py, || Ok(self.inner.encode_batch(&texts, &opts)?))?;
         Ok((batch.input_ids, batch.attention_mask))
