@@ -17,6 +17,9 @@ use super::errors::{PyFerrotuneErr, PyFtResult};
 use crate::error::{Error, Result};
 use crate::tokenizer::{EncodeOptions, Padding, Side, SpecialToken, Tokenizer};
 
+/// Rows of ids or mask values, one per text.
+type IdRows = Vec<Vec<u32>>;
+
 fn ft<T>(r: Result<T>) -> PyResult<T> {
     r.map_err(|e| PyFerrotuneErr::from(e).into())
 }
@@ -193,6 +196,7 @@ impl PyTokenizer {
     // ---- encoding ----
 
     /// (input_ids, attention_mask) as lists of lists (rows differ in length when not padded).
+    #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
     #[pyo3(signature = (texts, add_special_tokens=true, padding="do_not_pad", truncation=false, max_length=None, pad_to_multiple_of=None))]
     fn encode_batch(
         &self,
@@ -203,13 +207,14 @@ impl PyTokenizer {
         truncation: bool,
         max_length: Option<usize>,
         pad_to_multiple_of: Option<usize>,
-    ) -> PyResult<(Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+    ) -> PyResult<(IdRows, IdRows)> {
         let opts = Self::options(add_special_tokens, padding, truncation, max_length, pad_to_multiple_of)?;
         let batch = detach(py, || Ok(self.inner.encode_batch(&texts, &opts)?))?;
         Ok((batch.input_ids, batch.attention_mask))
     }
 
     /// (input_ids, attention_mask) as (B, T) int64 arrays; rows must come out equal in length.
+    #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
     #[pyo3(signature = (texts, add_special_tokens=true, padding="do_not_pad", truncation=false, max_length=None, pad_to_multiple_of=None))]
     fn encode_batch_np<'py>(
         &self,
