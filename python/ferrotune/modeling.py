@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _core
-from ._core import FerrotuneError
+from ._core import FerrotuneError, InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 ArrayLike = Any
@@ -157,7 +158,7 @@ class Model:
         self._core.zero_grad()
 
     def gradients(self) -> Dict[str, np.ndarray]:
-        """{parameter name: gradient} (copies)."""
+        """{trainable parameter name: gradient} (copies)."""
         return self._core.gradients()
 
     def clip_grad_norm(self, max_norm: float) -> float:
@@ -185,8 +186,46 @@ class Model:
             yield name, tuple(shape)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        # every parameter is trainable until freezing lands
-        return self._core.num_parameters()
+        """Number of scalars in all parameters, or in the trainable ones."""
+        return self._core.num_parameters(bool(trainable_only))
+
+    def _match(self, patterns: Union[str, Iterable[str]]) -> List[str]:
+        """Parameter names equal to a given name, or matching a given regex (re.search)."""
+        pats = [patterns] if isinstance(patterns, str) else list(patterns)
+        names = self.parameter_names()
+        out = []
+        for pat in pats:
+            if pat in names:
+                hits = [pat]
+            else:
+                rx = re.compile(pat)
+                hits = [n for n in names if rx.search(n)]
+            if not hits:
+                raise InputError(f"no parameter name equals or matches {pat!r}")
+            out.extend(hits)
+        return sorted(set(out), key=names.index)
+
+    def freeze(self, patterns: Union[str, Iterable[str], None] = None) -> List[str]:
+        """Stops training the parameters named by ``patterns`` (names or regexes; all when
+        None). Frozen parameters get no gradient memory, no gradient work and no optimizer
+        state. Returns the names frozen. Build the optimizer after freezing."""
+        names = self.parameter_names() if patterns is None else self._match(patterns)
+        self._core.set_trainable(names, False)
+        return names
+
+    def unfreeze(self, patterns: Union[str, Iterable[str], None] = None) -> List[str]:
+        """Makes the parameters named by ``patterns`` (all when None) trainable again."""
+        names = self.parameter_names() if patterns is None else self._match(patterns)
+        self._core.set_trainable(names, True)
+        return names
+
+    def requires_grad(self) -> Dict[str, bool]:
+        """{parameter name: trainable?}, like torch's ``p.requires_grad``."""
+        trainable = set(self._core.trainable_names())
+        return {n: n in trainable for n in self.parameter_names()}
+
+    def trainable_parameter_names(self) -> List[str]:
+        return self._core.trainable_names()
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         """{parameter name: float32 array} (copies), transformers' names."""

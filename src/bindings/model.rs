@@ -140,8 +140,10 @@ impl PyModel {
         self.inner.state().table.infos().iter().map(|i| (i.name.clone(), i.shape.clone())).collect()
     }
 
-    fn num_parameters(&self) -> usize {
-        self.inner.state().table.total()
+    #[pyo3(signature = (trainable_only=false))]
+    fn num_parameters(&self, trainable_only: bool) -> usize {
+        let state = self.inner.state();
+        if trainable_only { state.trainable_total() } else { state.table.total() }
     }
 
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -153,14 +155,38 @@ impl PyModel {
         Ok(d)
     }
 
+    /// {name: gradient} of the trainable parameters.
     fn gradients<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let slots = self.inner.state().grad_slots();
         let infos = self.inner.state().table.infos().to_vec();
         let g = self.inner.state_mut().grads_mut();
         let d = PyDict::new(py);
-        for i in infos {
-            d.set_item(&i.name, to_numpy(py, g[i.range.clone()].to_vec(), &i.shape)?)?;
+        for slot in slots {
+            let i = &infos[slot.index];
+            d.set_item(&i.name, to_numpy(py, g[slot.grads].to_vec(), &i.shape)?)?;
         }
         Ok(d)
+    }
+
+    /// Freezes (False) or unfreezes (True) the named parameters; unknown names are an error
+    /// and nothing changes then.
+    fn set_trainable(&mut self, names: Vec<String>, trainable: bool) -> PyResult<()> {
+        let table = &self.inner.state().table;
+        let mut idx = Vec::with_capacity(names.len());
+        for n in &names {
+            let i = table.infos().iter().position(|p| &p.name == n);
+            idx.push(i.ok_or_else(|| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Input(format!("no parameter named {n:?}")))))?);
+        }
+        for i in idx {
+            self.inner.state_mut().set_trainable(i, trainable);
+        }
+        Ok(())
+    }
+
+    /// Names of the trainable parameters, in storage order.
+    fn trainable_names(&self) -> Vec<String> {
+        let state = self.inner.state();
+        state.grad_slots().into_iter().map(|s| state.table.infos()[s.index].name.clone()).collect()
     }
 
     /// Copies float32 arrays into the named parameters (shapes checked; all-or-nothing).

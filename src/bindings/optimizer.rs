@@ -15,6 +15,8 @@ use super::model::PyModel;
 pub struct PyAdamW {
     model: Py<PyModel>,
     inner: AdamW<f32>,
+    /// The model's trainable set when this optimizer was built.
+    grad_version: u64,
 }
 
 fn err(e: Error) -> PyErr {
@@ -35,12 +37,21 @@ impl PyAdamW {
         no_decay: Vec<String>,
     ) -> PyResult<Self> {
         let config = AdamWConfig { lr, beta1, beta2, eps, weight_decay };
-        let inner = AdamW::new(config, &model.borrow().inner.state().table, &no_decay).map_err(err)?;
-        Ok(Self { model: model.unbind(), inner })
+        let m = model.borrow();
+        let state = m.inner.state();
+        let inner = AdamW::new(config, &state.table, &state.grad_slots(), &no_decay).map_err(err)?;
+        let grad_version = state.grad_version();
+        drop(m);
+        Ok(Self { model: model.unbind(), inner, grad_version })
     }
 
     fn step(&mut self, py: Python<'_>) -> PyResult<()> {
         let mut model = self.model.borrow_mut(py);
+        if model.inner.state().grad_version() != self.grad_version {
+            return Err(err(Error::Input(
+                "the model's trainable parameters changed (freeze/unfreeze/adapters) since this optimizer was built; build a new one".into(),
+            )));
+        }
         let (params, grads) = model.inner.state_mut().params_and_grads();
         let opt = &mut self.inner;
         detach(py, move || {
@@ -71,10 +82,12 @@ impl PyAdamW {
     /// (step, [(name, exp_avg, exp_avg_sq)])
     fn moments<'py>(&self, py: Python<'py>) -> PyResult<(u64, Vec<(String, Bound<'py, PyAny>, Bound<'py, PyAny>)>)> {
         let model = self.model.borrow(py);
+        let state = model.inner.state();
         let mut out = Vec::new();
-        for i in model.inner.state().table.infos() {
-            let m = to_numpy(py, self.inner.exp_avg[i.range.clone()].to_vec(), &i.shape)?;
-            let v = to_numpy(py, self.inner.exp_avg_sq[i.range.clone()].to_vec(), &i.shape)?;
+        for slot in state.grad_slots() {
+            let i = &state.table.infos()[slot.index];
+            let m = to_numpy(py, self.inner.exp_avg[slot.grads.clone()].to_vec(), &i.shape)?;
+            let v = to_numpy(py, self.inner.exp_avg_sq[slot.grads.clone()].to_vec(), &i.shape)?;
             out.push((i.name.clone(), m, v));
         }
         Ok((self.inner.step_count(), out))
@@ -88,9 +101,12 @@ impl PyAdamW {
         moments: Vec<(String, PyReadonlyArrayDyn<'_, f32>, PyReadonlyArrayDyn<'_, f32>)>,
     ) -> PyResult<()> {
         let model = self.model.borrow(py);
-        let table = &model.inner.state().table;
+        let state = model.inner.state();
+        let table = &state.table;
+        let slots = state.grad_slots();
         let mut staged = Vec::new();
-        for info in table.infos() {
+        for slot in &slots {
+            let info = &table.infos()[slot.index];
             let Some((_, m, v)) = moments.iter().find(|(n, _, _)| n == &info.name) else {
                 return Err(err(Error::MissingTensor { name: format!("exp_avg/exp_avg_sq of {}", info.name), path: None }));
             };
@@ -99,9 +115,10 @@ impl PyAdamW {
             if ms != info.shape || vs != info.shape {
                 return Err(err(Error::shape(format!("optimizer state of {}", info.name), &info.shape, if ms != info.shape { &ms } else { &vs })));
             }
-            staged.push((info.range.clone(), m, v));
+            staged.push((slot.grads.clone(), m, v));
         }
-        if let Some((name, _, _)) = moments.iter().find(|(n, _, _)| table.get(n).is_none()) {
+        let trainable = |n: &String| slots.iter().any(|s| &table.infos()[s.index].name == n);
+        if let Some((name, _, _)) = moments.iter().find(|(n, _, _)| !trainable(n)) {
             return Err(err(Error::UnexpectedTensor(name.clone())));
         }
         for (r, m, v) in staged {

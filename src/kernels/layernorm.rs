@@ -35,12 +35,12 @@ pub fn layernorm_forward<F: Real>(
 
 /// Backward of `layernorm_forward`:
 ///   dinp (N, C) += ...   (accumulates: it is the residual stream's gradient)
-///   dw (C) += sum over rows of dout * xhat,  db (C) += sum over rows of dout
+///   dw (C) += sum over rows of dout * xhat,  db (C) += sum over rows of dout  (None: frozen)
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward<F: Real>(
     dinp: &mut [F],
-    dw: &mut [F],
-    db: &mut [F],
+    mut dw: Option<&mut [F]>,
+    mut db: Option<&mut [F]>,
     dout: &[F],
     inp: &[F],
     w: &[F],
@@ -71,11 +71,18 @@ pub fn layernorm_backward<F: Real>(
                 dx[i] += s * (dnorm - dnorm_mean - xhat * dnorm_xhat_mean);
             }
         });
-    for ((dy, x), (&m, &s)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(mean.iter().zip(rstd)) {
-        for i in 0..c {
-            let xhat = (x[i] - m) * s;
-            dw[i] += dy[i] * xhat;
-            db[i] += dy[i];
+    if let Some(dw) = dw.as_deref_mut() {
+        for ((dy, x), (&m, &s)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(mean.iter().zip(rstd)) {
+            for i in 0..c {
+                dw[i] += dy[i] * (x[i] - m) * s;
+            }
+        }
+    }
+    if let Some(db) = db.as_deref_mut() {
+        for dy in dout.chunks_exact(c) {
+            for i in 0..c {
+                db[i] += dy[i];
+            }
         }
     }
 }
@@ -96,7 +103,7 @@ mod tests {
         };
         let (_, m, s) = fwd(&inp, &w, &b);
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
-        layernorm_backward(&mut dinp, &mut dw, &mut db, &proj, &inp, &w, &m, &s, c);
+        layernorm_backward(&mut dinp, Some(&mut dw), Some(&mut db), &proj, &inp, &w, &m, &s, c);
         let loss = |i: &[f64], w: &[f64], b: &[f64]| project(&fwd(i, w, b).0, &proj);
         assert_close("dinp", &dinp, &numeric_grad(&inp, |x| loss(x, &w, &b)), 1e-7);
         assert_close("dw", &dw, &numeric_grad(&w, |x| loss(&inp, x, &b)), 1e-7);

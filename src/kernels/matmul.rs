@@ -17,6 +17,14 @@ pub struct View<F> {
 }
 
 impl<F> View<F> {
+    /// A matrix whose rows are `rs` elements apart (e.g. a column block of a wider matrix).
+    pub fn strided(data: &[F], rs: usize) -> Self {
+        Self { ptr: data.as_ptr(), rs: rs as isize, cs: 1 }
+    }
+    /// The transpose of a matrix whose rows are `rs` elements apart.
+    pub fn strided_t(data: &[F], rs: usize) -> Self {
+        Self { ptr: data.as_ptr(), rs: 1, cs: rs as isize }
+    }
     /// A (rows, cols) row-major matrix.
     pub fn rows(data: &[F], cols: usize) -> Self {
         Self { ptr: data.as_ptr(), rs: cols as isize, cs: 1 }
@@ -84,12 +92,12 @@ pub fn matmul_forward<F: Real>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&
 
 /// Backward of `matmul_forward`:
 ///   dinp (N, C)  = dout (N, OC) @ w^T      (overwritten)
-///   dw   (C, OC) += inp^T @ dout
-///   dbias (OC)   += column sums of dout
+///   dw   (C, OC) += inp^T @ dout            (skipped for a frozen weight: None)
+///   dbias (OC)   += column sums of dout     (skipped when None)
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward<F: Real>(
     dinp: &mut [F],
-    dw: &mut [F],
+    dw: Option<&mut [F]>,
     dbias: Option<&mut [F]>,
     dout: &[F],
     inp: &[F],
@@ -99,9 +107,11 @@ pub fn matmul_backward<F: Real>(
     oc: usize,
 ) {
     gemm(dinp, n, c, oc, View::rows(dout, oc), View::t(w, oc), false);
-    gemm(dw, c, oc, n, View::t(inp, c), View::rows(dout, oc), true);
+    if let Some(dw) = dw {
+        gemm(dw, c, oc, n, View::t(inp, c), View::rows(dout, oc), true);
+    }
     if let Some(db) = dbias {
-        bias_backward(db, dout, oc);
+        bias_backward(db, dout, oc, oc);
     }
 }
 
@@ -117,33 +127,37 @@ pub fn linear_forward<F: Real>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&
     gemm(out, n, oc, c, View::rows(inp, c), View::t(w, c), bias.is_some());
 }
 
-/// Backward of `linear_forward`:
-///   dinp (N, C)  = dout (N, OC) @ w    (overwritten)
-///   dw   (OC, C) += dout^T @ inp
-///   dbias (OC)   += column sums of dout
+/// Input gradient of `linear_forward`: dinp (N, C) = dout (N, OC) @ w   (overwritten)
+pub fn linear_backward_input<F: Real>(dinp: &mut [F], dout: &[F], w: &[F], n: usize, c: usize, oc: usize) {
+    gemm(dinp, n, c, oc, View::rows(dout, oc), View::rows(w, c), false);
+}
+
+/// Weight gradient of `linear_forward` for OC output columns that start at dout[0] in rows
+/// `rs` apart (one part of a fused projection such as q | k | v):
+///   dw (OC, C) += dout^T @ inp,   dbias (OC) += column sums of dout
 #[allow(clippy::too_many_arguments)]
-pub fn linear_backward<F: Real>(
-    dinp: &mut [F],
-    dw: &mut [F],
+pub fn linear_backward_weight<F: Real>(
+    dw: Option<&mut [F]>,
     dbias: Option<&mut [F]>,
     dout: &[F],
+    rs: usize,
     inp: &[F],
-    w: &[F],
     n: usize,
     c: usize,
     oc: usize,
 ) {
-    gemm(dinp, n, c, oc, View::rows(dout, oc), View::rows(w, c), false);
-    gemm(dw, oc, c, n, View::t(dout, oc), View::rows(inp, c), true);
+    if let Some(dw) = dw {
+        gemm(dw, oc, c, n, View::strided_t(dout, rs), View::rows(inp, c), true);
+    }
     if let Some(db) = dbias {
-        bias_backward(db, dout, oc);
+        bias_backward(db, dout, oc, rs);
     }
 }
 
-/// dbias (OC) += sum over rows of dout (N, OC)
-pub fn bias_backward<F: Real>(dbias: &mut [F], dout: &[F], oc: usize) {
-    for row in dout.chunks_exact(oc) {
-        for (d, g) in dbias.iter_mut().zip(row) {
+/// dbias (OC) += sum over N rows of dout, rows `rs` elements apart
+pub fn bias_backward<F: Real>(dbias: &mut [F], dout: &[F], oc: usize, rs: usize) {
+    for row in dout.chunks(rs) {
+        for (d, g) in dbias.iter_mut().zip(&row[..oc]) {
             *d += *g;
         }
     }
@@ -178,7 +192,7 @@ mod tests {
         let (n, c, oc) = (6, 4, 5);
         let (inp, w, b, proj) = (rand_vec(n * c, 1), rand_vec(c * oc, 2), rand_vec(oc, 3), rand_vec(n * oc, 4));
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c * oc], vec![0.0; oc]);
-        matmul_backward(&mut dinp, &mut dw, Some(&mut db), &proj, &inp, &w, n, c, oc);
+        matmul_backward(&mut dinp, Some(&mut dw), Some(&mut db), &proj, &inp, &w, n, c, oc);
         let loss = |inp: &[f64], w: &[f64], b: &[f64]| {
             let mut out = vec![0.0; n * oc];
             matmul_forward(&mut out, inp, w, Some(b), n, c, oc);
@@ -194,7 +208,12 @@ mod tests {
         let (n, c, oc) = (5, 4, 3);
         let (inp, w, b, proj) = (rand_vec(n * c, 1), rand_vec(oc * c, 2), rand_vec(oc, 3), rand_vec(n * oc, 4));
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; oc * c], vec![0.0; oc]);
-        linear_backward(&mut dinp, &mut dw, Some(&mut db), &proj, &inp, &w, n, c, oc);
+        linear_backward_input(&mut dinp, &proj, &w, n, c, oc);
+        // the weight gradient in two column blocks, as for a fused projection
+        let (w1, w2) = dw.split_at_mut(2 * c);
+        let (b1, b2) = db.split_at_mut(2);
+        linear_backward_weight(Some(w1), Some(b1), &proj, oc, &inp, n, c, 2);
+        linear_backward_weight(Some(w2), Some(b2), &proj[2..], oc, &inp, n, c, oc - 2);
         let loss = |inp: &[f64], w: &[f64], b: &[f64]| {
             let mut out = vec![0.0; n * oc];
             linear_forward(&mut out, inp, w, Some(b), n, c, oc);

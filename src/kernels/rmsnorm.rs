@@ -20,8 +20,8 @@ pub fn rmsnorm_forward<F: Real>(out: &mut [F], rstd: &mut [F], inp: &[F], w: &[F
 
 /// Backward of `rmsnorm_forward`:
 ///   dinp (N, C) += rstd * (w dout - x * rstd^2 * mean(w dout x))   (accumulates: residual stream)
-///   dw (C) += sum over rows of dout * x * rstd
-pub fn rmsnorm_backward<F: Real>(dinp: &mut [F], dw: &mut [F], dout: &[F], inp: &[F], w: &[F], rstd: &[F], c: usize) {
+///   dw (C) += sum over rows of dout * x * rstd   (None: frozen)
+pub fn rmsnorm_backward<F: Real>(dinp: &mut [F], dw: Option<&mut [F]>, dout: &[F], inp: &[F], w: &[F], rstd: &[F], c: usize) {
     let cf = F::lit(c as f64);
     dinp.par_chunks_mut(c).zip(dout.par_chunks(c)).zip(inp.par_chunks(c)).zip(rstd.par_iter()).for_each(
         |(((dx, dy), x), &s)| {
@@ -31,9 +31,11 @@ pub fn rmsnorm_backward<F: Real>(dinp: &mut [F], dw: &mut [F], dout: &[F], inp: 
             }
         },
     );
-    for ((dy, x), &s) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(rstd) {
-        for i in 0..c {
-            dw[i] += dy[i] * x[i] * s;
+    if let Some(dw) = dw {
+        for ((dy, x), &s) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(rstd) {
+            for i in 0..c {
+                dw[i] += dy[i] * x[i] * s;
+            }
         }
     }
 }
@@ -54,7 +56,7 @@ mod tests {
         };
         let (_, r) = fwd(&inp, &w);
         let (mut dinp, mut dw) = (vec![0.0; n * c], vec![0.0; c]);
-        rmsnorm_backward(&mut dinp, &mut dw, &proj, &inp, &w, &r, c);
+        rmsnorm_backward(&mut dinp, Some(&mut dw), &proj, &inp, &w, &r, c);
         assert_close("dinp", &dinp, &numeric_grad(&inp, |x| project(&fwd(x, &w).0, &proj)), 1e-7);
         assert_close("dw", &dw, &numeric_grad(&w, |x| project(&fwd(&inp, x).0, &proj)), 1e-7);
     }

@@ -26,7 +26,7 @@ use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::matmul::{gemm, matmul_backward, matmul_forward, View};
 use crate::kernels::Real;
-use crate::models::params::{two_mut, ParamTable};
+use crate::models::params::ParamTable;
 use crate::models::{add_inplace, loss_scale, refresh_mask, Batch, CausalLm, Init, ModelState};
 
 struct LayerParams {
@@ -328,17 +328,19 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let (b, t) = (acts.b, acts.t);
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
         let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, loss_scale(&acts.targets, num_items)?);
-        let (p, g) = self.state.params_and_grads();
-        let (p, lay) = (&*p, &self.layout);
+        let (p, mut g) = self.state.grad_view();
+        let lay = &self.layout;
 
         // logits = lnf @ wte^T:  dlnf (N, C) = dlogits @ wte;  dwte += dlogits^T @ lnf
         let dlogits = &acts.logits;
         gemm(&mut acts.dln, n, c, v, View::rows(dlogits, v), View::rows(&p[lay.wte.clone()], c), false);
-        gemm(&mut g[lay.wte.clone()], v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
+        if let Some(dwte) = g.get(&lay.wte) {
+            gemm(dwte, v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
+        }
         acts.dres.fill(F::zero());
         {
             let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
-            let (dw, db) = two_mut(g, lay.lnf_w.clone(), lay.lnf_b.clone());
+            let (dw, db) = g.pair(&lay.lnf_w, &lay.lnf_b);
             layernorm_backward(&mut acts.dres, dw, db, &acts.dln, last, &p[lay.lnf_w.clone()], &acts.lnf_mean, &acts.lnf_rstd, c);
         }
 
@@ -352,16 +354,16 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
             acts.dtmp.copy_from_slice(&acts.dres);
             dropout_apply(&mut acts.dtmp, &la.fc_drop);
             {
-                let (dw, db) = two_mut(g, lp.fcproj_w.clone(), lp.fcproj_b.clone());
-                matmul_backward(&mut acts.dfchg, dw, Some(db), &acts.dtmp, &la.fch_gelu, &p[lp.fcproj_w.clone()], n, i, c);
+                let (dw, db) = g.pair(&lp.fcproj_w, &lp.fcproj_b);
+                matmul_backward(&mut acts.dfchg, dw, db, &acts.dtmp, &la.fch_gelu, &p[lp.fcproj_w.clone()], n, i, c);
             }
             gelu_backward(&mut acts.dfch, &la.fch, &acts.dfchg);
             {
-                let (dw, db) = two_mut(g, lp.fc_w.clone(), lp.fc_b.clone());
-                matmul_backward(&mut acts.dln, dw, Some(db), &acts.dfch, &la.ln2, &p[lp.fc_w.clone()], n, c, i);
+                let (dw, db) = g.pair(&lp.fc_w, &lp.fc_b);
+                matmul_backward(&mut acts.dln, dw, db, &acts.dfch, &la.ln2, &p[lp.fc_w.clone()], n, c, i);
             }
             {
-                let (dw, db) = two_mut(g, lp.ln2_w.clone(), lp.ln2_b.clone());
+                let (dw, db) = g.pair(&lp.ln2_w, &lp.ln2_b);
                 layernorm_backward(&mut acts.dres, dw, db, &acts.dln, &la.res2, &p[lp.ln2_w.clone()], &la.ln2_mean, &la.ln2_rstd, c);
             }
 
@@ -369,23 +371,23 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
             acts.dtmp.copy_from_slice(&acts.dres);
             dropout_apply(&mut acts.dtmp, &la.proj_drop);
             {
-                let (dw, db) = two_mut(g, lp.proj_w.clone(), lp.proj_b.clone());
-                matmul_backward(&mut acts.datty, dw, Some(db), &acts.dtmp, &la.atty, &p[lp.proj_w.clone()], n, c, c);
+                let (dw, db) = g.pair(&lp.proj_w, &lp.proj_b);
+                matmul_backward(&mut acts.datty, dw, db, &acts.dtmp, &la.atty, &p[lp.proj_w.clone()], n, c, c);
             }
             attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att, drop_opt(&la.att_drop), shape, scales[l]);
             {
-                let (dw, db) = two_mut(g, lp.attn_w.clone(), lp.attn_b.clone());
-                matmul_backward(&mut acts.dln, dw, Some(db), &acts.dqkv, &la.ln1, &p[lp.attn_w.clone()], n, c, 3 * c);
+                let (dw, db) = g.pair(&lp.attn_w, &lp.attn_b);
+                matmul_backward(&mut acts.dln, dw, db, &acts.dqkv, &la.ln1, &p[lp.attn_w.clone()], n, c, 3 * c);
             }
             {
-                let (dw, db) = two_mut(g, lp.ln1_w.clone(), lp.ln1_b.clone());
+                let (dw, db) = g.pair(&lp.ln1_w, &lp.ln1_b);
                 layernorm_backward(&mut acts.dres, dw, db, &acts.dln, residual, &p[lp.ln1_w.clone()], &la.ln1_mean, &la.ln1_rstd, c);
             }
         }
 
         dropout_apply(&mut acts.dres, &acts.embd_drop);
-        let (dwte, dwpe) = two_mut(g, lay.wte.clone(), lay.wpe.clone());
-        embedding_backward(dwte, Some(dwpe), &acts.dres, &acts.ids, t, c);
+        let (dwte, dwpe) = g.pair(&lay.wte, &lay.wpe);
+        embedding_backward(dwte, dwpe, &acts.dres, &acts.ids, t, c);
         Ok(stats)
     }
 }

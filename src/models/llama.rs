@@ -23,23 +23,26 @@ use crate::io::safetensors::RawTensor;
 use crate::kernels::attention::{attention_backward, attention_forward, AttnShape};
 use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats, IGNORE_INDEX};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
-use crate::kernels::matmul::{gemm, linear_backward, linear_forward, View};
+use crate::kernels::matmul::{gemm, linear_backward_input, linear_backward_weight, linear_forward, View};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_apply, rope_tables};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::kernels::Real;
-use crate::models::params::{two_mut, ParamTable};
+use crate::models::params::ParamTable;
 use crate::models::{add_inplace, loss_scale, Batch, CausalLm, Init, ModelState};
 
 struct LayerParams {
     ln1: Range<usize>,
-    qkv_w: Range<usize>,         // (QKV, C): q_proj | k_proj | v_proj
-    qkv_b: Option<Range<usize>>, // (QKV)
+    qkv_w: Range<usize>,              // (QKV, C): q_proj | k_proj | v_proj
+    qkv_b: Option<Range<usize>>,      // (QKV)
+    qkv_parts: [Range<usize>; 3],     // q_proj, k_proj, v_proj weights
+    qkv_bias_parts: Option<[Range<usize>; 3]>,
     o_w: Range<usize>,           // (C, A)
     o_b: Option<Range<usize>>,   // (C)
     ln2: Range<usize>,
-    gu_w: Range<usize>,   // (2I, C): gate_proj | up_proj
-    down_w: Range<usize>, // (C, I)
+    gu_w: Range<usize>,            // (2I, C): gate_proj | up_proj
+    gu_parts: [Range<usize>; 2],   // gate_proj, up_proj weights
+    down_w: Range<usize>,          // (C, I)
 }
 
 struct Layout {
@@ -60,21 +63,34 @@ impl Layout {
                 let mut push = |n: &str, s: &[usize]| table.push(format!("model.layers.{l}.{n}"), s);
                 let ln1 = push("input_layernorm.weight", &[c]);
                 let qw = push("self_attn.q_proj.weight", &[q, c]);
-                push("self_attn.k_proj.weight", &[kv, c]);
+                let kw = push("self_attn.k_proj.weight", &[kv, c]);
                 let vw = push("self_attn.v_proj.weight", &[kv, c]);
-                let qkv_b = cfg.qkv_bias.then(|| {
+                let qkv_bias_parts = cfg.qkv_bias.then(|| {
                     let qb = push("self_attn.q_proj.bias", &[q]);
-                    push("self_attn.k_proj.bias", &[kv]);
+                    let kb = push("self_attn.k_proj.bias", &[kv]);
                     let vb = push("self_attn.v_proj.bias", &[kv]);
-                    qb.start..vb.end
+                    [qb, kb, vb]
                 });
+                let qkv_b = qkv_bias_parts.as_ref().map(|[qb, _, vb]| qb.start..vb.end);
                 let o_w = push("self_attn.o_proj.weight", &[c, q]);
                 let o_b = cfg.o_bias.then(|| push("self_attn.o_proj.bias", &[c]));
                 let ln2 = push("post_attention_layernorm.weight", &[c]);
                 let gw = push("mlp.gate_proj.weight", &[i, c]);
                 let uw = push("mlp.up_proj.weight", &[i, c]);
                 let down_w = push("mlp.down_proj.weight", &[c, i]);
-                LayerParams { ln1, qkv_w: qw.start..vw.end, qkv_b, o_w, o_b, ln2, gu_w: gw.start..uw.end, down_w }
+                LayerParams {
+                    ln1,
+                    qkv_w: qw.start..vw.end,
+                    qkv_b,
+                    qkv_parts: [qw, kw, vw.clone()],
+                    qkv_bias_parts,
+                    o_w,
+                    o_b,
+                    ln2,
+                    gu_w: gw.start..uw.end,
+                    gu_parts: [gw, uw],
+                    down_w,
+                }
             })
             .collect();
         let norm = table.push("model.norm.weight".into(), &[c]);
@@ -309,48 +325,56 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let scale = 1.0 / (hs as f64).sqrt();
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, loss_scale(&acts.targets, num_items)?);
-        let (p, g) = self.state.params_and_grads();
-        let (p, lay) = (&*p, &self.layout);
+        let (p, mut g) = self.state.grad_view();
+        let lay = &self.layout;
 
         // logits = lnf @ head^T:  dlnf (N, C) = dlogits @ head;  dhead += dlogits^T @ lnf
         let dlogits = &acts.logits;
         gemm(&mut acts.dln, n, c, v, View::rows(dlogits, v), View::rows(&p[lay.head.clone()], c), false);
-        gemm(&mut g[lay.head.clone()], v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
+        if let Some(dhead) = g.get(&lay.head) {
+            gemm(dhead, v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
+        }
         acts.dres.fill(F::zero());
         let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
-        rmsnorm_backward(&mut acts.dres, &mut g[lay.norm.clone()], &acts.dln, last, &p[lay.norm.clone()], &acts.lnf_rstd, c);
+        rmsnorm_backward(&mut acts.dres, g.get(&lay.norm), &acts.dln, last, &p[lay.norm.clone()], &acts.lnf_rstd, c);
 
         for l in (0..cfg.num_hidden_layers).rev() {
             let (lp, la) = (&lay.layers[l], &acts.layers[l]);
             let residual = if l == 0 { &acts.encoded } else { &acts.layers[l - 1].res3 };
 
             // res3 = res2 + down_proj(swiglu(gate_up_proj(rmsnorm(res2))))
-            linear_backward(&mut acts.dh, &mut g[lp.down_w.clone()], None, &acts.dres, &la.h, &p[lp.down_w.clone()], n, i, c);
+            linear_backward_input(&mut acts.dh, &acts.dres, &p[lp.down_w.clone()], n, i, c);
+            linear_backward_weight(g.get(&lp.down_w), None, &acts.dres, c, &la.h, n, i, c);
             swiglu_backward(&mut acts.dgu, &acts.dh, &la.gu, i);
-            linear_backward(&mut acts.dln, &mut g[lp.gu_w.clone()], None, &acts.dgu, &la.ln2, &p[lp.gu_w.clone()], n, c, 2 * i);
-            rmsnorm_backward(&mut acts.dres, &mut g[lp.ln2.clone()], &acts.dln, &la.res2, &p[lp.ln2.clone()], &la.ln2_rstd, c);
+            linear_backward_input(&mut acts.dln, &acts.dgu, &p[lp.gu_w.clone()], n, c, 2 * i);
+            for (k, part) in lp.gu_parts.iter().enumerate() {
+                linear_backward_weight(g.get(part), None, &acts.dgu[k * i..], 2 * i, &la.ln2, n, c, i);
+            }
+            rmsnorm_backward(&mut acts.dres, g.get(&lp.ln2), &acts.dln, &la.res2, &p[lp.ln2.clone()], &la.ln2_rstd, c);
 
             // res2 = residual + o_proj(attention(rope(qkv_proj(rmsnorm(residual)))))
-            match &lp.o_b {
-                Some(ob) => {
-                    let (dw, db) = two_mut(g, lp.o_w.clone(), ob.clone());
-                    linear_backward(&mut acts.datty, dw, Some(db), &acts.dres, &la.atty, &p[lp.o_w.clone()], n, a, c);
-                }
-                None => linear_backward(&mut acts.datty, &mut g[lp.o_w.clone()], None, &acts.dres, &la.atty, &p[lp.o_w.clone()], n, a, c),
-            }
+            linear_backward_input(&mut acts.datty, &acts.dres, &p[lp.o_w.clone()], n, a, c);
+            let (dw, db) = match &lp.o_b {
+                Some(ob) => g.pair(&lp.o_w, ob),
+                None => (g.get(&lp.o_w), None),
+            };
+            linear_backward_weight(dw, db, &acts.dres, c, &la.atty, n, a, c);
             attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att, None, shapes[l], scale);
             rope_apply(&mut acts.dqkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, true);
-            match &lp.qkv_b {
-                Some(qb) => {
-                    let (dw, db) = two_mut(g, lp.qkv_w.clone(), qb.clone());
-                    linear_backward(&mut acts.dln, dw, Some(db), &acts.dqkv, &la.ln1, &p[lp.qkv_w.clone()], n, c, qkv);
-                }
-                None => linear_backward(&mut acts.dln, &mut g[lp.qkv_w.clone()], None, &acts.dqkv, &la.ln1, &p[lp.qkv_w.clone()], n, c, qkv),
+            linear_backward_input(&mut acts.dln, &acts.dqkv, &p[lp.qkv_w.clone()], n, c, qkv);
+            for (k, part) in lp.qkv_parts.iter().enumerate() {
+                // the part's output columns start where its rows start in the fused weight
+                let col = (part.start - lp.qkv_w.start) / c;
+                let (dw, db) = match &lp.qkv_bias_parts {
+                    Some(bias) => g.pair(part, &bias[k]),
+                    None => (g.get(part), None),
+                };
+                linear_backward_weight(dw, db, &acts.dqkv[col..], qkv, &la.ln1, n, c, part.len() / c);
             }
-            rmsnorm_backward(&mut acts.dres, &mut g[lp.ln1.clone()], &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
+            rmsnorm_backward(&mut acts.dres, g.get(&lp.ln1), &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
         }
 
-        embedding_backward(&mut g[lay.embed.clone()], None, &acts.dres, &acts.ids, t, c);
+        embedding_backward(g.get(&lay.embed), None, &acts.dres, &acts.ids, t, c);
         Ok(stats)
     }
 }

@@ -6,6 +6,7 @@ pub mod llama;
 pub mod params;
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 use serde_json::Value;
@@ -18,7 +19,7 @@ use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
 use crate::kernels::dropout::dropout_mask;
 use crate::kernels::Real;
 use crate::rng::SplitMix64;
-use params::ParamTable;
+use params::{two_mut, ParamTable};
 
 /// The `model_type`s ferrotune can build.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
@@ -93,25 +94,105 @@ impl Batch<'_> {
 }
 
 /// What every architecture holds besides its layout and activations: the parameter table,
-/// the flat parameter and gradient buffers, the train/eval mode and the dropout generator.
+/// the flat parameter buffer, which parameters are trainable, the gradients of those only
+/// (frozen parameters get no gradient memory and no gradient work), the train/eval mode and
+/// the dropout generator.
 pub struct ModelState<F: Real> {
     pub table: ParamTable,
     pub params: Vec<F>,
-    grads: Vec<F>, // empty until the first backward
+    trainable: Vec<bool>,
+    grad_at: Vec<Option<usize>>, // per parameter: its offset in `grads`, None when frozen
+    grads: Vec<F>,               // trainable parameters in table order; empty until needed
+    grad_version: u64,           // bumped whenever the set of trainable parameters changes
     pub training: bool,
     pub rng: SplitMix64,
+}
+
+/// Where a trainable parameter's gradient lives.
+#[derive(Clone, Debug)]
+pub struct GradSlot {
+    pub index: usize,
+    pub params: Range<usize>,
+    pub grads: Range<usize>,
 }
 
 impl<F: Real> ModelState<F> {
     pub fn new(table: ParamTable) -> Self {
         let params = vec![F::zero(); table.total()];
-        Self { table, params, grads: Vec::new(), training: true, rng: SplitMix64::new(0) }
+        let n = table.infos().len();
+        let mut s = Self {
+            table,
+            params,
+            trainable: vec![true; n],
+            grad_at: Vec::new(),
+            grads: Vec::new(),
+            grad_version: 0,
+            training: true,
+            rng: SplitMix64::new(0),
+        };
+        s.relayout_grads();
+        s
     }
 
-    /// Allocates the gradient buffer on first use.
+    fn relayout_grads(&mut self) {
+        let mut off = 0;
+        self.grad_at = self
+            .table
+            .infos()
+            .iter()
+            .zip(&self.trainable)
+            .map(|(info, &on)| {
+                on.then(|| {
+                    let at = off;
+                    off += info.range.len();
+                    at
+                })
+            })
+            .collect();
+        self.grads = Vec::new();
+        self.grad_version += 1;
+    }
+
+    /// Freezes or unfreezes parameter `index`. Changing the trainable set drops the
+    /// accumulated gradients (like building a new optimizer in torch, it is a new setup).
+    pub fn set_trainable(&mut self, index: usize, on: bool) {
+        if self.trainable[index] != on {
+            self.trainable[index] = on;
+            self.relayout_grads();
+        }
+    }
+
+    pub fn trainable(&self) -> &[bool] {
+        &self.trainable
+    }
+
+    /// Changes whenever the trainable set changes (an optimizer checks it).
+    pub fn grad_version(&self) -> u64 {
+        self.grad_version
+    }
+
+    /// The trainable parameters and where their gradients are.
+    pub fn grad_slots(&self) -> Vec<GradSlot> {
+        self.table
+            .infos()
+            .iter()
+            .enumerate()
+            .filter_map(|(index, info)| {
+                self.grad_at[index].map(|g| GradSlot { index, params: info.range.clone(), grads: g..g + info.range.len() })
+            })
+            .collect()
+    }
+
+    /// Number of scalars in trainable parameters.
+    pub fn trainable_total(&self) -> usize {
+        self.grad_slots().iter().map(|s| s.grads.len()).sum()
+    }
+
+    /// The gradients of the trainable parameters (allocated on first use).
     pub fn grads_mut(&mut self) -> &mut Vec<F> {
-        if self.grads.len() != self.params.len() {
-            self.grads = vec![F::zero(); self.params.len()];
+        let n = self.trainable_total();
+        if self.grads.len() != n {
+            self.grads = vec![F::zero(); n];
         }
         &mut self.grads
     }
@@ -119,6 +200,12 @@ impl<F: Real> ModelState<F> {
     pub fn params_and_grads(&mut self) -> (&mut [F], &mut [F]) {
         self.grads_mut();
         (&mut self.params, &mut self.grads)
+    }
+
+    /// Parameters to read and gradients to write, addressed by parameter range.
+    pub fn grad_view(&mut self) -> (&[F], GradView<'_, F>) {
+        self.grads_mut();
+        (&self.params, GradView { grads: &mut self.grads, table: &self.table, grad_at: &self.grad_at })
     }
 
     pub fn zero_grad(&mut self) {
@@ -188,6 +275,43 @@ impl<F: Real> ModelState<F> {
         save_file(&dir.join("model.safetensors"), &tensors, Some(meta))?;
         let text = serde_json::to_string_pretty(config).expect("config serialises");
         write_atomic(&dir.join("config.json"), text.as_bytes())
+    }
+}
+
+/// The gradient buffers seen through parameter ranges: `get` gives the gradient of the
+/// parameter whose range in the parameter buffer is `r`, or None when it is frozen.
+pub struct GradView<'a, F> {
+    grads: &'a mut [F],
+    table: &'a ParamTable,
+    grad_at: &'a [Option<usize>],
+}
+
+impl<F> GradView<'_, F> {
+    fn locate(&self, r: &Range<usize>) -> Option<Range<usize>> {
+        let idx = self
+            .table
+            .infos()
+            .binary_search_by_key(&r.start, |i| i.range.start)
+            .unwrap_or_else(|_| panic!("no parameter starts at {}", r.start));
+        assert_eq!(self.table.infos()[idx].range.end, r.end, "range {r:?} is not one parameter");
+        self.grad_at[idx].map(|g| g..g + r.len())
+    }
+
+    pub fn get(&mut self, r: &Range<usize>) -> Option<&mut [F]> {
+        self.locate(r).map(|g| &mut self.grads[g])
+    }
+
+    /// The gradients of two different parameters at once.
+    pub fn pair(&mut self, a: &Range<usize>, b: &Range<usize>) -> (Option<&mut [F]>, Option<&mut [F]>) {
+        match (self.locate(a), self.locate(b)) {
+            (Some(ga), Some(gb)) => {
+                let (x, y) = two_mut(self.grads, ga, gb);
+                (Some(x), Some(y))
+            }
+            (Some(ga), None) => (Some(&mut self.grads[ga]), None),
+            (None, Some(gb)) => (None, Some(&mut self.grads[gb])),
+            (None, None) => (None, None),
+        }
     }
 }
 

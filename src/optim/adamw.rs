@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::kernels::Real;
 use crate::models::params::ParamTable;
+use crate::models::GradSlot;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamWConfig {
@@ -42,26 +43,42 @@ impl AdamWConfig {
     }
 }
 
+/// One trainable parameter: its range in the parameter buffer, its range in the gradient
+/// buffer (the moments use the same), and whether it decays.
+struct Group {
+    params: Range<usize>,
+    grads: Range<usize>,
+    decays: bool,
+}
+
 pub struct AdamW<F: Real> {
     pub config: AdamWConfig,
     step: u64,
-    /// Each parameter's range in the flat buffers, and whether it decays.
-    groups: Vec<(Range<usize>, bool)>,
+    groups: Vec<Group>,
+    /// Moments of the trainable parameters only, laid out like the gradients.
     pub exp_avg: Vec<F>,
     pub exp_avg_sq: Vec<F>,
 }
 
 impl<F: Real> AdamW<F> {
-    /// Every parameter decays unless its name is in `no_decay`.
-    pub fn new(config: AdamWConfig, table: &ParamTable, no_decay: &[String]) -> Result<Self> {
+    /// Optimises the trainable parameters `slots`; every one decays unless its name is in
+    /// `no_decay`.
+    pub fn new(config: AdamWConfig, table: &ParamTable, slots: &[GradSlot], no_decay: &[String]) -> Result<Self> {
         config.validate()?;
         for name in no_decay {
             if table.get(name).is_none() {
                 return Err(Error::Input(format!("no_decay names an unknown parameter {name:?}")));
             }
         }
-        let groups = table.infos().iter().map(|p| (p.range.clone(), !no_decay.contains(&p.name))).collect();
-        let n = table.total();
+        let groups = slots
+            .iter()
+            .map(|s| Group {
+                params: s.params.clone(),
+                grads: s.grads.clone(),
+                decays: !no_decay.contains(&table.infos()[s.index].name),
+            })
+            .collect();
+        let n = slots.iter().map(|s| s.grads.len()).sum();
         Ok(Self { config, step: 0, groups, exp_avg: vec![F::zero(); n], exp_avg_sq: vec![F::zero(); n] })
     }
 
@@ -73,9 +90,9 @@ impl<F: Real> AdamW<F> {
         self.step = step;
     }
 
-    /// One update of `params` from `grads` (both laid out like the table given to `new`).
+    /// One update of `params` from `grads` (laid out like the slots given to `new`).
     pub fn step(&mut self, params: &mut [F], grads: &[F]) {
-        assert_eq!(params.len(), self.exp_avg.len(), "optimizer built for another model");
+        assert_eq!(grads.len(), self.exp_avg.len(), "optimizer built for another set of trainable parameters");
         self.step += 1;
         let c = &self.config;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
@@ -84,12 +101,13 @@ impl<F: Real> AdamW<F> {
         let bc2_sqrt = F::lit(bc2.sqrt());
         let decay = F::lit(1.0 - c.lr * c.weight_decay);
         let (w1, b2, w2, eps) = (F::lit(1.0 - c.beta1), F::lit(c.beta2), F::lit(1.0 - c.beta2), F::lit(c.eps));
-        for (range, decays) in &self.groups {
-            let decays = *decays && c.weight_decay != 0.0;
-            params[range.clone()]
+        for group in &self.groups {
+            let decays = group.decays && c.weight_decay != 0.0;
+            let g = group.grads.clone();
+            params[group.params.clone()]
                 .par_iter_mut()
-                .zip(grads[range.clone()].par_iter())
-                .zip(self.exp_avg[range.clone()].par_iter_mut().zip(self.exp_avg_sq[range.clone()].par_iter_mut()))
+                .zip(grads[g.clone()].par_iter())
+                .zip(self.exp_avg[g.clone()].par_iter_mut().zip(self.exp_avg_sq[g].par_iter_mut()))
                 .for_each(|((p, &g), (m, v))| {
                     if decays {
                         *p *= decay;
@@ -107,13 +125,17 @@ impl<F: Real> AdamW<F> {
 mod tests {
     use super::*;
 
+    fn slots(table: &ParamTable) -> Vec<GradSlot> {
+        table.infos().iter().enumerate().map(|(index, i)| GradSlot { index, params: i.range.clone(), grads: i.range.clone() }).collect()
+    }
+
     /// Two steps by hand for one scalar parameter.
     #[test]
     fn matches_reference_formula() {
         let mut table = ParamTable::default();
         table.push("w".into(), &[1]);
         let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
-        let mut opt = AdamW::<f64>::new(cfg, &table, &[]).unwrap();
+        let mut opt = AdamW::<f64>::new(cfg, &table, &slots(&table), &[]).unwrap();
         let mut p = vec![1.0f64];
         let (mut m, mut v, mut expected) = (0.0f64, 0.0f64, 1.0f64);
         for (step, g) in [(1, 0.5f64), (2, -0.25)] {
@@ -133,10 +155,10 @@ mod tests {
         table.push("a".into(), &[1]);
         table.push("b".into(), &[1]);
         let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.5 };
-        let mut opt = AdamW::<f64>::new(cfg.clone(), &table, &["b".into()]).unwrap();
+        let mut opt = AdamW::<f64>::new(cfg.clone(), &table, &slots(&table), &["b".into()]).unwrap();
         let mut p = vec![1.0, 1.0];
         opt.step(&mut p, &[0.0, 0.0]);
         assert_eq!(p, vec![0.95, 1.0]);
-        assert!(AdamW::<f64>::new(cfg, &table, &["c".into()]).is_err());
+        assert!(AdamW::<f64>::new(cfg, &table, &slots(&table), &["c".into()]).is_err());
     }
 }
