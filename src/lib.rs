@@ -8,6 +8,7 @@ pub mod kernels;
 pub mod models;
 pub mod optim;
 pub mod rng;
+pub mod tokenizer;
 
 #[cfg(feature = "python")]
 pub mod bindings;

@@ -29,11 +29,13 @@ from .modeling import CausalLMOutput, Model, ModelConfig
 from .optimization import get_scheduler
 from .optimizer import AdamW
 from .plotting import plot_history
+from .tokenizer import BatchEncoding, Tokenizer
 from .trainer import PredictionOutput, Trainer, TrainOutput, get_last_checkpoint
 from .training_args import TrainingArguments
 
 __all__ = [
     "AdamW",
+    "BatchEncoding",
     "CausalLMOutput",
     "CheckpointError",
     "ConfigError",
@@ -53,6 +55,7 @@ __all__ = [
     "ProgressCallback",
     "ShapeError",
     "TensorBoardCallback",
+    "Tokenizer",
     "TokenizerError",
     "TrainOutput",
     "Trainer",

@@ -84,14 +84,14 @@ def _inputs(
 
 
 class Model:
-    """A causal language model (GPT-2 today) with the transformers API.
+    """A causal language model (GPT-2, Llama, Mistral, Qwen2) with the transformers API.
 
     >>> model = Model.from_pretrained("path/to/gpt2")
     >>> out = model(input_ids, attention_mask=mask, labels=input_ids)
     >>> out.loss, out.logits.shape          # (B, T, V)
     """
 
-    def __init__(self, core: "_core.Gpt2") -> None:
+    def __init__(self, core: "_core.CausalLM") -> None:
         self._core = core
 
     # ---- construction -------------------------------------------------------------
@@ -101,13 +101,13 @@ class Model:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(2, f"No such file or directory: {path}", path)
-        return cls(_core.Gpt2.from_pretrained(path))
+        return cls(_core.CausalLM.from_pretrained(path))
 
     @classmethod
     def from_config(cls, config: Union[ModelConfig, Mapping[str, Any]], seed: int = 0) -> "Model":
         """A new model with transformers' random initialisation, seeded."""
         d = config.to_dict() if isinstance(config, ModelConfig) else dict(config)
-        return cls(_core.Gpt2.from_config(json.dumps(d), int(seed)))
+        return cls(_core.CausalLM.from_config(json.dumps(d), int(seed)))
 
     @property
     def config(self) -> ModelConfig:

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod io;
 pub mod model;
 pub mod optimizer;
+pub mod tokenizer;
 
 use pyo3::prelude::*;
 
@@ -31,8 +32,9 @@ pub(crate) fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> PyFtResult<T> 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
-    m.add_class::<model::PyGpt2>()?;
+    m.add_class::<model::PyModel>()?;
     m.add_class::<optimizer::PyAdamW>()?;
+    m.add_class::<tokenizer::PyTokenizer>()?;
     m.add_function(wrap_pyfunction!(io::load_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(io::save_safetensors, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
