@@ -179,6 +179,15 @@ fn smollm2_tokenizer_matches_transformers() {
     }
     let chat = tok.encode(want["chat_rendered"].as_str().unwrap(), true).unwrap();
     assert_eq!(chat.get_ids(), ids(&want["chat_ids"]).as_slice());
+
+    // the same through ferrotune's Tokenizer
+    let ft = t.to_tokenizer().unwrap();
+    for case in want["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(ft.encode(text, true).unwrap(), ids(&case["ids"]), "ferrotune ids of {text:?}");
+        let got = ft.decode(&ids(&case["ids"]).iter().map(|&i| i as i64).collect::<Vec<_>>(), true, None).unwrap();
+        assert_eq!(got, case["decoded_skip_special"].as_str().unwrap(), "ferrotune decode of {text:?}");
+    }
 }
 
 #[test]

@@ -29,6 +29,13 @@ pub struct GgufTokenizer {
     pub tokenizer_config: Value,
 }
 
+impl GgufTokenizer {
+    /// The ferrotune tokenizer (special tokens and chat template from `tokenizer_config`).
+    pub fn to_tokenizer(&self) -> Result<crate::tokenizer::Tokenizer> {
+        crate::tokenizer::Tokenizer::from_state(&self.tokenizer_json, &self.tokenizer_config.to_string())
+    }
+}
+
 /// llama.cpp token types (`tokenizer.ggml.token_type`).
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
