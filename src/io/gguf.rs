@@ -226,7 +226,7 @@ impl GgufTensorInfo {
     pub fn nbytes(&self) -> Option<usize> {
         let (bs, ts) = self.ggml_type.block_layout()?;
         let n = self.numel();
-        (n % bs == 0).then_some(n / bs * ts)
+        n.is_multiple_of(bs).then_some(n / bs * ts)
     }
 }
 
@@ -310,16 +310,9 @@ impl<'a> Cursor<'a> {
     }
     fn string(&mut self) -> std::result::Result<String, String> {
         let n = self.len("string length", 1)?;
-        let at = self.pos;
         let b = self.take(n)?;
         // llama.cpp writes UTF-8; a stray invalid byte should not make the file unreadable.
-        match std::str::from_utf8(b) {
-            Ok(s) => Ok(s.to_string()),
-            Err(_) => {
-                let _ = at;
-                Ok(String::from_utf8_lossy(b).into_owned())
-            }
-        }
+        Ok(String::from_utf8_lossy(b).into_owned())
     }
     fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<GgufValue, String> {
         Ok(match ty {
@@ -513,7 +506,7 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> std::resu
     let (bs, ts) = ty
         .block_layout()
         .ok_or_else(|| format!("ggml type {} cannot be dequantized (supported: {})", ty.name(), GgmlType::supported_list()))?;
-    if out.len() % bs != 0 || bytes.len() != out.len() / bs * ts {
+    if !out.len().is_multiple_of(bs) || bytes.len() != out.len() / bs * ts {
         return Err(format!("{} bytes do not hold {} values of type {}", bytes.len(), out.len(), ty.name()));
     }
     let f: fn(&[u8], &mut [f32]) = match ty {
@@ -678,13 +671,16 @@ fn dq_q6_k(b: &[u8], out: &mut [f32]) {
 /// The architectures `load_gguf` maps (`general.architecture`).
 pub const SUPPORTED_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 
+/// HF name -> (HF shape, row-major f32 values).
+pub type HfTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// A GGUF model as Hugging Face would have it.
 #[derive(Debug)]
 pub struct GgufModel {
     /// An HF `config.json` as JSON.
     pub config: Value,
     /// HF name -> (HF shape, row-major f32 values). No `lm_head.weight` when embeddings are tied.
-    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    pub tensors: HfTensors,
     pub tokenizer: GgufTokenizer,
     pub chat_template: Option<String>,
 }
@@ -849,7 +845,7 @@ pub fn hf_tensor_name(gguf: &str) -> Option<String> {
 /// `w.reshape(n_head, half, 2, ...).swapaxes(1, 2).reshape(w.shape)`.
 pub fn unpermute_qk(data: &[f32], rows: usize, row_len: usize, n_head: usize) -> Vec<f32> {
     assert_eq!(data.len(), rows * row_len);
-    assert!(n_head > 0 && rows % (2 * n_head) == 0, "{rows} rows do not split into {n_head} heads of even size");
+    assert!(n_head > 0 && rows.is_multiple_of(2 * n_head), "{rows} rows do not split into {n_head} heads of even size");
     let hd = rows / n_head;
     let half = hd / 2;
     let mut out = vec![0f32; data.len()];
@@ -885,7 +881,7 @@ pub fn permute_qk(data: &[f32], rows: usize, row_len: usize, n_head: usize) -> V
 
 /// Every tensor of the file, dequantised, under its HF name and shape, with the Q/K rows
 /// of a "llama" GGUF put back in HF order.
-pub fn hf_tensors(file: &GgufFile, config: &Value) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn hf_tensors(file: &GgufFile, config: &Value) -> Result<HfTensors> {
     let arch = arch_of(file)?;
     let n_heads = config["num_attention_heads"].as_u64().unwrap_or(0) as usize;
     let n_kv = config["num_key_value_heads"].as_u64().unwrap_or(0) as usize;
@@ -905,7 +901,7 @@ pub fn hf_tensors(file: &GgufFile, config: &Value) -> Result<BTreeMap<String, (V
         if arch == "llama" && (info.name.contains(".attn_q.") || info.name.contains(".attn_k.")) {
             let heads = if info.name.contains(".attn_q.") { n_heads } else { n_kv };
             let rows = shape[0];
-            if heads == 0 || rows % (2 * heads) != 0 {
+            if heads == 0 || !rows.is_multiple_of(2 * heads) {
                 return Err(Error::checkpoint(
                     &file.path,
                     format!("tensor {:?}: {rows} rows do not split into {heads} heads", info.name),
