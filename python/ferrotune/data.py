@@ -8,6 +8,15 @@ Accepted training/evaluation data (each row a dict):
 - ``{"prompt": str, "completion": str}``: the loss covers the completion only (TRL's
   completion-only loss): the prompt positions get label ``-100``; the EOS token is appended
   to the completion.
+- ``{"messages": [{"role": ..., "content": ...}, ...]}``: a conversation, rendered with the
+  tokenizer's chat template (``tokenizer.chat_template``; ``"tools"`` / ``"documents"`` keys
+  of the example are passed to it) and truncated to ``max_length``; the loss covers the
+  assistant turns only: each assistant reply and the template's end-of-turn token after it
+  (ChatML's ``<|im_end|>``). Everything else (system, user and tool turns, the headers that
+  open each turn) gets label ``-100``. No EOS is appended: the template's end-of-turn token
+  is what ends a reply. How assistant tokens are found is explained in
+  :mod:`ferrotune.chat` (``{% generation %}`` blocks when the template has them, otherwise
+  prefix-by-prefix rendering, as TRL does).
 - ``{"input_ids": [...], "attention_mask": [...] (optional), "labels": [...] (optional)}``:
   already tokenized; used as is (truncated to ``max_length``).
 
@@ -32,7 +41,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ._core import DataError
+from ._core import DataError, InputError
 
 __all__ = [
     "IGNORE_INDEX",
@@ -171,6 +180,8 @@ def tokenize_example(
             c = c + [eos]
         ids = p + c
         feat = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(p) + c}
+    elif "messages" in example:
+        feat = _chat_features(example, tokenizer, where)
     elif text_field in example:
         if tokenizer is None:
             raise DataError(f"{where}{text_field!r} examples need a tokenizer (processing_class)")
@@ -185,13 +196,46 @@ def tokenize_example(
     else:
         raise DataError(
             f"{where}unrecognised example with keys {sorted(example)}: expected {text_field!r}, "
-            "'prompt' + 'completion', or 'input_ids'"
+            "'prompt' + 'completion', 'messages', or 'input_ids'"
         )
     if max_length is not None and len(feat["input_ids"]) > max_length:
         feat = {k: v[:max_length] for k, v in feat.items()}
     if not feat["input_ids"]:
         raise DataError(f"{where}the example has no tokens")
     return feat
+
+
+def _chat_features(example: Mapping[str, Any], tokenizer: Any, where: str) -> Feature:
+    """input_ids / attention_mask / labels of a ``{"messages": [...]}`` example: labels only on
+    assistant tokens (see :func:`ferrotune.chat.encode_chat_for_training`)."""
+    from .chat import ChatTemplateError, encode_chat_for_training
+
+    if tokenizer is None:
+        raise DataError(f"{where}'messages' examples need a tokenizer with a chat template (processing_class)")
+    messages = example["messages"]
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise DataError(f"{where}'messages' must be a non-empty list of {{'role', 'content'}} dicts")
+    for j, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise DataError(f"{where}message {j} must be a dict with 'role' and 'content', got {type(m).__name__}")
+        if not isinstance(m.get("role"), str):
+            raise DataError(f"{where}message {j} has no 'role' (a str), keys {sorted(m)}")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}the conversation has no assistant message: nothing to train on")
+    try:
+        ids, mask = encode_chat_for_training(
+            tokenizer,
+            [dict(m) for m in messages],
+            tools=example.get("tools"),
+            documents=example.get("documents"),
+            where=where,
+        )
+    except ChatTemplateError as e:
+        raise ChatTemplateError(f"{where}{e}") from e
+    except InputError as e:
+        raise DataError(f"{where}{e}") from e
+    labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
 def pack_examples(features: Sequence[Mapping[str, Any]], max_length: int, eos_token_id: Optional[int] = None) -> List[Feature]:

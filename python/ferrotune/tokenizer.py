@@ -8,12 +8,18 @@ saving happen in Rust, with the GIL released for batch work.
     tok.pad_token = tok.eos_token
     batch = tok(["hello", "a longer text"], padding=True, return_tensors="np")
     batch.input_ids.shape   # (2, T), int64
+
+Chat models: ``tok.apply_chat_template(messages, add_generation_prompt=True)`` renders the
+tokenizer's ``chat_template`` (from tokenizer_config.json, chat_template.jinja, or set by
+assignment) as transformers does; see :mod:`ferrotune.chat`.
 """
 
 from __future__ import annotations
 
+import json
 import operator
 import os
+import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional, Union
@@ -30,6 +36,8 @@ VERY_LARGE_INTEGER = int(1e30)
 PAD_KEYS = ("input_ids", "attention_mask", "labels", "token_type_ids", "special_tokens_mask")
 
 _IGNORED_LOAD_KWARGS = frozenset({"use_fast", "trust_remote_code", "local_files_only"})
+_TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+_UNSET: Any = object()  # chat template not read from the core's config yet
 _SETTING_KWARGS = frozenset(
     {"padding_side", "truncation_side", "model_max_length", "clean_up_tokenization_spaces"}
 )
@@ -173,6 +181,7 @@ class Tokenizer:
                 "use Tokenizer.from_pretrained(path) or Tokenizer.train_new_from_iterator(texts, vocab_size)"
             )
         self._core = core
+        self._chat_template: Any = _UNSET
 
     # ---- construction ----
 
@@ -182,16 +191,27 @@ class Tokenizer:
 
         Keyword arguments override the saved settings: ``padding_side``,
         ``truncation_side``, ``model_max_length``, ``clean_up_tokenization_spaces``,
-        ``bos_token`` / ``eos_token`` / ``unk_token`` / ``pad_token``.
+        ``bos_token`` / ``eos_token`` / ``unk_token`` / ``pad_token``, ``chat_template``.
         ``use_fast``, ``trust_remote_code`` and ``local_files_only`` are accepted and ignored.
         Missing paths raise FileNotFoundError (nothing is downloaded).
+
+        The chat template comes, as in transformers, from ``chat_template.jinja`` (plus
+        ``additional_chat_templates/<name>.jinja``) when the directory has it, else from
+        the ``chat_template`` key of tokenizer_config.json.
         """
         path = os.fspath(pretrained_model_name_or_path)
         tok = cls(_core.Tokenizer.from_pretrained(path))
+        template_dir = path if os.path.isdir(path) else None
+        if template_dir is None and os.path.basename(path) == "tokenizer.json":
+            template_dir = os.path.dirname(path) or "."
+        if template_dir is not None:
+            files = _read_template_files(template_dir)
+            if files:
+                tok._chat_template = files["default"] if set(files) == {"default"} else files
         for key, value in kwargs.items():
             if key in _IGNORED_LOAD_KWARGS:
                 continue
-            if key in _SETTING_KWARGS or key in {f"{k}_token" for k in _SPECIAL_KINDS}:
+            if key in _SETTING_KWARGS or key == "chat_template" or key in {f"{k}_token" for k in _SPECIAL_KINDS}:
                 setattr(tok, key, value)
             else:
                 raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
@@ -250,6 +270,7 @@ class Tokenizer:
             None if new_special_tokens is None else [str(t) for t in new_special_tokens],
         )
         tok = cls(core)
+        tok._chat_template = _copy_template(self.chat_template)
         if model_max_length is not None:
             tok.model_max_length = model_max_length
         return tok
@@ -654,13 +675,128 @@ class Tokenizer:
     def name_or_path(self, value: str) -> None:
         self._core.name_or_path = str(value)
 
+    # ---- chat templates ----
+
+    @property
+    def chat_template(self) -> Optional[Union[str, dict[str, str]]]:
+        """The Jinja chat template (a str), ``{name: template}`` for a tokenizer with several
+        templates, or None. Assign a template string to set one."""
+        if self._chat_template is _UNSET:
+            from .chat import template_from_config
+
+            config = json.loads(self._core.to_state()[1])
+            self._chat_template = template_from_config(config.get("chat_template"))
+        return self._chat_template  # type: ignore[no-any-return]
+
+    @chat_template.setter
+    def chat_template(self, value: Optional[Union[str, Mapping[str, str], Sequence[Mapping[str, str]]]]) -> None:
+        from .chat import template_from_config
+
+        self._chat_template = template_from_config(value)
+
+    def get_chat_template(self, chat_template: Optional[str] = None, tools: Optional[Sequence[Any]] = None) -> str:
+        """The template ``apply_chat_template`` uses: ``chat_template`` when given (a template,
+        or the name of one of this tokenizer's templates), else the tokenizer's own (its
+        ``"tool_use"`` template when tools are given and it has one, else ``"default"``).
+        Raises TokenizerError when there is none."""
+        from .chat import select_template
+
+        return select_template(self.chat_template, chat_template, tools)
+
+    def apply_chat_template(
+        self,
+        conversation: Any,
+        tools: Optional[Sequence[Any]] = None,
+        documents: Optional[Sequence[Any]] = None,
+        chat_template: Optional[str] = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: Union[bool, str] = False,
+        tokenize: bool = True,
+        sanitize_control_tokens: bool = False,
+        padding: Union[bool, str] = False,
+        truncation: Union[bool, str] = False,
+        max_length: Optional[int] = None,
+        return_tensors: Optional[str] = None,
+        return_dict: bool = True,
+        return_assistant_tokens_mask: bool = False,
+        tokenizer_kwargs: Optional[Mapping[str, Any]] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Renders a conversation (a list of ``{"role": ..., "content": ...}`` dicts) or a batch
+        of them with the chat template, as transformers 5 does, and tokenizes it.
+
+        Returns, as transformers 5: the text (a str, or a list for a batch) with
+        ``tokenize=False``; a :class:`BatchEncoding` (``input_ids``, ``attention_mask``, and
+        ``assistant_masks`` with ``return_assistant_tokens_mask=True``) by default; the ids
+        alone with ``return_dict=False``. (transformers 4 defaulted to ``return_dict=False``.)
+
+        ``add_generation_prompt`` appends the header that starts an assistant reply;
+        ``continue_final_message`` (True, or the name of the field) leaves the last message
+        open so the model continues it. ``tools`` (JSON schemas) and ``documents`` are passed
+        to the template, as are the special tokens (``bos_token``, ...) and any other keyword
+        argument. The text is tokenized without adding special tokens (templates write
+        them); ``padding``, ``truncation``, ``max_length`` and ``return_tensors`` ("np") are
+        as in ``__call__``, and ``tokenizer_kwargs`` go to it too.
+
+        ``return_assistant_tokens_mask`` marks the tokens inside the template's
+        ``{% generation %}`` blocks with 1; for a template without them it warns and returns
+        zeros, like transformers (the training pipeline finds assistant tokens either way;
+        see :mod:`ferrotune.chat`).
+
+        Raises TokenizerError when there is no template, ChatTemplateError (a TokenizerError and
+        a ``jinja2.TemplateError``) when the template fails or calls ``raise_exception``, and
+        InputError for malformed conversations or incompatible arguments.
+        """
+        from .chat import apply_chat_template
+
+        return apply_chat_template(
+            self,
+            conversation,
+            tools=tools,
+            documents=documents,
+            chat_template=chat_template,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tokenize=tokenize,
+            sanitize_control_tokens=sanitize_control_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            return_tensors=return_tensors,
+            return_dict=return_dict,
+            return_assistant_tokens_mask=return_assistant_tokens_mask,
+            tokenizer_kwargs=tokenizer_kwargs,
+            **kwargs,
+        )
+
     # ---- saving ----
 
     def save_pretrained(self, save_directory: PathLike) -> tuple[str, ...]:
         """Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json
         (and vocab.json + merges.txt for BPE) into ``save_directory``, each
-        written to a temporary name and renamed; returns the paths."""
-        return tuple(self._core.save_pretrained(os.fspath(save_directory)))
+        written to a temporary name and renamed; returns the paths.
+
+        A chat template is written as transformers 5 writes it: to ``chat_template.jinja``
+        (other named templates to ``additional_chat_templates/<name>.jinja``), never as a
+        tokenizer_config.json key."""
+        directory = os.fspath(save_directory)
+        written = list(self._core.save_pretrained(directory))
+        template = self.chat_template
+        _drop_config_template(os.path.join(directory, _TOKENIZER_CONFIG_FILE))
+        if isinstance(template, str):
+            written.append(_write_text(os.path.join(directory, "chat_template.jinja"), template))
+        elif isinstance(template, dict):
+            for name, text in template.items():
+                if name == "default":
+                    written.append(_write_text(os.path.join(directory, "chat_template.jinja"), text))
+                    continue
+                folder = os.path.join(directory, "additional_chat_templates")
+                target = os.path.join(folder, f"{name}.jinja")
+                if os.path.dirname(os.path.abspath(target)) != os.path.abspath(folder):
+                    raise InputError(f"invalid chat template name {name!r}")
+                os.makedirs(folder, exist_ok=True)
+                written.append(_write_text(target, text))
+        return tuple(written)
 
     def to_str(self, pretty: bool = False) -> str:
         """The tokenizer.json text."""
@@ -669,10 +805,11 @@ class Tokenizer:
     # ---- python protocol ----
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"state": self._core.to_state()}
+        return {"state": self._core.to_state(), "chat_template": self.chat_template}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._core = _core.Tokenizer.from_state(*state["state"])
+        self._chat_template = state.get("chat_template", _UNSET)
 
     def __repr__(self) -> str:
         return (
@@ -681,3 +818,54 @@ class Tokenizer:
             f"truncation_side={self.truncation_side!r}, special_tokens={self.special_tokens_map!r}, "
             f"added_tokens={len(self.added_tokens_decoder)})"
         )
+
+
+# ---- chat template files ----
+
+
+def _copy_template(template: Any) -> Any:
+    return dict(template) if isinstance(template, dict) else template
+
+
+def _read_template_files(directory: str) -> dict[str, str]:
+    """{"default": chat_template.jinja, name: additional_chat_templates/<name>.jinja} of a directory."""
+    out: dict[str, str] = {}
+    main = os.path.join(directory, "chat_template.jinja")
+    if os.path.isfile(main):
+        with open(main, encoding="utf-8") as f:
+            out["default"] = f.read()
+    extra = os.path.join(directory, "additional_chat_templates")
+    if os.path.isdir(extra):
+        for name in sorted(os.listdir(extra)):
+            if name.endswith(".jinja") and os.path.isfile(os.path.join(extra, name)):
+                with open(os.path.join(extra, name), encoding="utf-8") as f:
+                    out[name[: -len(".jinja")]] = f.read()
+    return out
+
+
+def _write_text(path: str, text: str) -> str:
+    """Writes ``text`` to a temporary file next to ``path``, then renames it."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _drop_config_template(config_path: str) -> None:
+    """Removes a ``chat_template`` key (kept from a loaded tokenizer_config.json) from the
+    config the core wrote: transformers 5 keeps templates in .jinja files only."""
+    if not os.path.isfile(config_path):
+        return
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    if not isinstance(config, dict) or "chat_template" not in config:
+        return
+    del config["chat_template"]
+    _write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False))
