@@ -66,3 +66,35 @@ def test_smollm2_load(smollm2: Path):
     for case in ref["cases"]:
         assert tok.encode(case["text"]) == case["ids"], case["text"]
     assert _core.load_gguf_tokenizer(smollm2) == (tokenizer_json, tokenizer_config_json, chat_template)
+
+
+def test_smollm2_tokenizer_from_pretrained(smollm2: Path, tmp_path: Path):
+    from ferrotune import Tokenizer
+
+    ref = json.loads((FIXTURES / "gguf_smollm2" / "tokenizer.json").read_text())
+    tok = Tokenizer.from_pretrained(smollm2)
+    same = Tokenizer.from_pretrained(smollm2.parent, gguf_file=smollm2.name)
+    for case in ref["cases"]:
+        assert tok(case["text"]).input_ids == case["ids"], case["text"]
+        assert same(case["text"], add_special_tokens=False).input_ids == case["ids_no_special"], case["text"]
+        assert tok.decode(case["ids"]) == case["decoded"], case["text"]
+        assert tok.decode(case["ids"], skip_special_tokens=True) == case["decoded_skip_special"], case["text"]
+    st = ref["special_tokens"]
+    assert (tok.bos_token, tok.eos_token, tok.unk_token, tok.pad_token) == (
+        st["bos_token"], st["eos_token"], st["unk_token"], st["pad_token"],
+    )
+    messages = [
+        {"role": "user", "content": "Translate to English: 你好"},
+        {"role": "assistant", "content": "hello; hi"},
+    ]
+    assert tok.apply_chat_template(messages, tokenize=False) == ref["chat_rendered"]
+    assert (
+        tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+        == ref["chat_rendered_generation_prompt"]
+    )
+    # saved as an HF tokenizer directory, it reloads with the same ids and template
+    tok.save_pretrained(tmp_path)
+    again = Tokenizer.from_pretrained(tmp_path)
+    for case in ref["cases"]:
+        assert again(case["text"]).input_ids == case["ids"], case["text"]
+    assert again.apply_chat_template(messages, tokenize=False) == ref["chat_rendered"]
