@@ -143,7 +143,7 @@ fn smollm2_tokenizer_matches_transformers() {
     let Some(path) = smollm2_path() else { return };
     let f = GgufFile::open(&path).unwrap();
     let t = ferrotune::io::gguf_tokenizer::tokenizer_from_gguf(&f).unwrap();
-    let want = read_json(&fixture("gguf_smollm2/tokenizer.json"));
+    let want = read_json(&fixture("gguf_smollm2/tokenizer_expected.json"));
     let tok = tokenizers::Tokenizer::from_str(&t.tokenizer_json).unwrap();
 
     // the non-vocabulary parts equal transformers' backend tokenizer after a round trip

@@ -62,7 +62,7 @@ def test_smollm2_load(smollm2: Path):
     assert "<|im_start|>" in chat_template
 
     tok = _core.Tokenizer.from_state(tokenizer_json, tokenizer_config_json)
-    ref = json.loads((FIXTURES / "gguf_smollm2" / "tokenizer.json").read_text())
+    ref = json.loads((FIXTURES / "gguf_smollm2" / "tokenizer_expected.json").read_text())
     for case in ref["cases"]:
         assert tok.encode(case["text"]) == case["ids"], case["text"]
     assert _core.load_gguf_tokenizer(smollm2) == (tokenizer_json, tokenizer_config_json, chat_template)
@@ -71,7 +71,7 @@ def test_smollm2_load(smollm2: Path):
 def test_smollm2_tokenizer_from_pretrained(smollm2: Path, tmp_path: Path):
     from ferrotune import Tokenizer
 
-    ref = json.loads((FIXTURES / "gguf_smollm2" / "tokenizer.json").read_text())
+    ref = json.loads((FIXTURES / "gguf_smollm2" / "tokenizer_expected.json").read_text())
     tok = Tokenizer.from_pretrained(smollm2)
     same = Tokenizer.from_pretrained(smollm2.parent, gguf_file=smollm2.name)
     for case in ref["cases"]:
