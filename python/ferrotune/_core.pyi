@@ -21,6 +21,10 @@ __all__ = [
     "Tokenizer",
     "load_safetensors",
     "save_safetensors",
+    "read_gguf_metadata",
+    "read_gguf_tensor_infos",
+    "load_gguf_tokenizer",
+    "load_gguf",
     "__version__",
 ]
 
@@ -228,3 +232,9 @@ def save_safetensors(
     metadata: Optional[dict[str, str]] = None,
 ) -> None: ...
 
+def read_gguf_metadata(path: _Path) -> dict[str, Any]: ...
+def read_gguf_tensor_infos(path: _Path) -> list[tuple[str, str, list[int]]]: ...
+def load_gguf_tokenizer(path: _Path) -> tuple[str, str, Optional[str]]: ...
+def load_gguf(
+    path: _Path,
+) -> tuple[str, list[tuple[str, list[int], _F32]], str, Optional[str], str]: ...

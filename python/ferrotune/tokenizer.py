@@ -198,9 +198,23 @@ class Tokenizer:
         The chat template comes, as in transformers, from ``chat_template.jinja`` (plus
         ``additional_chat_templates/<name>.jinja``) when the directory has it, else from
         the ``chat_template`` key of tokenizer_config.json.
+
+        A GGUF file (``from_pretrained("model.gguf")``, or transformers' spelling
+        ``from_pretrained(directory, gguf_file="model.gguf")``) gives the byte-level BPE
+        tokenizer its ``tokenizer.ggml.*`` metadata describes, built as transformers
+        builds it, with the file's chat template.
         """
         path = os.fspath(pretrained_model_name_or_path)
-        tok = cls(_core.Tokenizer.from_pretrained(path))
+        gguf_file = kwargs.pop("gguf_file", None)
+        if gguf_file is not None:
+            path = os.path.join(path, os.fspath(gguf_file))
+        if gguf_file is not None or (path.endswith(".gguf") and os.path.isfile(path)):
+            tokenizer_json, config_json, _template = _core.load_gguf_tokenizer(path)
+            core = _core.Tokenizer.from_state(tokenizer_json, config_json)
+            core.name_or_path = path
+            tok = cls(core)
+        else:
+            tok = cls(_core.Tokenizer.from_pretrained(path))
         template_dir = path if os.path.isdir(path) else None
         if template_dir is None and os.path.basename(path) == "tokenizer.json":
             template_dir = os.path.dirname(path) or "."

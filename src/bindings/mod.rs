@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod errors;
+pub mod gguf;
 pub mod io;
 pub mod model;
 pub mod optimizer;
@@ -37,6 +38,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tokenizer::PyTokenizer>()?;
     m.add_function(wrap_pyfunction!(io::load_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(io::save_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf::read_gguf_metadata, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf::read_gguf_tensor_infos, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf::load_gguf_tokenizer, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf::load_gguf, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
