@@ -38,27 +38,27 @@ pub struct Batch<'a> {
     pub t: usize,
 }
 
-struct LayerParams {
-    ln1_w: Range<usize>,
-    ln1_b: Range<usize>,
-    attn_w: Range<usize>,
-    attn_b: Range<usize>,
-    proj_w: Range<usize>,
-    proj_b: Range<usize>,
-    ln2_w: Range<usize>,
-    ln2_b: Range<usize>,
-    fc_w: Range<usize>,
-    fc_b: Range<usize>,
-    fcproj_w: Range<usize>,
-    fcproj_b: Range<usize>,
+pub(crate) struct LayerParams {
+    pub(crate) ln1_w: Range<usize>,
+    pub(crate) ln1_b: Range<usize>,
+    pub(crate) attn_w: Range<usize>,
+    pub(crate) attn_b: Range<usize>,
+    pub(crate) proj_w: Range<usize>,
+    pub(crate) proj_b: Range<usize>,
+    pub(crate) ln2_w: Range<usize>,
+    pub(crate) ln2_b: Range<usize>,
+    pub(crate) fc_w: Range<usize>,
+    pub(crate) fc_b: Range<usize>,
+    pub(crate) fcproj_w: Range<usize>,
+    pub(crate) fcproj_b: Range<usize>,
 }
 
-struct Layout {
-    wte: Range<usize>,
-    wpe: Range<usize>,
-    layers: Vec<LayerParams>,
-    lnf_w: Range<usize>,
-    lnf_b: Range<usize>,
+pub(crate) struct Layout {
+    pub(crate) wte: Range<usize>,
+    pub(crate) wpe: Range<usize>,
+    pub(crate) layers: Vec<LayerParams>,
+    pub(crate) lnf_w: Range<usize>,
+    pub(crate) lnf_b: Range<usize>,
 }
 
 impl Layout {
@@ -201,8 +201,8 @@ fn drop_opt<F>(mask: &[F]) -> Option<&[F]> {
 pub struct Gpt2<F: Real> {
     pub config: Gpt2Config,
     table: ParamTable,
-    layout: Layout,
-    params: Vec<F>,
+    pub(crate) layout: Layout,
+    pub(crate) params: Vec<F>,
     grads: Vec<F>, // empty until the first backward
     acts: Option<Acts<F>>,
     training: bool,
@@ -470,7 +470,7 @@ impl<F: Real> Gpt2<F> {
 
     /// The attention score scale of each layer: 1/sqrt(HS) (scale_attn_weights), divided by
     /// layer + 1 with scale_attn_by_inverse_layer_idx.
-    fn attn_scales(&self) -> Vec<f64> {
+    pub(crate) fn attn_scales(&self) -> Vec<f64> {
         let cfg = &self.config;
         let base = if cfg.scale_attn_weights { 1.0 / ((cfg.n_embd / cfg.n_head) as f64).sqrt() } else { 1.0 };
         (0..cfg.n_layer)
@@ -564,7 +564,7 @@ impl<F: Real> Gpt2<F> {
     }
 }
 
-fn add_inplace<F: Real>(dst: &mut [F], src: &[F]) {
+pub(crate) fn add_inplace<F: Real>(dst: &mut [F], src: &[F]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d += *s;
     }
