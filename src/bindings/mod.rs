@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod errors;
+pub mod generate;
 pub mod io;
 pub mod model;
 pub mod optimizer;
@@ -33,6 +34,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<model::PyGpt2>()?;
     m.add_class::<optimizer::PyAdamW>()?;
+    m.add_class::<generate::PyGeneration>()?;
+    m.add_function(wrap_pyfunction!(generate::process_logits, m)?)?;
     m.add_function(wrap_pyfunction!(io::load_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(io::save_safetensors, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
