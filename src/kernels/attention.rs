@@ -15,24 +15,41 @@ use rayon::prelude::*;
 
 use super::{Real, SyncPtr};
 
-/// Sizes of one attention call.
+/// Sizes of one attention call. Query head h reads key/value head h / (NH / NKV)
+/// (grouped-query attention; NKV = NH is plain multi-head attention).
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
     pub b: usize,
     pub t: usize,
-    pub c: usize,
     pub nh: usize,
+    pub nkv: usize,
+    pub hs: usize,
+    /// Sliding window (Mistral): query t sees keys s with t - s < window.
+    pub window: Option<usize>,
 }
 
 impl AttnShape {
-    fn hs(&self) -> usize {
-        self.c / self.nh
+    /// Multi-head attention over C channels (GPT-2).
+    pub fn mha(b: usize, t: usize, c: usize, nh: usize) -> Self {
+        Self { b, t, nh, nkv: nh, hs: c / nh, window: None }
     }
-}
-
-#[inline]
-fn allowed(mask: Option<&[i64]>, b: usize, t: usize, s: usize, tq: usize) -> bool {
-    s <= tq && mask.is_none_or(|m| m[b * t + s] != 0)
+    /// Row length of the qkv buffer: q (NH*HS) | k (NKV*HS) | v (NKV*HS).
+    pub fn qkv_width(&self) -> usize {
+        (self.nh + 2 * self.nkv) * self.hs
+    }
+    fn q_off(&self, h: usize) -> usize {
+        h * self.hs
+    }
+    fn k_off(&self, h: usize) -> usize {
+        (self.nh + h / (self.nh / self.nkv)) * self.hs
+    }
+    fn v_off(&self, h: usize) -> usize {
+        (self.nh + self.nkv + h / (self.nh / self.nkv)) * self.hs
+    }
+    #[inline]
+    fn allowed(&self, mask: Option<&[i64]>, b: usize, s: usize, tq: usize) -> bool {
+        s <= tq && self.window.is_none_or(|w| tq - s < w) && mask.is_none_or(|m| m[b * self.t + s] != 0)
+    }
 }
 
 #[inline]
@@ -42,7 +59,7 @@ fn dot<F: Real>(a: &[F], b: &[F]) -> F {
 
 /// Forward:
 ///   att (B, NH, T, T) = softmax(q k^T * scale) over allowed keys (0 elsewhere), saved for backward
-///   out (B, T, C)     = (att * drop) @ v, with `drop` (B, NH, T, T) the attention-dropout mask if any
+///   out (B, T, NH*HS) = (att * drop) @ v, with `drop` (B, NH, T, T) the attention-dropout mask if any
 pub fn attention_forward<F: Real>(
     out: &mut [F],
     att: &mut [F],
@@ -52,22 +69,20 @@ pub fn attention_forward<F: Real>(
     shape: AttnShape,
     scale: f64,
 ) {
-    let AttnShape { t, c, nh, .. } = shape;
-    let hs = shape.hs();
+    let AttnShape { t, nh, hs, .. } = shape;
+    let (w, c) = (shape.qkv_width(), nh * hs);
     let scale = F::lit(scale);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     att.par_chunks_mut(t * t).enumerate().for_each(|(bh, att_bh)| {
         let (b, h) = (bh / nh, bh % nh);
-        let q_at = |s: usize| &qkv[(b * t + s) * 3 * c + h * hs..][..hs];
-        let k_at = |s: usize| &qkv[(b * t + s) * 3 * c + c + h * hs..][..hs];
-        let v_at = |s: usize| &qkv[(b * t + s) * 3 * c + 2 * c + h * hs..][..hs];
+        let row_at = |s: usize, off: usize| &qkv[(b * t + s) * w + off..][..hs];
         for tq in 0..t {
             let row = &mut att_bh[tq * t..(tq + 1) * t];
-            let q = q_at(tq);
+            let q = row_at(tq, shape.q_off(h));
             let mut max = F::neg_infinity();
             for s in 0..t {
-                row[s] = if allowed(mask, b, t, s, tq) {
-                    let x = dot(q, k_at(s)) * scale;
+                row[s] = if shape.allowed(mask, b, s, tq) {
+                    let x = dot(q, row_at(s, shape.k_off(h))) * scale;
                     max = max.max(x);
                     x
                 } else {
@@ -94,7 +109,7 @@ pub fn attention_forward<F: Real>(
                     None => row[s],
                 };
                 if a != F::zero() {
-                    for (yi, &vi) in y.iter_mut().zip(v_at(s)) {
+                    for (yi, &vi) in y.iter_mut().zip(row_at(s, shape.v_off(h))) {
                         *yi += a * vi;
                     }
                 }
@@ -103,7 +118,9 @@ pub fn attention_forward<F: Real>(
     });
 }
 
-/// Backward: dqkv (B, T, 3C) is overwritten with the gradients of q, k and v.
+/// Backward: dqkv (B, T, (NH + 2 NKV) HS) is overwritten with the gradients of q, k and v.
+/// One task per (batch, key/value head): the query heads sharing a key/value head add into
+/// the same dk and dv, so they run in the same task.
 pub fn attention_backward<F: Real>(
     dqkv: &mut [F],
     dout: &[F],
@@ -113,54 +130,57 @@ pub fn attention_backward<F: Real>(
     shape: AttnShape,
     scale: f64,
 ) {
-    let AttnShape { b: nb, t, c, nh } = shape;
-    let hs = shape.hs();
+    let AttnShape { b: nb, t, nh, nkv, hs, .. } = shape;
+    let (w, c, group) = (shape.qkv_width(), nh * hs, nh / nkv);
     let scale = F::lit(scale);
     dqkv.fill(F::zero());
     let dptr = SyncPtr(dqkv.as_mut_ptr());
-    (0..nb * nh).into_par_iter().for_each(|bh| {
-        let (b, h) = (bh / nh, bh % nh);
-        let off = |s: usize, which: usize| (b * t + s) * 3 * c + which * c + h * hs;
+    (0..nb * nkv).into_par_iter().for_each(|bg| {
+        let (b, g) = (bg / nkv, bg % nkv);
+        let at = |s: usize, off: usize| (b * t + s) * w + off;
         let mut datt = vec![F::zero(); t];
-        for tq in 0..t {
-            let a_row = &att[bh * t * t + tq * t..][..t];
-            let d_row = drop.map(|d| &d[bh * t * t + tq * t..][..t]);
-            let dy = &dout[(b * t + tq) * c + h * hs..][..hs];
-            // datt = (dy . v) * drop;  dv += (att * drop) dy
-            let mut weighted = F::zero();
-            for s in 0..t {
-                let a = a_row[s];
-                if a == F::zero() {
-                    datt[s] = F::zero();
-                    continue;
+        for h in g * group..(g + 1) * group {
+            let bh = b * nh + h;
+            let (qo, ko, vo) = (shape.q_off(h), shape.k_off(h), shape.v_off(h));
+            for tq in 0..t {
+                let a_row = &att[bh * t * t + tq * t..][..t];
+                let d_row = drop.map(|d| &d[bh * t * t + tq * t..][..t]);
+                let dy = &dout[(b * t + tq) * c + h * hs..][..hs];
+                // datt = (dy . v) * drop;  dv += (att * drop) dy
+                let mut weighted = F::zero();
+                for s in 0..t {
+                    let a = a_row[s];
+                    if a == F::zero() {
+                        datt[s] = F::zero();
+                        continue;
+                    }
+                    let m = d_row.map_or(F::one(), |d| d[s]);
+                    datt[s] = dot(dy, &qkv[at(s, vo)..][..hs]) * m;
+                    weighted += a * datt[s];
+                    // SAFETY: v-gradient columns of kv head g in batch b belong to this task only.
+                    let dv = unsafe { dptr.slice_mut(at(s, vo), hs) };
+                    for (d, &gy) in dv.iter_mut().zip(dy) {
+                        *d += a * m * gy;
+                    }
                 }
-                let m = d_row.map_or(F::one(), |d| d[s]);
-                datt[s] = dot(dy, &qkv[off(s, 2)..][..hs]) * m;
-                weighted += a * datt[s];
-                // SAFETY: v-gradient columns of head h in batch b belong to this task only.
-                let dv = unsafe { dptr.slice_mut(off(s, 2), hs) };
-                for (d, &g) in dv.iter_mut().zip(dy) {
-                    *d += a * m * g;
-                }
-            }
-            // softmax backward, then the q k^T product
-            let q = &qkv[off(tq, 0)..][..hs];
-            // SAFETY: as above, q-gradient slice of (b, tq, h).
-            let dq = unsafe { dptr.slice_mut(off(tq, 0), hs) };
-            for s in 0..t {
-                let a = a_row[s];
-                if a == F::zero() {
-                    continue;
-                }
-                let dpre = a * (datt[s] - weighted) * scale;
-                let k = &qkv[off(s, 1)..][..hs];
-                for (d, &kv) in dq.iter_mut().zip(k) {
-                    *d += dpre * kv;
-                }
-                // SAFETY: k-gradient slice of (b, s, h).
-                let dk = unsafe { dptr.slice_mut(off(s, 1), hs) };
-                for (d, &qv) in dk.iter_mut().zip(q) {
-                    *d += dpre * qv;
+                // softmax backward, then the q k^T product
+                let q = &qkv[at(tq, qo)..][..hs];
+                // SAFETY: q-gradient slice of (b, tq, h); h belongs to this task's group.
+                let dq = unsafe { dptr.slice_mut(at(tq, qo), hs) };
+                for s in 0..t {
+                    let a = a_row[s];
+                    if a == F::zero() {
+                        continue;
+                    }
+                    let dpre = a * (datt[s] - weighted) * scale;
+                    for (d, &kv) in dq.iter_mut().zip(&qkv[at(s, ko)..][..hs]) {
+                        *d += dpre * kv;
+                    }
+                    // SAFETY: k-gradient slice of (b, s, g), owned by this task.
+                    let dk = unsafe { dptr.slice_mut(at(s, ko), hs) };
+                    for (d, &qv) in dk.iter_mut().zip(q) {
+                        *d += dpre * qv;
+                    }
                 }
             }
         }
@@ -245,14 +265,18 @@ mod tests {
     /// Finite differences; `skip_rows` are (b, t) query rows whose output is left out of the
     /// loss (fully masked rows, whose torch-compatible gradient is not the true derivative).
     fn check(mask: Option<&[i64]>, drop: Option<&[f64]>, skip_rows: &[(usize, usize)]) {
-        let shape = AttnShape { b: 2, t: 5, c: 6, nh: 2 };
-        let (b, t, c, nh) = (shape.b, shape.t, shape.c, shape.nh);
-        let qkv = rand_vec(b * t * 3 * c, 1);
+        check_shape(AttnShape::mha(2, 5, 6, 2), mask, drop, skip_rows);
+    }
+
+    fn check_shape(shape: AttnShape, mask: Option<&[i64]>, drop: Option<&[f64]>, skip_rows: &[(usize, usize)]) {
+        let (b, t, nh) = (shape.b, shape.t, shape.nh);
+        let c = nh * shape.hs;
+        let qkv = rand_vec(b * t * shape.qkv_width(), 1);
         let mut proj = rand_vec(b * t * c, 2);
         for &(rb, rt) in skip_rows {
             proj[(rb * t + rt) * c..(rb * t + rt + 1) * c].fill(0.0);
         }
-        let scale = 1.0 / ((c / nh) as f64).sqrt();
+        let scale = 1.0 / (shape.hs as f64).sqrt();
         let fwd = |qkv: &[f64]| {
             let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
             attention_forward(&mut out, &mut att, qkv, mask, drop, shape, scale);
@@ -283,8 +307,30 @@ mod tests {
     }
 
     #[test]
+    fn grouped_query_attention_with_sliding_window() {
+        let shape = AttnShape { b: 2, t: 6, nh: 4, nkv: 2, hs: 3, window: Some(3) };
+        check_shape(shape, Some(&[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]), None, &[]);
+        let mha = AttnShape { window: None, nkv: 4, ..shape };
+        check_shape(mha, None, None, &[]);
+    }
+
+    #[test]
+    fn sliding_window_limits_keys() {
+        let shape = AttnShape { b: 1, t: 5, nh: 1, nkv: 1, hs: 2, window: Some(2) };
+        let qkv = rand_vec(5 * 6, 4);
+        let (mut out, mut att) = (vec![0.0; 10], vec![0.0; 25]);
+        attention_forward(&mut out, &mut att, &qkv, None, None, shape, 1.0);
+        for tq in 0..5 {
+            for s in 0..5 {
+                let visible = s <= tq && tq - s < 2;
+                assert_eq!(att[tq * 5 + s] != 0.0, visible, "query {tq} key {s}");
+            }
+        }
+    }
+
+    #[test]
     fn rows_are_causal_distributions() {
-        let shape = AttnShape { b: 1, t: 4, c: 4, nh: 1 };
+        let shape = AttnShape::mha(1, 4, 4, 1);
         let qkv = rand_vec(4 * 12, 3);
         let (mut out, mut att) = (vec![0.0; 16], vec![0.0; 16]);
         attention_forward(&mut out, &mut att, &qkv, Some(&[0, 1, 1, 1]), None, shape, 0.5);

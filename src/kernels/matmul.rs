@@ -105,6 +105,41 @@ pub fn matmul_backward<F: Real>(
     }
 }
 
+/// PyTorch's nn.Linear layout, w: (OC, C):  out (N, OC) = inp (N, C) @ w^T + bias (OC)
+pub fn linear_forward<F: Real>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
+    debug_assert_eq!(w.len(), oc * c);
+    let out = &mut out[..n * oc];
+    if let Some(b) = bias {
+        for row in out.chunks_exact_mut(oc) {
+            row.copy_from_slice(b);
+        }
+    }
+    gemm(out, n, oc, c, View::rows(inp, c), View::t(w, c), bias.is_some());
+}
+
+/// Backward of `linear_forward`:
+///   dinp (N, C)  = dout (N, OC) @ w    (overwritten)
+///   dw   (OC, C) += dout^T @ inp
+///   dbias (OC)   += column sums of dout
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward<F: Real>(
+    dinp: &mut [F],
+    dw: &mut [F],
+    dbias: Option<&mut [F]>,
+    dout: &[F],
+    inp: &[F],
+    w: &[F],
+    n: usize,
+    c: usize,
+    oc: usize,
+) {
+    gemm(dinp, n, c, oc, View::rows(dout, oc), View::rows(w, c), false);
+    gemm(dw, oc, c, n, View::t(dout, oc), View::rows(inp, c), true);
+    if let Some(db) = dbias {
+        bias_backward(db, dout, oc);
+    }
+}
+
 /// dbias (OC) += sum over rows of dout (N, OC)
 pub fn bias_backward<F: Real>(dbias: &mut [F], dout: &[F], oc: usize) {
     for row in dout.chunks_exact(oc) {
@@ -147,6 +182,22 @@ mod tests {
         let loss = |inp: &[f64], w: &[f64], b: &[f64]| {
             let mut out = vec![0.0; n * oc];
             matmul_forward(&mut out, inp, w, Some(b), n, c, oc);
+            project(&out, &proj)
+        };
+        assert_close("dinp", &dinp, &numeric_grad(&inp, |x| loss(x, &w, &b)), 1e-7);
+        assert_close("dw", &dw, &numeric_grad(&w, |x| loss(&inp, x, &b)), 1e-7);
+        assert_close("db", &db, &numeric_grad(&b, |x| loss(&inp, &w, x)), 1e-7);
+    }
+
+    #[test]
+    fn linear_backward_matches_finite_differences() {
+        let (n, c, oc) = (5, 4, 3);
+        let (inp, w, b, proj) = (rand_vec(n * c, 1), rand_vec(oc * c, 2), rand_vec(oc, 3), rand_vec(n * oc, 4));
+        let (mut dinp, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; oc * c], vec![0.0; oc]);
+        linear_backward(&mut dinp, &mut dw, Some(&mut db), &proj, &inp, &w, n, c, oc);
+        let loss = |inp: &[f64], w: &[f64], b: &[f64]| {
+            let mut out = vec![0.0; n * oc];
+            linear_forward(&mut out, inp, w, Some(b), n, c, oc);
             project(&out, &proj)
         };
         assert_close("dinp", &dinp, &numeric_grad(&inp, |x| loss(x, &w, &b)), 1e-7);

@@ -17,6 +17,9 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
 
 use num_traits::{Float, FromPrimitive, NumAssign};
 
