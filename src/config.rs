@@ -137,3 +137,193 @@ pub fn model_type(v: &Value) -> Result<String> {
         .map(str::to_string)
         .ok_or_else(|| Error::Config("config has no \"model_type\" key".into()))
 }
+
+/// Rotary embedding variants (transformers' `rope_parameters`, or `rope_theta` +
+/// `rope_scaling` in configs written before transformers 5).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    Default,
+    Linear { factor: f64 },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+}
+
+/// transformers' `LlamaConfig`, also serving `mistral` and `qwen2` configs. The parsed fields
+/// are what the model needs; `raw` keeps the whole config.json so it round-trips.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    /// Bias on q_proj, k_proj, v_proj (qwen2 always; llama/mistral with attention_bias).
+    pub qkv_bias: bool,
+    /// Bias on o_proj (llama/mistral with attention_bias).
+    pub o_bias: bool,
+    pub tie_word_embeddings: bool,
+    /// Sliding attention window of each layer (Mistral; Qwen2's sliding layers).
+    pub layer_windows: Vec<Option<usize>>,
+    pub initializer_range: f64,
+    pub raw: Value,
+}
+
+fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.get(key).filter(|x| !x.is_null())
+}
+
+fn req_usize(v: &Value, key: &str, arch: &str) -> Result<usize> {
+    let x = get(v, key).ok_or_else(|| Error::Config(format!("{arch} config is missing the key {key:?}")))?;
+    x.as_u64()
+        .filter(|&n| n > 0)
+        .map(|n| n as usize)
+        .ok_or_else(|| Error::Config(format!("{arch} config: {key:?} must be a positive integer, got {x}")))
+}
+
+fn opt_f64(v: &Value, key: &str) -> Option<f64> {
+    get(v, key).and_then(Value::as_f64)
+}
+
+impl LlamaConfig {
+    pub fn from_value(v: Value) -> Result<Self> {
+        let arch = model_type(&v)?;
+        let a = arch.as_str();
+        let hidden_size = req_usize(&v, "hidden_size", a)?;
+        let heads = req_usize(&v, "num_attention_heads", a)?;
+        let kv_heads = get(&v, "num_key_value_heads").map_or(Ok(heads), |_| req_usize(&v, "num_key_value_heads", a))?;
+        let layers = req_usize(&v, "num_hidden_layers", a)?;
+        let head_dim = get(&v, "head_dim").map_or(Ok(hidden_size / heads), |_| req_usize(&v, "head_dim", a))?;
+        if heads % kv_heads != 0 {
+            return Err(Error::Config(format!("num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")));
+        }
+        if head_dim % 2 != 0 {
+            return Err(Error::Config(format!("head_dim must be even for rotary embeddings, got {head_dim}")));
+        }
+        let act = get(&v, "hidden_act").and_then(Value::as_str).unwrap_or("silu");
+        if act != "silu" {
+            return Err(Error::Config(format!("hidden_act {act:?} is not supported (supported: silu)")));
+        }
+        if get(&v, "mlp_bias").and_then(Value::as_bool).unwrap_or(false) {
+            return Err(Error::Config("mlp_bias=true is not supported".into()));
+        }
+        if opt_f64(&v, "attention_dropout").unwrap_or(0.0) != 0.0 {
+            return Err(Error::Config("attention_dropout > 0 is not supported for llama-family models".into()));
+        }
+        // rope: transformers 5 writes rope_parameters; older configs rope_theta + rope_scaling
+        let rope = get(&v, "rope_parameters").or_else(|| get(&v, "rope_scaling"));
+        let rope_theta = rope
+            .and_then(|r| opt_f64(r, "rope_theta"))
+            .or_else(|| opt_f64(&v, "rope_theta"))
+            .unwrap_or(10000.0);
+        let rope_type = rope
+            .and_then(|r| get(r, "rope_type").or_else(|| get(r, "type")))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let factor = || {
+            rope.and_then(|r| opt_f64(r, "factor"))
+                .ok_or_else(|| Error::Config(format!("rope type {rope_type:?} needs a \"factor\"")))
+        };
+        let rope_scaling = match rope_type {
+            "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear { factor: factor()? },
+            "llama3" => {
+                let r = rope.expect("a rope type comes from a rope dict");
+                let need = |k: &str| opt_f64(r, k).ok_or_else(|| Error::Config(format!("llama3 rope scaling needs {k:?}")));
+                RopeScaling::Llama3 {
+                    factor: factor()?,
+                    low_freq_factor: need("low_freq_factor")?,
+                    high_freq_factor: need("high_freq_factor")?,
+                    original_max_position_embeddings: need("original_max_position_embeddings")?,
+                }
+            }
+            other => return Err(Error::Config(format!("rope type {other:?} is not supported (supported: default, linear, llama3)"))),
+        };
+        let attention_bias = get(&v, "attention_bias").and_then(Value::as_bool).unwrap_or(false);
+        let window = get(&v, "sliding_window").and_then(Value::as_u64).map(|w| w as usize);
+        let layer_windows = match get(&v, "layer_types").and_then(Value::as_array) {
+            Some(types) => {
+                if types.len() != layers {
+                    return Err(Error::Config(format!("layer_types has {} entries for {layers} layers", types.len())));
+                }
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("full_attention") => Ok(None),
+                        Some("sliding_attention") => {
+                            window.map(Some).ok_or_else(|| Error::Config("sliding_attention layers need sliding_window".into()))
+                        }
+                        _ => Err(Error::Config(format!("unsupported layer type {t}"))),
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            None if a == "mistral" => vec![window; layers],
+            None if a == "qwen2" && get(&v, "use_sliding_window").and_then(Value::as_bool).unwrap_or(false) => {
+                return Err(Error::Config("qwen2 use_sliding_window without layer_types is not supported".into()))
+            }
+            None => vec![None; layers],
+        };
+        Ok(Self {
+            vocab_size: req_usize(&v, "vocab_size", a)?,
+            intermediate_size: req_usize(&v, "intermediate_size", a)?,
+            max_position_embeddings: get(&v, "max_position_embeddings").map_or(Ok(2048), |_| req_usize(&v, "max_position_embeddings", a))?,
+            rms_norm_eps: opt_f64(&v, "rms_norm_eps").unwrap_or(1e-6),
+            initializer_range: opt_f64(&v, "initializer_range").unwrap_or(0.02),
+            tie_word_embeddings: get(&v, "tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            qkv_bias: a == "qwen2" || attention_bias,
+            o_bias: a != "qwen2" && attention_bias,
+            model_type: arch,
+            hidden_size,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rope_theta,
+            rope_scaling,
+            layer_windows,
+            raw: v,
+        })
+    }
+
+    /// inv_freq (HS/2) in float32, as transformers computes it (rope init functions).
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let dim = self.head_dim;
+        let base = self.rope_theta as f32;
+        let inv: Vec<f32> = (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect();
+        match self.rope_scaling {
+            RopeScaling::Default => inv,
+            RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                let (factor, low, high, old) =
+                    (factor as f32, low_freq_factor as f32, high_freq_factor as f32, original_max_position_embeddings as f32);
+                let (low_wavelen, high_wavelen) = (old / low, old / high);
+                inv.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                        let smooth = (old / wavelen - low) / (high - low);
+                        let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
+                        let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                        if medium { smoothed } else { scaled }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        let mut v = self.raw.clone();
+        let arch = match self.model_type.as_str() {
+            "mistral" => "MistralForCausalLM",
+            "qwen2" => "Qwen2ForCausalLM",
+            _ => "LlamaForCausalLM",
+        };
+        v.as_object_mut().expect("config is an object").entry("architectures").or_insert_with(|| serde_json::json!([arch]));
+        v
+    }
+}

@@ -19,7 +19,8 @@ use crate::kernels::gelu::gelu_forward;
 use crate::kernels::layernorm::layernorm_forward;
 use crate::kernels::matmul::{gemm, matmul_forward, View};
 use crate::kernels::Real;
-use crate::models::gpt2::{add_inplace, Batch, Gpt2};
+use crate::models::gpt2::Gpt2;
+use crate::models::{add_inplace, Batch};
 use crate::rng::SplitMix64;
 
 /// Keys and values of every layer, (B, NH, S, HS) each, plus the key padding mask (B, S).
@@ -123,7 +124,7 @@ impl<F: Real> Gpt2<F> {
             return Err(Error::Input(format!("KV cache holds {cap} positions, {} requested", past + t)));
         }
         assert!(n <= sc.rows, "scratch sized for {} rows, {n} requested", sc.rows);
-        let (p, lay) = (&self.params, &self.layout);
+        let (p, lay) = (&self.state.params, &self.layout);
         let (wte, wpe) = (&p[lay.wte.clone()], &p[lay.wpe.clone()]);
         // x (N, C) = wte[id] + wpe[position]
         for (r, xr) in sc.x[..n * c].chunks_exact_mut(c).enumerate() {
@@ -149,7 +150,7 @@ impl<F: Real> Gpt2<F> {
         }
         let scales = self.attn_scales();
         let eps = cfg.layer_norm_epsilon;
-        let shape = AttnShape { b, t, c, nh };
+        let shape = AttnShape::mha(b, t, c, nh);
         for (l, lp) in lay.layers.iter().enumerate() {
             layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, eps);
             matmul_forward(&mut sc.qkv, &sc.ln[..n * c], &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
@@ -444,7 +445,7 @@ pub struct Generation<F: Real> {
 impl Generation<f32> {
     /// Validates everything and allocates the cache for prompt + max_new_tokens positions.
     pub fn new(model: &Gpt2<f32>, batch: &Batch<'_>, params: GenerateParams, keep_logits: bool) -> Result<Self> {
-        model.validate(batch)?;
+        batch.validate(model.config.vocab_size, model.config.n_positions)?;
         params.validate()?;
         let cfg = &model.config;
         let (b, t) = (batch.b, batch.t);
@@ -601,6 +602,7 @@ impl Generation<f32> {
 mod tests {
     use super::*;
     use crate::config::Gpt2Config;
+    use crate::models::CausalLm;
 
     fn tiny(n_positions: usize) -> Gpt2<f32> {
         let cfg = Gpt2Config::from_value(serde_json::json!({
@@ -609,7 +611,7 @@ mod tests {
         }))
         .unwrap();
         let mut m = Gpt2::<f32>::from_config(cfg, 7).unwrap();
-        m.set_training(false);
+        m.state.training = false;
         m
     }
 

@@ -337,7 +337,8 @@ def generate(
                 f"the prompt has {t} tokens and max_length is {gc.get('max_length')}: nothing to generate; "
                 "set max_new_tokens"
             )
-    n_positions = model.config.n_positions
+    mc = model.config
+    n_positions = getattr(mc, "n_positions", None) or getattr(mc, "max_position_embeddings", None) or (t + max_new)
     if t + max_new > n_positions:
         raise InputError(
             f"prompt length {t} + max_new_tokens {max_new} = {t + max_new} exceeds the model's context of "

@@ -86,14 +86,14 @@ def _inputs(
 
 
 class Model:
-    """A causal language model (GPT-2 today) with the transformers API.
+    """A causal language model (GPT-2, Llama, Mistral, Qwen2) with the transformers API.
 
     >>> model = Model.from_pretrained("path/to/gpt2")
     >>> out = model(input_ids, attention_mask=mask, labels=input_ids)
     >>> out.loss, out.logits.shape          # (B, T, V)
     """
 
-    def __init__(self, core: "_core.Gpt2", generation_config: Optional[GenerationConfig] = None) -> None:
+    def __init__(self, core: "_core.CausalLM", generation_config: Optional[GenerationConfig] = None) -> None:
         self._core = core
         self.generation_config = generation_config or GenerationConfig.from_model_config(self.config)
 
@@ -106,13 +106,13 @@ class Model:
             raise FileNotFoundError(2, f"No such file or directory: {path}", path)
         gen_file = os.path.join(path, GENERATION_CONFIG_NAME)
         gen_config = GenerationConfig.from_pretrained(gen_file) if os.path.isfile(gen_file) else None
-        return cls(_core.Gpt2.from_pretrained(path), gen_config)
+        return cls(_core.CausalLM.from_pretrained(path), gen_config)
 
     @classmethod
     def from_config(cls, config: Union[ModelConfig, Mapping[str, Any]], seed: int = 0) -> "Model":
         """A new model with transformers' random initialisation, seeded."""
         d = config.to_dict() if isinstance(config, ModelConfig) else dict(config)
-        return cls(_core.Gpt2.from_config(json.dumps(d), int(seed)))
+        return cls(_core.CausalLM.from_config(json.dumps(d), int(seed)))
 
     @property
     def config(self) -> ModelConfig:

@@ -7,12 +7,21 @@ use pyo3::prelude::*;
 
 use crate::error::Error;
 use crate::generate::{process_row, GenerateParams, Generation, ProcessorWork};
-use crate::models::gpt2::Batch;
+use crate::models::Batch;
 
 use super::convert::{ids_2d, to_numpy};
 use super::detach;
 use super::errors::PyFtResult;
-use super::model::PyGpt2;
+use super::model::PyModel;
+use crate::models::gpt2::Gpt2;
+
+/// The GPT-2 behind a model: the KV-cached path covers GPT-2 so far.
+fn gpt2(m: &PyModel) -> PyFtResult<&Gpt2<f32>> {
+    m.inner.as_gpt2().ok_or_else(|| {
+        let arch = m.inner.config_value().get("model_type").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        Error::Input(format!("generate() supports gpt2 models so far, not {arch:?}")).into()
+    })
+}
 
 fn ids_numpy<'py>(py: Python<'py>, data: Vec<i64>, shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
     Ok(PyArray1::from_vec(py, data).reshape(shape.to_vec())?.into_any())
@@ -20,7 +29,7 @@ fn ids_numpy<'py>(py: Python<'py>, data: Vec<i64>, shape: &[usize]) -> PyResult<
 
 #[pyclass(name = "Generation", module = "ferrotune._core")]
 pub struct PyGeneration {
-    model: Py<PyGpt2>,
+    model: Py<PyModel>,
     inner: Generation<f32>,
 }
 
@@ -33,7 +42,7 @@ impl PyGeneration {
                         min_p, repetition_penalty, eos_token_ids, pad_token_id, seed, output_logits=false))]
     fn new(
         py: Python<'_>,
-        model: Py<PyGpt2>,
+        model: Py<PyModel>,
         input_ids: PyReadonlyArray2<'_, i64>,
         attention_mask: Option<PyReadonlyArray2<'_, i64>>,
         max_new_tokens: usize,
@@ -72,7 +81,7 @@ impl PyGeneration {
             seed,
         };
         let guard = model.borrow(py);
-        let m = &guard.inner;
+        let m = gpt2(&guard)?;
         let batch = Batch { ids, mask, labels: None, b, t };
         let inner = detach(py, move || Ok(Generation::new(m, &batch, params, output_logits)?))?;
         drop(guard);
@@ -83,7 +92,7 @@ impl PyGeneration {
     /// (B, steps done), steps done = 0 once generation is over.
     fn step<'py>(&mut self, py: Python<'py>, max_steps: usize) -> PyResult<Bound<'py, PyAny>> {
         let guard = self.model.borrow(py);
-        let m = &guard.inner;
+        let m = gpt2(&guard)?;
         let gen = &mut self.inner;
         let b = gen.batch_size();
         let (tokens, n) = detach(py, move || {
@@ -139,7 +148,7 @@ impl PyGeneration {
     fn logits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let h = self.inner.logits_history();
         let b = self.inner.batch_size();
-        let v = self.model.borrow(py).inner.config.vocab_size;
+        let v = self.model.borrow(py).inner.vocab_size();
         let steps = if b * v == 0 { 0 } else { h.len() / (b * v) };
         let mut out = vec![0f32; h.len()];
         for s in 0..steps {

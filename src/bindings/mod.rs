@@ -32,7 +32,7 @@ pub(crate) fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> PyFtResult<T> 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
-    m.add_class::<model::PyGpt2>()?;
+    m.add_class::<model::PyModel>()?;
     m.add_class::<optimizer::PyAdamW>()?;
     m.add_class::<generate::PyGeneration>()?;
     m.add_function(wrap_pyfunction!(generate::process_logits, m)?)?;

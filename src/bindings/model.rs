@@ -1,4 +1,5 @@
-//! `ferrotune._core.Gpt2`: the Rust GPT-2 behind `ferrotune.Model`.
+//! `ferrotune._core.CausalLM`: the Rust model (any supported architecture) behind
+//! `ferrotune.Model`.
 
 use std::path::PathBuf;
 
@@ -6,19 +7,17 @@ use numpy::{PyReadonlyArray2, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::config::{model_type, read_config_json, Gpt2Config};
 use crate::error::Error;
-use crate::models::check_model_type;
-use crate::models::gpt2::{Batch, Gpt2};
+use crate::models::{from_config, from_pretrained, Batch, BoxedModel};
 use crate::optim::clip::clip_grad_norm;
 
 use super::convert::{f32_nd, ids_2d, to_numpy};
 use super::detach;
 use super::errors::PyFtResult;
 
-#[pyclass(name = "Gpt2", module = "ferrotune._core")]
-pub struct PyGpt2 {
-    pub inner: Gpt2<f32>,
+#[pyclass(name = "CausalLM", module = "ferrotune._core")]
+pub struct PyModel {
+    pub inner: BoxedModel,
 }
 
 type Ids<'py> = PyReadonlyArray2<'py, i64>;
@@ -44,19 +43,11 @@ fn batch<'a>(ids: &'a Ids<'_>, mask: &'a Option<Ids<'_>>, labels: &'a Option<Ids
 }
 
 #[pymethods]
-impl PyGpt2 {
-    /// Loads a Hugging Face GPT-2 directory (config.json + safetensors weights).
+impl PyModel {
+    /// Loads a Hugging Face model directory (config.json + safetensors weights).
     #[staticmethod]
     fn from_pretrained(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = detach(py, move || {
-            if !path.exists() {
-                return Err(Error::FileNotFound(path).into());
-            }
-            let value = read_config_json(&path)?;
-            check_model_type(&model_type(&value)?)?;
-            let config = Gpt2Config::from_value(value)?;
-            Ok(Gpt2::from_pretrained(&path, config)?)
-        })?;
+        let inner = detach(py, move || Ok(from_pretrained(&path)?))?;
         Ok(Self { inner })
     }
 
@@ -65,15 +56,12 @@ impl PyGpt2 {
     fn from_config(py: Python<'_>, config_json: &str, seed: u64) -> PyResult<Self> {
         let value: serde_json::Value = serde_json::from_str(config_json)
             .map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Config(format!("invalid config JSON: {e}")))))?;
-        let inner = detach(py, move || {
-            check_model_type(&model_type(&value)?)?;
-            Ok(Gpt2::from_config(Gpt2Config::from_value(value)?, seed)?)
-        })?;
+        let inner = detach(py, move || Ok(from_config(value, seed)?))?;
         Ok(Self { inner })
     }
 
     fn config_json(&self) -> String {
-        serde_json::to_string(&self.inner.config.to_value()).expect("config serialises")
+        serde_json::to_string(&self.inner.config_value()).expect("config serialises")
     }
 
     /// (loss or None, (B, T, V) float32 logits or None).
@@ -88,7 +76,7 @@ impl PyGpt2 {
     ) -> PyResult<(Option<f64>, Option<Bound<'py, PyAny>>)> {
         let batch = batch(&input_ids, &attention_mask, &labels)?;
         let has_labels = labels.is_some();
-        let (b, t, v) = (batch.b, batch.t, self.inner.config.vocab_size);
+        let (b, t, v) = (batch.b, batch.t, self.inner.vocab_size());
         let model = &mut self.inner;
         let (loss, logits) = detach(py, move || {
             model.forward(&batch)?;
@@ -139,34 +127,35 @@ impl PyGpt2 {
     }
 
     fn zero_grad(&mut self) {
-        self.inner.zero_grad();
+        self.inner.state_mut().zero_grad();
     }
 
     fn clip_grad_norm(&mut self, py: Python<'_>, max_norm: f64) -> PyResult<f64> {
         let model = &mut self.inner;
-        detach(py, move || Ok(clip_grad_norm(model.grads_mut(), max_norm)))
+        detach(py, move || Ok(clip_grad_norm(model.state_mut().grads_mut(), max_norm)))
     }
 
     /// [(name, shape)] of every parameter, in storage order.
     fn param_info(&self) -> Vec<(String, Vec<usize>)> {
-        self.inner.table().infos().iter().map(|i| (i.name.clone(), i.shape.clone())).collect()
+        self.inner.state().table.infos().iter().map(|i| (i.name.clone(), i.shape.clone())).collect()
     }
 
     fn num_parameters(&self) -> usize {
-        self.inner.table().total()
+        self.inner.state().table.total()
     }
 
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for i in self.inner.table().infos() {
-            d.set_item(&i.name, to_numpy(py, self.inner.params()[i.range.clone()].to_vec(), &i.shape)?)?;
+        let state = self.inner.state();
+        for i in state.table.infos() {
+            d.set_item(&i.name, to_numpy(py, state.params[i.range.clone()].to_vec(), &i.shape)?)?;
         }
         Ok(d)
     }
 
     fn gradients<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let infos = self.inner.table().infos().to_vec();
-        let g = self.inner.grads();
+        let infos = self.inner.state().table.infos().to_vec();
+        let g = self.inner.state_mut().grads_mut();
         let d = PyDict::new(py);
         for i in infos {
             d.set_item(&i.name, to_numpy(py, g[i.range.clone()].to_vec(), &i.shape)?)?;
@@ -176,7 +165,7 @@ impl PyGpt2 {
 
     /// Copies float32 arrays into the named parameters (shapes checked; all-or-nothing).
     fn load_state_dict(&mut self, tensors: Vec<(String, PyReadonlyArrayDyn<'_, f32>)>, strict: bool) -> PyResult<()> {
-        let table = self.inner.table().clone();
+        let table = self.inner.state().table.clone();
         let mut updates = Vec::with_capacity(tensors.len());
         for (name, arr) in &tensors {
             let (data, shape) = f32_nd(name, arr)?;
@@ -191,7 +180,7 @@ impl PyGpt2 {
                 return Err(super::errors::PyFerrotuneErr::from(Error::MissingTensor { name: missing.name.clone(), path: None }).into());
             }
         }
-        let params = self.inner.params_mut();
+        let params = &mut self.inner.state_mut().params;
         for (range, data) in updates {
             params[range].copy_from_slice(data);
         }
@@ -200,22 +189,22 @@ impl PyGpt2 {
 
     #[getter]
     fn training(&self) -> bool {
-        self.inner.training()
+        self.inner.state().training
     }
 
     #[setter]
     fn set_training(&mut self, training: bool) {
-        self.inner.set_training(training);
+        self.inner.state_mut().training = training;
     }
 
     #[getter]
     fn rng_state(&self) -> u64 {
-        self.inner.rng_state()
+        self.inner.state().rng.state()
     }
 
     #[setter]
     fn set_rng_state(&mut self, state: u64) {
-        self.inner.set_rng_state(state);
+        self.inner.state_mut().rng.set_state(state);
     }
 
     fn save_pretrained(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {

@@ -9,11 +9,11 @@ use crate::optim::adamw::{AdamW, AdamWConfig};
 use super::convert::{f32_nd, to_numpy};
 use super::detach;
 use super::errors::PyFerrotuneErr;
-use super::model::PyGpt2;
+use super::model::PyModel;
 
 #[pyclass(name = "AdamW", module = "ferrotune._core")]
 pub struct PyAdamW {
-    model: Py<PyGpt2>,
+    model: Py<PyModel>,
     inner: AdamW<f32>,
 }
 
@@ -26,7 +26,7 @@ impl PyAdamW {
     #[new]
     #[pyo3(signature = (model, lr, beta1, beta2, eps, weight_decay, no_decay))]
     fn new(
-        model: Bound<'_, PyGpt2>,
+        model: Bound<'_, PyModel>,
         lr: f64,
         beta1: f64,
         beta2: f64,
@@ -35,13 +35,13 @@ impl PyAdamW {
         no_decay: Vec<String>,
     ) -> PyResult<Self> {
         let config = AdamWConfig { lr, beta1, beta2, eps, weight_decay };
-        let inner = AdamW::new(config, model.borrow().inner.table(), &no_decay).map_err(err)?;
+        let inner = AdamW::new(config, &model.borrow().inner.state().table, &no_decay).map_err(err)?;
         Ok(Self { model: model.unbind(), inner })
     }
 
     fn step(&mut self, py: Python<'_>) -> PyResult<()> {
         let mut model = self.model.borrow_mut(py);
-        let (params, grads) = model.inner.params_and_grads();
+        let (params, grads) = model.inner.state_mut().params_and_grads();
         let opt = &mut self.inner;
         detach(py, move || {
             opt.step(params, grads);
@@ -72,7 +72,7 @@ impl PyAdamW {
     fn moments<'py>(&self, py: Python<'py>) -> PyResult<(u64, Vec<(String, Bound<'py, PyAny>, Bound<'py, PyAny>)>)> {
         let model = self.model.borrow(py);
         let mut out = Vec::new();
-        for i in model.inner.table().infos() {
+        for i in model.inner.state().table.infos() {
             let m = to_numpy(py, self.inner.exp_avg[i.range.clone()].to_vec(), &i.shape)?;
             let v = to_numpy(py, self.inner.exp_avg_sq[i.range.clone()].to_vec(), &i.shape)?;
             out.push((i.name.clone(), m, v));
@@ -88,7 +88,7 @@ impl PyAdamW {
         moments: Vec<(String, PyReadonlyArrayDyn<'_, f32>, PyReadonlyArrayDyn<'_, f32>)>,
     ) -> PyResult<()> {
         let model = self.model.borrow(py);
-        let table = model.inner.table();
+        let table = &model.inner.state().table;
         let mut staged = Vec::new();
         for info in table.infos() {
             let Some((_, m, v)) = moments.iter().find(|(n, _, _)| n == &info.name) else {

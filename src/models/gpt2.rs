@@ -13,30 +13,21 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
+use serde_json::Value;
+
 use crate::config::Gpt2Config;
-use crate::error::{Error, Result};
-use crate::io::atomic::{ensure_dir, write_atomic};
-use crate::io::safetensors::{f32_bytes, load_model_dir, save_file, OutTensor, RawTensor};
+use crate::error::Result;
+use crate::io::safetensors::RawTensor;
 use crate::kernels::attention::{attention_backward, attention_forward, AttnShape};
 use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats, IGNORE_INDEX};
-use crate::kernels::dropout::{dropout_apply, dropout_mask};
+use crate::kernels::dropout::dropout_apply;
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::matmul::{gemm, matmul_backward, matmul_forward, View};
 use crate::kernels::Real;
 use crate::models::params::{two_mut, ParamTable};
-use crate::rng::SplitMix64;
-
-/// A batch of token ids (B, T), row-major, with an optional attention mask and labels.
-#[derive(Clone, Copy, Debug)]
-pub struct Batch<'a> {
-    pub ids: &'a [i64],
-    pub mask: Option<&'a [i64]>,
-    pub labels: Option<&'a [i64]>,
-    pub b: usize,
-    pub t: usize,
-}
+use crate::models::{add_inplace, loss_scale, refresh_mask, Batch, CausalLm, Init, ModelState};
 
 pub(crate) struct LayerParams {
     pub(crate) ln1_w: Range<usize>,
@@ -117,7 +108,6 @@ struct Acts<F> {
     b: usize,
     t: usize,
     ids: Vec<i64>,          // (N)
-    mask: Option<Vec<i64>>, // (N)
     targets: Vec<i64>,      // (N) next-token labels, -100 where ignored
     encoded: Vec<F>,        // (N, C)
     embd_drop: Vec<F>,      // (N, C), empty without embedding dropout
@@ -164,7 +154,6 @@ impl<F: Real> Acts<F> {
             b,
             t,
             ids: vec![0; n],
-            mask: None,
             targets: vec![IGNORE_INDEX; n],
             encoded: z(n * c),
             embd_drop: Vec::new(),
@@ -184,39 +173,24 @@ impl<F: Real> Acts<F> {
     }
 }
 
-/// Fills `mask` with a fresh dropout mask when dropout is active, or empties it.
-fn refresh_mask<F: Real>(mask: &mut Vec<F>, len: usize, p: f64, active: bool, rng: &mut SplitMix64) {
-    if active && p > 0.0 {
-        mask.resize(len, F::zero());
-        dropout_mask(mask, p, rng);
-    } else {
-        mask.clear();
-    }
-}
-
 fn drop_opt<F>(mask: &[F]) -> Option<&[F]> {
     (!mask.is_empty()).then_some(mask)
 }
 
 pub struct Gpt2<F: Real> {
     pub config: Gpt2Config,
-    table: ParamTable,
+    pub(crate) state: ModelState<F>,
     pub(crate) layout: Layout,
-    pub(crate) params: Vec<F>,
-    grads: Vec<F>, // empty until the first backward
     acts: Option<Acts<F>>,
-    training: bool,
-    rng: SplitMix64,
 }
 
 impl<F: Real> Gpt2<F> {
     /// A model with zeroed weights (load or initialise them next).
-    fn empty(config: Gpt2Config) -> Result<Self> {
+    pub fn empty(config: Gpt2Config) -> Result<Self> {
         config.validate()?;
         let mut table = ParamTable::default();
         let layout = Layout::new(&config, &mut table);
-        let params = vec![F::zero(); table.total()];
-        Ok(Self { config, table, layout, params, grads: Vec::new(), acts: None, training: true, rng: SplitMix64::new(0) })
+        Ok(Self { config, state: ModelState::new(table), layout, acts: None })
     }
 
     /// transformers' initialisation: N(0, initializer_range) for weights and embeddings,
@@ -224,181 +198,75 @@ impl<F: Real> Gpt2<F> {
     /// LayerNorm weight 1 and bias 0.
     pub fn from_config(config: Gpt2Config, seed: u64) -> Result<Self> {
         let mut m = Self::empty(config)?;
-        let mut rng = SplitMix64::new(seed);
         let std = m.config.initializer_range;
         let proj_std = std / (2.0 * m.config.n_layer as f64).sqrt();
-        for info in m.table.infos() {
-            let name = info.name.as_str();
-            let dst = &mut m.params[info.range.clone()];
+        m.state.init(seed, |name| {
             if name.contains(".ln_") {
-                let v = if name.ends_with(".weight") { F::one() } else { F::zero() };
-                dst.fill(v);
+                Init::Const(if name.ends_with(".weight") { 1.0 } else { 0.0 })
             } else if name.ends_with(".bias") {
-                dst.fill(F::zero());
+                Init::Const(0.0)
+            } else if name.ends_with("c_proj.weight") {
+                Init::Normal(proj_std)
             } else {
-                let s = if name.ends_with("c_proj.weight") { proj_std } else { std };
-                for x in dst.iter_mut() {
-                    *x = F::lit(rng.next_normal() * s);
-                }
+                Init::Normal(std)
             }
-        }
-        m.rng = SplitMix64::new(seed ^ 0x5EED_D80F_0000_0001);
+        });
         Ok(m)
     }
 
-    /// Loads `config.json` + safetensors weights from a Hugging Face model directory.
-    pub fn from_pretrained(dir: &Path, config: Gpt2Config) -> Result<Self> {
-        let mut m = Self::empty(config)?;
-        let tensors = load_model_dir(dir)?;
-        m.load_tensors(tensors, dir)?;
-        Ok(m)
+    /// The attention score scale of each layer: 1/sqrt(HS) (scale_attn_weights), divided by
+    /// layer + 1 with scale_attn_by_inverse_layer_idx.
+    pub(crate) fn attn_scales(&self) -> Vec<f64> {
+        let cfg = &self.config;
+        let base = if cfg.scale_attn_weights { 1.0 / ((cfg.n_embd / cfg.n_head) as f64).sqrt() } else { 1.0 };
+        (0..cfg.n_layer)
+            .map(|l| if cfg.scale_attn_by_inverse_layer_idx { base / (l + 1) as f64 } else { base })
+            .collect()
+    }
+}
+
+impl<F: Real> CausalLm<F> for Gpt2<F> {
+    fn state(&self) -> &ModelState<F> {
+        &self.state
     }
 
-    /// Maps checkpoint names to ours: with or without the `transformer.` prefix; the tied
-    /// `lm_head.weight` and the causal-mask buffers (`attn.bias`, `attn.masked_bias`) of old
-    /// checkpoints are not parameters.
+    fn state_mut(&mut self) -> &mut ModelState<F> {
+        &mut self.state
+    }
+
+    fn config_value(&self) -> Value {
+        self.config.to_value()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn as_gpt2(&self) -> Option<&Gpt2<F>> {
+        Some(self)
+    }
+
+    /// Checkpoint names with or without the `transformer.` prefix; the tied `lm_head.weight`
+    /// and the causal-mask buffers of old checkpoints (`attn.bias`, `attn.masked_bias`) are
+    /// not parameters.
     fn load_tensors(&mut self, tensors: BTreeMap<String, RawTensor>, source: &Path) -> Result<()> {
-        let mut seen = vec![false; self.table.infos().len()];
-        for (name, raw) in tensors {
+        self.state.load_tensors(tensors, source, "gpt2", |name| {
             if name == "lm_head.weight" || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
-                continue;
+                None
+            } else if name.starts_with("transformer.") {
+                Some(name.to_string())
+            } else {
+                Some(format!("transformer.{name}"))
             }
-            let full = if name.starts_with("transformer.") { name.clone() } else { format!("transformer.{name}") };
-            let Some(idx) = self.table.infos().iter().position(|p| p.name == full) else {
-                return Err(Error::checkpoint(source, format!("unexpected tensor {name:?} for a gpt2 model")));
-            };
-            let info = &self.table.infos()[idx];
-            if raw.shape != info.shape {
-                return Err(Error::shape(format!("{name} in {}", source.display()), &info.shape, &raw.shape));
-            }
-            let values = raw.to_real::<F>(&name)?;
-            self.params[info.range.clone()].copy_from_slice(&values);
-            seen[idx] = true;
-        }
-        if let Some(idx) = seen.iter().position(|s| !s) {
-            return Err(Error::MissingTensor { name: self.table.infos()[idx].name.clone(), path: Some(source.to_path_buf()) });
-        }
-        Ok(())
+        })
     }
 
-    /// Writes `config.json` and `model.safetensors` (f32, transformers' key names, the tied
-    /// lm_head omitted as transformers does), each file atomically.
-    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        ensure_dir(dir)?;
-        let config = serde_json::to_string_pretty(&self.config.to_value()).expect("config serialises");
-        let bytes: Vec<Vec<u8>> = self
-            .table
-            .infos()
-            .iter()
-            .map(|i| f32_bytes(&self.params[i.range.clone()].iter().map(|x| x.to_f32().unwrap()).collect::<Vec<_>>()))
-            .collect();
-        let tensors: Vec<OutTensor<'_>> = self
-            .table
-            .infos()
-            .iter()
-            .zip(&bytes)
-            .map(|(i, b)| OutTensor { name: i.name.clone(), dtype: safetensors::Dtype::F32, shape: i.shape.clone(), data: b })
-            .collect();
-        let meta = [("format".to_string(), "pt".to_string())].into_iter().collect();
-        save_file(&dir.join("model.safetensors"), &tensors, Some(meta))?;
-        write_atomic(&dir.join("config.json"), config.as_bytes())
-    }
-
-    pub fn table(&self) -> &ParamTable {
-        &self.table
-    }
-    pub fn params(&self) -> &[F] {
-        &self.params
-    }
-    pub fn params_mut(&mut self) -> &mut [F] {
-        &mut self.params
-    }
-    /// Parameters and gradients together (for the optimizer); allocates gradients if needed.
-    pub fn params_and_grads(&mut self) -> (&mut [F], &[F]) {
-        self.ensure_grads();
-        (&mut self.params, &self.grads)
-    }
-    pub fn grads(&mut self) -> &[F] {
-        self.ensure_grads();
-        &self.grads
-    }
-    pub fn grads_mut(&mut self) -> &mut [F] {
-        self.ensure_grads();
-        &mut self.grads
-    }
-    pub fn zero_grad(&mut self) {
-        self.grads.fill(F::zero());
-    }
-    fn ensure_grads(&mut self) {
-        if self.grads.len() != self.params.len() {
-            self.grads = vec![F::zero(); self.params.len()];
-        }
-    }
-    pub fn training(&self) -> bool {
-        self.training
-    }
-    pub fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-    pub fn rng_state(&self) -> u64 {
-        self.rng.state()
-    }
-    pub fn set_rng_state(&mut self, state: u64) {
-        self.rng.set_state(state);
-    }
-
-    /// The (B, T, V) logits of the last forward.
-    pub fn logits(&self) -> &[F] {
+    fn logits(&self) -> &[F] {
         self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size])
     }
 
-    /// Checks a batch against the model: sizes, token ids, mask values, labels.
-    pub fn validate(&self, batch: &Batch<'_>) -> Result<()> {
-        let (b, t, v) = (batch.b, batch.t, self.config.vocab_size);
-        if b == 0 || t == 0 {
-            return Err(Error::Input(format!("empty batch: input_ids has shape ({b}, {t})")));
-        }
-        if batch.ids.len() != b * t {
-            return Err(Error::shape("input_ids", &[b, t], &[batch.ids.len()]));
-        }
-        if t > self.config.n_positions {
-            return Err(Error::Input(format!(
-                "sequence length {t} exceeds the model's maximum of {} positions (n_positions)",
-                self.config.n_positions
-            )));
-        }
-        let check_ids = |what: &'static str, xs: &[i64], allow_ignore: bool| -> Result<()> {
-            for (k, &id) in xs.iter().enumerate() {
-                if (id < 0 || id as usize >= v) && !(allow_ignore && id == IGNORE_INDEX) {
-                    return Err(Error::TokenOutOfRange { what, id, row: k / t, col: k % t, vocab: v });
-                }
-            }
-            Ok(())
-        };
-        check_ids("token id", batch.ids, false)?;
-        if let Some(m) = batch.mask {
-            if m.len() != b * t {
-                return Err(Error::Input(format!(
-                    "attention_mask has {} elements but input_ids has shape ({b}, {t})",
-                    m.len()
-                )));
-            }
-            if let Some(k) = m.iter().position(|&x| x != 0 && x != 1) {
-                return Err(Error::Input(format!("attention_mask must hold 0 or 1, got {} at [{}, {}]", m[k], k / t, k % t)));
-            }
-        }
-        if let Some(l) = batch.labels {
-            if l.len() != b * t {
-                return Err(Error::Input(format!("labels have {} elements but input_ids has shape ({b}, {t})", l.len())));
-            }
-            check_ids("label", l, true)?;
-        }
-        Ok(())
-    }
-
-    /// Full forward: fills every activation and the (B, T, V) logits.
-    pub fn forward(&mut self, batch: &Batch<'_>) -> Result<()> {
-        self.validate(batch)?;
+    fn forward(&mut self, batch: &Batch<'_>) -> Result<()> {
+        batch.validate(self.config.vocab_size, self.config.n_positions)?;
         let (b, t) = (batch.b, batch.t);
         if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
             self.acts = None; // free the old buffers before allocating new ones
@@ -408,34 +276,17 @@ impl<F: Real> Gpt2<F> {
         let cfg = &self.config;
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
         let acts = self.acts.as_mut().expect("allocated above");
-        let (p, lay, rng) = (&self.params, &self.layout, &mut self.rng);
-        let train = self.training;
+        let (p, lay, rng) = (&self.state.params, &self.layout, &mut self.state.rng);
+        let train = self.state.training;
 
         acts.ids.copy_from_slice(batch.ids);
-        acts.mask = batch.mask.map(<[i64]>::to_vec);
-        // next-token targets: targets[b, t] = labels[b, t + 1] (labels default to input_ids
-        // with -100 on padding)
-        for row in 0..b {
-            for col in 0..t {
-                let k = row * t + col;
-                acts.targets[k] = if col + 1 == t {
-                    IGNORE_INDEX
-                } else {
-                    let nk = k + 1;
-                    match (batch.labels, batch.mask) {
-                        (Some(l), _) => l[nk],
-                        (None, Some(m)) if m[nk] == 0 => IGNORE_INDEX,
-                        (None, _) => batch.ids[nk],
-                    }
-                };
-            }
-        }
+        batch.next_token_targets(&mut acts.targets);
 
-        embedding_forward(&mut acts.encoded, batch.ids, &p[lay.wte.clone()], &p[lay.wpe.clone()], t, c);
+        embedding_forward(&mut acts.encoded, batch.ids, &p[lay.wte.clone()], Some(&p[lay.wpe.clone()]), t, c);
         refresh_mask(&mut acts.embd_drop, n * c, cfg.embd_pdrop, train, rng);
         dropout_apply(&mut acts.encoded, &acts.embd_drop);
 
-        let shape = AttnShape { b, t, c, nh };
+        let shape = AttnShape::mha(b, t, c, nh);
         for (l, lp) in lay.layers.iter().enumerate() {
             let (prev, rest) = acts.layers.split_at_mut(l);
             let la = &mut rest[0];
@@ -468,42 +319,21 @@ impl<F: Real> Gpt2<F> {
         Ok(())
     }
 
-    /// The attention score scale of each layer: 1/sqrt(HS) (scale_attn_weights), divided by
-    /// layer + 1 with scale_attn_by_inverse_layer_idx.
-    pub(crate) fn attn_scales(&self) -> Vec<f64> {
-        let cfg = &self.config;
-        let base = if cfg.scale_attn_weights { 1.0 / ((cfg.n_embd / cfg.n_head) as f64).sqrt() } else { 1.0 };
-        (0..cfg.n_layer)
-            .map(|l| if cfg.scale_attn_by_inverse_layer_idx { base / (l + 1) as f64 } else { base })
-            .collect()
-    }
-
-    /// Loss statistics of the last forward (the logits are left intact).
-    pub fn loss_stats(&self) -> LossStats {
+    fn loss_stats(&self) -> LossStats {
         let a = self.acts.as_ref().expect("forward before loss_stats");
         crossentropy_forward(&a.logits, &a.targets, self.config.vocab_size)
     }
 
-    /// Forward, loss and backward; gradients are *added* to the gradient buffers.
-    /// The gradient is that of (sum of token losses) / `num_items` (default: this batch's
-    /// counted tokens), so micro-batches of one optimizer step weight every token equally.
-    /// Returns this batch's statistics (its mean loss is loss_sum / count).
-    pub fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
+    fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
         self.forward(batch)?;
-        self.ensure_grads();
         let scales = self.attn_scales();
         let cfg = &self.config;
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let (b, t) = (acts.b, acts.t);
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
-        let counted = acts.targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
-        let denom = num_items.unwrap_or(counted as f64);
-        if denom <= 0.0 && counted > 0 {
-            return Err(Error::Input(format!("num_items_in_batch must be positive, got {denom}")));
-        }
-        let scale = if counted == 0 { 0.0 } else { 1.0 / denom };
-        let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, scale);
-        let (p, g, lay) = (&self.params, &mut self.grads, &self.layout);
+        let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, loss_scale(&acts.targets, num_items)?);
+        let (p, g) = self.state.params_and_grads();
+        let (p, lay) = (&*p, &self.layout);
 
         // logits = lnf @ wte^T:  dlnf (N, C) = dlogits @ wte;  dwte += dlogits^T @ lnf
         let dlogits = &acts.logits;
@@ -516,7 +346,7 @@ impl<F: Real> Gpt2<F> {
             layernorm_backward(&mut acts.dres, dw, db, &acts.dln, last, &p[lay.lnf_w.clone()], &acts.lnf_mean, &acts.lnf_rstd, c);
         }
 
-        let shape = AttnShape { b, t, c, nh };
+        let shape = AttnShape::mha(b, t, c, nh);
         for l in (0..cfg.n_layer).rev() {
             let lp = &lay.layers[l];
             let la = &acts.layers[l];
@@ -559,20 +389,15 @@ impl<F: Real> Gpt2<F> {
 
         dropout_apply(&mut acts.dres, &acts.embd_drop);
         let (dwte, dwpe) = two_mut(g, lay.wte.clone(), lay.wpe.clone());
-        embedding_backward(dwte, dwpe, &acts.dres, &acts.ids, t, c);
+        embedding_backward(dwte, Some(dwpe), &acts.dres, &acts.ids, t, c);
         Ok(stats)
-    }
-}
-
-pub(crate) fn add_inplace<F: Real>(dst: &mut [F], src: &[F]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d += *s;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::SplitMix64;
 
     fn tiny_config(pdrop: f64) -> Gpt2Config {
         Gpt2Config::from_value(serde_json::json!({
@@ -589,7 +414,7 @@ mod tests {
         let mut m = Gpt2::<f64>::from_config(tiny_config(0.0), 3).unwrap();
         // biases and LN params away from their init so every path is exercised
         let mut r = SplitMix64::new(9);
-        for x in m.params_mut() {
+        for x in m.state_mut().params.iter_mut() {
             *x += 0.1 * (r.next_f64() - 0.5);
         }
         let ids = [1i64, 5, 7, 2, 0, 3, 9, 4, 10, 6];
@@ -599,19 +424,19 @@ mod tests {
         let labels = [1i64, 5, 7, 2, -100, -100, -100, 4, 10, 6];
         let batch = Batch { ids: &ids, mask: Some(&mask), labels: Some(&labels), b: 2, t: 5 };
         m.forward_backward(&batch, None).unwrap();
-        let analytic = m.grads().to_vec();
+        let analytic = m.state_mut().grads_mut().clone();
         let h = 1e-6;
         let mut worst = 0.0f64;
-        for k in 0..m.params().len() {
-            let orig = m.params()[k];
+        for k in 0..analytic.len() {
+            let orig = m.state().params[k];
             let loss_at = |x: f64, m: &mut Gpt2<f64>| {
-                m.params_mut()[k] = x;
+                m.state_mut().params[k] = x;
                 m.forward(&batch).unwrap();
                 let s = m.loss_stats();
                 s.loss_sum / s.count as f64
             };
             let num = (loss_at(orig + h, &mut m) - loss_at(orig - h, &mut m)) / (2.0 * h);
-            m.params_mut()[k] = orig;
+            m.state_mut().params[k] = orig;
             worst = worst.max((num - analytic[k]).abs());
         }
         let scale = analytic.iter().fold(0.0f64, |a, b| a.max(b.abs()));
@@ -623,8 +448,8 @@ mod tests {
         let mut m = Gpt2::<f32>::from_config(tiny_config(0.1), 1).unwrap();
         let ids: Vec<i64> = (0..16).map(|i| (i * 7 % 11) as i64).collect();
         m.forward_backward(&Batch { ids: &ids, mask: None, labels: None, b: 2, t: 8 }, None).unwrap();
-        let table = m.table().clone();
-        let g = m.grads();
+        let table = m.state().table.clone();
+        let g = m.state_mut().grads_mut();
         for info in table.infos() {
             let gs = &g[info.range.clone()];
             assert!(gs.iter().all(|x| x.is_finite()), "{} has a non-finite gradient", info.name);
@@ -637,25 +462,24 @@ mod tests {
         let mut m = Gpt2::<f32>::from_config(tiny_config(0.5), 1).unwrap();
         let ids = [1i64, 2, 3, 4];
         let batch = Batch { ids: &ids, mask: None, labels: None, b: 1, t: 4 };
-        m.set_training(false);
+        m.state_mut().training = false;
         m.forward(&batch).unwrap();
         let a = m.logits().to_vec();
         m.forward(&batch).unwrap();
         assert_eq!(a, m.logits(), "eval is deterministic");
-        m.set_training(true);
+        m.state_mut().training = true;
         m.forward(&batch).unwrap();
         assert_ne!(a, m.logits(), "train mode applies dropout");
     }
 
     #[test]
     fn rejects_bad_batches() {
-        let m = Gpt2::<f32>::from_config(tiny_config(0.0), 1).unwrap();
         let ids = [1i64, 11];
-        let err = m.validate(&Batch { ids: &ids, mask: None, labels: None, b: 1, t: 2 }).unwrap_err();
+        let err = Batch { ids: &ids, mask: None, labels: None, b: 1, t: 2 }.validate(11, 8).unwrap_err();
         assert!(err.to_string().contains("11 at [0, 1]"), "{err}");
         let long = [0i64; 9];
-        assert!(m.validate(&Batch { ids: &long, mask: None, labels: None, b: 1, t: 9 }).is_err());
+        assert!(Batch { ids: &long, mask: None, labels: None, b: 1, t: 9 }.validate(11, 8).is_err());
         let mask = [1i64];
-        assert!(m.validate(&Batch { ids: &[1, 2], mask: Some(&mask), labels: None, b: 1, t: 2 }).is_err());
+        assert!(Batch { ids: &[1, 2], mask: Some(&mask), labels: None, b: 1, t: 2 }.validate(11, 8).is_err());
     }
 }

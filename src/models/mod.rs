@@ -1,18 +1,297 @@
-//! Model architectures, one file each, and the choice among them by `model_type`.
+//! Model architectures, one file each, what they share (parameters, gradients, batches,
+//! loading and saving weights), and the choice among them by `model_type`.
 
 pub mod gpt2;
+pub mod llama;
 pub mod params;
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::config::{model_type, read_config_json, Gpt2Config, LlamaConfig};
 use crate::error::{Error, Result};
+use crate::io::atomic::{ensure_dir, write_atomic};
+use crate::io::safetensors::{f32_bytes, load_model_dir, save_file, OutTensor, RawTensor};
+use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
+use crate::kernels::dropout::dropout_mask;
+use crate::kernels::Real;
+use crate::rng::SplitMix64;
+use params::ParamTable;
 
 /// The `model_type`s ferrotune can build.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
 
-/// Fails with a clear error for a `model_type` we cannot build.
-pub fn check_model_type(model_type: &str) -> Result<()> {
-    if SUPPORTED_MODEL_TYPES.contains(&model_type) {
+/// A batch of token ids (B, T), row-major, with an optional attention mask and labels.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub ids: &'a [i64],
+    pub mask: Option<&'a [i64]>,
+    pub labels: Option<&'a [i64]>,
+    pub b: usize,
+    pub t: usize,
+}
+
+impl Batch<'_> {
+    /// Checks sizes, token ids, mask values and labels against a vocabulary and a context.
+    pub fn validate(&self, vocab: usize, max_positions: usize) -> Result<()> {
+        let (b, t, v) = (self.b, self.t, vocab);
+        if b == 0 || t == 0 {
+            return Err(Error::Input(format!("empty batch: input_ids has shape ({b}, {t})")));
+        }
+        if self.ids.len() != b * t {
+            return Err(Error::shape("input_ids", &[b, t], &[self.ids.len()]));
+        }
+        if t > max_positions {
+            return Err(Error::Input(format!(
+                "sequence length {t} exceeds the model's maximum of {max_positions} positions"
+            )));
+        }
+        let check_ids = |what: &'static str, xs: &[i64], allow_ignore: bool| -> Result<()> {
+            for (k, &id) in xs.iter().enumerate() {
+                if (id < 0 || id as usize >= v) && !(allow_ignore && id == IGNORE_INDEX) {
+                    return Err(Error::TokenOutOfRange { what, id, row: k / t, col: k % t, vocab: v });
+                }
+            }
+            Ok(())
+        };
+        check_ids("token id", self.ids, false)?;
+        if let Some(m) = self.mask {
+            if m.len() != b * t {
+                return Err(Error::Input(format!("attention_mask has {} elements but input_ids has shape ({b}, {t})", m.len())));
+            }
+            if let Some(k) = m.iter().position(|&x| x != 0 && x != 1) {
+                return Err(Error::Input(format!("attention_mask must hold 0 or 1, got {} at [{}, {}]", m[k], k / t, k % t)));
+            }
+        }
+        if let Some(l) = self.labels {
+            if l.len() != b * t {
+                return Err(Error::Input(format!("labels have {} elements but input_ids has shape ({b}, {t})", l.len())));
+            }
+            check_ids("label", l, true)?;
+        }
         Ok(())
-    } else {
-        Err(Error::UnsupportedModel(model_type.to_string(), SUPPORTED_MODEL_TYPES.join(", ")))
     }
+
+    /// Next-token targets (transformers' shift): targets[b, t] = labels[b, t + 1], -100 at
+    /// the last position. Labels default to input_ids with -100 where the mask is 0.
+    pub fn next_token_targets(&self, out: &mut [i64]) {
+        let t = self.t;
+        for k in 0..self.b * t {
+            out[k] = if k % t + 1 == t {
+                IGNORE_INDEX
+            } else {
+                match (self.labels, self.mask) {
+                    (Some(l), _) => l[k + 1],
+                    (None, Some(m)) if m[k + 1] == 0 => IGNORE_INDEX,
+                    (None, _) => self.ids[k + 1],
+                }
+            };
+        }
+    }
+}
+
+/// What every architecture holds besides its layout and activations: the parameter table,
+/// the flat parameter and gradient buffers, the train/eval mode and the dropout generator.
+pub struct ModelState<F: Real> {
+    pub table: ParamTable,
+    pub params: Vec<F>,
+    grads: Vec<F>, // empty until the first backward
+    pub training: bool,
+    pub rng: SplitMix64,
+}
+
+impl<F: Real> ModelState<F> {
+    pub fn new(table: ParamTable) -> Self {
+        let params = vec![F::zero(); table.total()];
+        Self { table, params, grads: Vec::new(), training: true, rng: SplitMix64::new(0) }
+    }
+
+    /// Allocates the gradient buffer on first use.
+    pub fn grads_mut(&mut self) -> &mut Vec<F> {
+        if self.grads.len() != self.params.len() {
+            self.grads = vec![F::zero(); self.params.len()];
+        }
+        &mut self.grads
+    }
+
+    pub fn params_and_grads(&mut self) -> (&mut [F], &mut [F]) {
+        self.grads_mut();
+        (&mut self.params, &mut self.grads)
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.grads.fill(F::zero());
+    }
+
+    /// Copies checkpoint tensors into the parameters. `rename` maps a checkpoint name to
+    /// ours, or None for tensors that are not parameters (buffers, a tied lm_head).
+    pub fn load_tensors(
+        &mut self,
+        tensors: BTreeMap<String, RawTensor>,
+        source: &Path,
+        arch: &str,
+        rename: impl Fn(&str) -> Option<String>,
+    ) -> Result<()> {
+        let mut seen = vec![false; self.table.infos().len()];
+        for (name, raw) in tensors {
+            let Some(ours) = rename(&name) else { continue };
+            let Some(idx) = self.table.infos().iter().position(|p| p.name == ours) else {
+                return Err(Error::checkpoint(source, format!("unexpected tensor {name:?} for a {arch} model")));
+            };
+            let info = &self.table.infos()[idx];
+            if raw.shape != info.shape {
+                return Err(Error::shape(format!("{name} in {}", source.display()), &info.shape, &raw.shape));
+            }
+            let values = raw.to_real::<F>(&name)?;
+            self.params[info.range.clone()].copy_from_slice(&values);
+            seen[idx] = true;
+        }
+        if let Some(idx) = seen.iter().position(|s| !s) {
+            return Err(Error::MissingTensor { name: self.table.infos()[idx].name.clone(), path: Some(source.to_path_buf()) });
+        }
+        Ok(())
+    }
+
+    /// Fills weights with N(0, std(name)), or a constant where `std` says so.
+    pub fn init(&mut self, seed: u64, value: impl Fn(&str) -> Init) {
+        let mut rng = SplitMix64::new(seed);
+        for info in self.table.infos() {
+            let dst = &mut self.params[info.range.clone()];
+            match value(&info.name) {
+                Init::Const(c) => dst.fill(F::lit(c)),
+                Init::Normal(std) => dst.iter_mut().for_each(|x| *x = F::lit(rng.next_normal() * std)),
+            }
+        }
+        self.rng = SplitMix64::new(seed ^ 0x5EED_D80F_0000_0001);
+    }
+
+    /// Writes `config.json` and `model.safetensors` (f32, transformers' key names), each
+    /// file atomically.
+    pub fn save_pretrained(&self, dir: &Path, config: &Value) -> Result<()> {
+        ensure_dir(dir)?;
+        let bytes: Vec<Vec<u8>> = self
+            .table
+            .infos()
+            .iter()
+            .map(|i| f32_bytes(&self.params[i.range.clone()].iter().map(|x| x.to_f32().unwrap()).collect::<Vec<_>>()))
+            .collect();
+        let tensors: Vec<OutTensor<'_>> = self
+            .table
+            .infos()
+            .iter()
+            .zip(&bytes)
+            .map(|(i, b)| OutTensor { name: i.name.clone(), dtype: safetensors::Dtype::F32, shape: i.shape.clone(), data: b })
+            .collect();
+        let meta = [("format".to_string(), "pt".to_string())].into_iter().collect();
+        save_file(&dir.join("model.safetensors"), &tensors, Some(meta))?;
+        let text = serde_json::to_string_pretty(config).expect("config serialises");
+        write_atomic(&dir.join("config.json"), text.as_bytes())
+    }
+}
+
+/// How `ModelState::init` fills one parameter.
+pub enum Init {
+    Const(f64),
+    Normal(f64),
+}
+
+/// Fills `mask` with a fresh dropout mask when dropout is active, or empties it.
+pub(crate) fn refresh_mask<F: Real>(mask: &mut Vec<F>, len: usize, p: f64, active: bool, rng: &mut SplitMix64) {
+    if active && p > 0.0 {
+        mask.resize(len, F::zero());
+        dropout_mask(mask, p, rng);
+    } else {
+        mask.clear();
+    }
+}
+
+pub(crate) fn add_inplace<F: Real>(dst: &mut [F], src: &[F]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += *s;
+    }
+}
+
+/// A causal language model whose forward and backward we own.
+pub trait CausalLm<F: Real>: Send + Sync {
+    fn state(&self) -> &ModelState<F>;
+    fn state_mut(&mut self) -> &mut ModelState<F>;
+    /// The config as transformers writes it in config.json.
+    fn config_value(&self) -> Value;
+    fn vocab_size(&self) -> usize;
+    /// The GPT-2 model behind this one, for the KV-cached generation path (crate::generate),
+    /// which covers GPT-2 only so far.
+    fn as_gpt2(&self) -> Option<&gpt2::Gpt2<F>> {
+        None
+    }
+    /// Full forward: fills the activations and the (B, T, V) logits.
+    fn forward(&mut self, batch: &Batch<'_>) -> Result<()>;
+    /// The (B, T, V) logits of the last forward.
+    fn logits(&self) -> &[F];
+    /// Loss statistics of the last forward (the logits are left intact).
+    fn loss_stats(&self) -> LossStats;
+    /// Forward, loss and backward; gradients are *added* to the gradient buffers. The
+    /// gradient is that of (sum of token losses) / `num_items` (default: this batch's
+    /// counted tokens), so micro-batches of one optimizer step weight every token equally.
+    fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats>;
+
+    /// Copies checkpoint tensors (transformers' names) into the parameters.
+    fn load_tensors(&mut self, tensors: BTreeMap<String, RawTensor>, source: &Path) -> Result<()>;
+
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        self.state().save_pretrained(dir, &self.config_value())
+    }
+}
+
+/// The scale of the loss gradient: 1 / (tokens counted in the whole optimizer step).
+pub(crate) fn loss_scale(targets: &[i64], num_items: Option<f64>) -> Result<f64> {
+    let counted = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
+    let denom = num_items.unwrap_or(counted as f64);
+    if counted == 0 {
+        return Ok(0.0);
+    }
+    if denom <= 0.0 {
+        return Err(Error::Input(format!("num_items_in_batch must be positive, got {denom}")));
+    }
+    Ok(1.0 / denom)
+}
+
+pub type BoxedModel = Box<dyn CausalLm<f32>>;
+
+/// Builds the architecture a config.json value names: initialised with `init_seed`, or with
+/// zero weights (to be loaded) when it is None.
+fn build(config: Value, init_seed: Option<u64>) -> Result<BoxedModel> {
+    Ok(match model_type(&config)?.as_str() {
+        "gpt2" => {
+            let c = Gpt2Config::from_value(config)?;
+            Box::new(match init_seed {
+                Some(seed) => gpt2::Gpt2::from_config(c, seed)?,
+                None => gpt2::Gpt2::empty(c)?,
+            })
+        }
+        "llama" | "mistral" | "qwen2" => {
+            let c = LlamaConfig::from_value(config)?;
+            Box::new(match init_seed {
+                Some(seed) => llama::Llama::from_config(c, seed)?,
+                None => llama::Llama::empty(c)?,
+            })
+        }
+        other => return Err(Error::UnsupportedModel(other.to_string(), SUPPORTED_MODEL_TYPES.join(", "))),
+    })
+}
+
+/// A fresh model with transformers' initialisation, from a config.json value.
+pub fn from_config(config: Value, seed: u64) -> Result<BoxedModel> {
+    build(config, Some(seed))
+}
+
+/// Loads a Hugging Face model directory (config.json + safetensors weights).
+pub fn from_pretrained(dir: &Path) -> Result<BoxedModel> {
+    if !dir.exists() {
+        return Err(Error::FileNotFound(dir.to_path_buf()));
+    }
+    let mut model = build(read_config_json(dir)?, None)?;
+    model.load_tensors(load_model_dir(dir)?, dir)?;
+    Ok(model)
 }

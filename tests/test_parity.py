@@ -1,5 +1,6 @@
-"""GPT-2 against transformers + PyTorch dumps (tests/fixtures/make_fixtures.py), like llm.c's
-test_gpt2.c: logits, loss, every parameter gradient, parameters after 3 AdamW steps."""
+"""Every architecture against transformers + PyTorch dumps (tests/fixtures/make_fixtures.py),
+like llm.c's test_gpt2.c: logits, loss, every parameter gradient, parameters after 3 AdamW
+steps."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,14 @@ from ferrotune.io import load_safetensors_with_metadata
 
 from conftest import fixture_dir
 
-CASES = ["gpt2_tiny_a", "gpt2_tiny_b"]  # a: n_embd 48, no padding; b: right + left padding
+CASES = [
+    "gpt2_tiny_a",  # n_embd 48, no padding
+    "gpt2_tiny_b",  # right + left padding
+    "llama_tiny",  # GQA 6/2, tied, right + left padding
+    "llama3_rope_untied",  # llama3 rope scaling, untied lm_head
+    "qwen2_tiny",  # q/k/v bias, right padding
+    "mistral_tiny",  # sliding window 4 < T
+]
 
 
 def load(name):

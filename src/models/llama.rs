@@ -1,0 +1,438 @@
+//! The Llama family (transformers' `LlamaForCausalLM`, `MistralForCausalLM`,
+//! `Qwen2ForCausalLM`): token embeddings, pre-RMSNorm blocks of rotary grouped-query
+//! attention (optional q/k/v bias, optional sliding window) and a SwiGLU MLP, a final
+//! RMSNorm and an lm_head tied to the embedding or not. Weights keep transformers' names
+//! and nn.Linear layout (y = x @ W^T, W: (out, in)).
+//!
+//! q_proj, k_proj, v_proj (and gate_proj, up_proj) sit next to each other in the flat
+//! parameter buffer, so each group is one (out_total, C) matrix and one matmul.
+//!
+//! Shapes: B = batch, T = time, C = hidden_size, NH = heads, NKV = key/value heads,
+//! HS = head_dim, QKV = (NH + 2 NKV) HS, A = NH HS, I = intermediate_size, V = vocab,
+//! N = B * T.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::io::safetensors::RawTensor;
+use crate::kernels::attention::{attention_backward, attention_forward, AttnShape};
+use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats, IGNORE_INDEX};
+use crate::kernels::embedding::{embedding_backward, embedding_forward};
+use crate::kernels::matmul::{gemm, linear_backward, linear_forward, View};
+use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use crate::kernels::rope::{rope_apply, rope_tables};
+use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
+use crate::kernels::Real;
+use crate::models::params::{two_mut, ParamTable};
+use crate::models::{add_inplace, loss_scale, Batch, CausalLm, Init, ModelState};
+
+struct LayerParams {
+    ln1: Range<usize>,
+    qkv_w: Range<usize>,         // (QKV, C): q_proj | k_proj | v_proj
+    qkv_b: Option<Range<usize>>, // (QKV)
+    o_w: Range<usize>,           // (C, A)
+    o_b: Option<Range<usize>>,   // (C)
+    ln2: Range<usize>,
+    gu_w: Range<usize>,   // (2I, C): gate_proj | up_proj
+    down_w: Range<usize>, // (C, I)
+}
+
+struct Layout {
+    embed: Range<usize>,
+    layers: Vec<LayerParams>,
+    norm: Range<usize>,
+    /// The lm_head weight (V, C): its own parameter, or the embedding when tied.
+    head: Range<usize>,
+}
+
+impl Layout {
+    fn new(cfg: &LlamaConfig, table: &mut ParamTable) -> Layout {
+        let (v, c, i, hs) = (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (q, kv) = (cfg.num_attention_heads * hs, cfg.num_key_value_heads * hs);
+        let embed = table.push("model.embed_tokens.weight".into(), &[v, c]);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| {
+                let mut push = |n: &str, s: &[usize]| table.push(format!("model.layers.{l}.{n}"), s);
+                let ln1 = push("input_layernorm.weight", &[c]);
+                let qw = push("self_attn.q_proj.weight", &[q, c]);
+                push("self_attn.k_proj.weight", &[kv, c]);
+                let vw = push("self_attn.v_proj.weight", &[kv, c]);
+                let qkv_b = cfg.qkv_bias.then(|| {
+                    let qb = push("self_attn.q_proj.bias", &[q]);
+                    push("self_attn.k_proj.bias", &[kv]);
+                    let vb = push("self_attn.v_proj.bias", &[kv]);
+                    qb.start..vb.end
+                });
+                let o_w = push("self_attn.o_proj.weight", &[c, q]);
+                let o_b = cfg.o_bias.then(|| push("self_attn.o_proj.bias", &[c]));
+                let ln2 = push("post_attention_layernorm.weight", &[c]);
+                let gw = push("mlp.gate_proj.weight", &[i, c]);
+                let uw = push("mlp.up_proj.weight", &[i, c]);
+                let down_w = push("mlp.down_proj.weight", &[c, i]);
+                LayerParams { ln1, qkv_w: qw.start..vw.end, qkv_b, o_w, o_b, ln2, gu_w: gw.start..uw.end, down_w }
+            })
+            .collect();
+        let norm = table.push("model.norm.weight".into(), &[c]);
+        let head = if cfg.tie_word_embeddings { embed.clone() } else { table.push("lm_head.weight".into(), &[v, c]) };
+        Layout { embed, layers, norm, head }
+    }
+}
+
+/// Activations of one block, saved by the forward for the backward.
+struct LayerActs<F> {
+    ln1: Vec<F>,      // (N, C)
+    ln1_rstd: Vec<F>, // (N)
+    qkv: Vec<F>,      // (N, QKV), q and k rotated
+    atty: Vec<F>,     // (N, A)
+    att: Vec<F>,      // (B, NH, T, T)
+    res2: Vec<F>,     // (N, C) residual after attention
+    ln2: Vec<F>,      // (N, C)
+    ln2_rstd: Vec<F>, // (N)
+    gu: Vec<F>,       // (N, 2I)
+    h: Vec<F>,        // (N, I)
+    res3: Vec<F>,     // (N, C) residual after the MLP
+}
+
+struct Acts<F> {
+    b: usize,
+    t: usize,
+    ids: Vec<i64>,
+    targets: Vec<i64>,
+    positions: Vec<usize>, // (N)
+    cos: Vec<F>,           // (T, HS/2)
+    sin: Vec<F>,           // (T, HS/2)
+    encoded: Vec<F>,       // (N, C)
+    layers: Vec<LayerActs<F>>,
+    lnf: Vec<F>,      // (N, C)
+    lnf_rstd: Vec<F>, // (N)
+    logits: Vec<F>,   // (N, V), turned into dlogits in place by the backward
+    // gradient scratch
+    dres: Vec<F>,  // (N, C)
+    dln: Vec<F>,   // (N, C)
+    datty: Vec<F>, // (N, A)
+    dqkv: Vec<F>,  // (N, QKV)
+    dh: Vec<F>,    // (N, I)
+    dgu: Vec<F>,   // (N, 2I)
+}
+
+impl<F: Real> Acts<F> {
+    fn new(cfg: &LlamaConfig, b: usize, t: usize) -> Self {
+        let (n, c, i, v) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (nh, hs) = (cfg.num_attention_heads, cfg.head_dim);
+        let (a, qkv) = (nh * hs, (nh + 2 * cfg.num_key_value_heads) * hs);
+        let z = |len: usize| vec![F::zero(); len];
+        let (cos, sin) = rope_tables(&cfg.inv_freq(), t);
+        Acts {
+            b,
+            t,
+            ids: vec![0; n],
+            targets: vec![IGNORE_INDEX; n],
+            // transformers' plain forward: positions 0..T on every row, padded or not
+            positions: (0..n).map(|k| k % t).collect(),
+            cos,
+            sin,
+            encoded: z(n * c),
+            layers: (0..cfg.num_hidden_layers)
+                .map(|_| LayerActs {
+                    ln1: z(n * c),
+                    ln1_rstd: z(n),
+                    qkv: z(n * qkv),
+                    atty: z(n * a),
+                    att: z(b * nh * t * t),
+                    res2: z(n * c),
+                    ln2: z(n * c),
+                    ln2_rstd: z(n),
+                    gu: z(n * 2 * i),
+                    h: z(n * i),
+                    res3: z(n * c),
+                })
+                .collect(),
+            lnf: z(n * c),
+            lnf_rstd: z(n),
+            logits: z(n * v),
+            dres: z(n * c),
+            dln: z(n * c),
+            datty: z(n * a),
+            dqkv: z(n * qkv),
+            dh: z(n * i),
+            dgu: z(n * 2 * i),
+        }
+    }
+}
+
+pub struct Llama<F: Real> {
+    pub config: LlamaConfig,
+    state: ModelState<F>,
+    layout: Layout,
+    acts: Option<Acts<F>>,
+}
+
+impl<F: Real> Llama<F> {
+    /// A model with zeroed weights (load or initialise them next).
+    pub fn empty(config: LlamaConfig) -> Result<Self> {
+        let mut table = ParamTable::default();
+        let layout = Layout::new(&config, &mut table);
+        Ok(Self { config, state: ModelState::new(table), layout, acts: None })
+    }
+
+    /// transformers' initialisation: N(0, initializer_range) for linear weights and the
+    /// embedding, zero biases, RMSNorm weights 1.
+    pub fn from_config(config: LlamaConfig, seed: u64) -> Result<Self> {
+        let mut m = Self::empty(config)?;
+        let std = m.config.initializer_range;
+        m.state.init(seed, |name| {
+            if name.ends_with("norm.weight") {
+                Init::Const(1.0)
+            } else if name.ends_with(".bias") {
+                Init::Const(0.0)
+            } else {
+                Init::Normal(std)
+            }
+        });
+        Ok(m)
+    }
+
+    fn attn_shape(&self, b: usize, t: usize, layer: usize) -> AttnShape {
+        let c = &self.config;
+        AttnShape {
+            b,
+            t,
+            nh: c.num_attention_heads,
+            nkv: c.num_key_value_heads,
+            hs: c.head_dim,
+            window: c.layer_windows[layer],
+        }
+    }
+}
+
+impl<F: Real> CausalLm<F> for Llama<F> {
+    fn state(&self) -> &ModelState<F> {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut ModelState<F> {
+        &mut self.state
+    }
+
+    fn config_value(&self) -> Value {
+        self.config.to_value()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    /// A tied `lm_head.weight` in the checkpoint is the embedding again; rotary `inv_freq`
+    /// buffers of old checkpoints are not parameters.
+    fn load_tensors(&mut self, tensors: BTreeMap<String, RawTensor>, source: &Path) -> Result<()> {
+        let tied = self.config.tie_word_embeddings;
+        let arch = self.config.model_type.clone();
+        self.state.load_tensors(tensors, source, &arch, |name| {
+            if (tied && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq") {
+                None
+            } else {
+                Some(name.to_string())
+            }
+        })
+    }
+
+    fn logits(&self) -> &[F] {
+        self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size])
+    }
+
+    fn forward(&mut self, batch: &Batch<'_>) -> Result<()> {
+        batch.validate(self.config.vocab_size, self.config.max_position_embeddings)?;
+        let (b, t) = (batch.b, batch.t);
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
+            self.acts = None; // free the old buffers before allocating new ones
+            self.acts = Some(Acts::new(&self.config, b, t));
+        }
+        let shapes: Vec<AttnShape> = (0..self.config.num_hidden_layers).map(|l| self.attn_shape(b, t, l)).collect();
+        let cfg = &self.config;
+        let (n, c, i, v, hs) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim);
+        let (a, eps) = (cfg.num_attention_heads * hs, cfg.rms_norm_eps);
+        let (rot_heads, qkv) = (cfg.num_attention_heads + cfg.num_key_value_heads, shapes[0].qkv_width());
+        let scale = 1.0 / (hs as f64).sqrt();
+        let acts = self.acts.as_mut().expect("allocated above");
+        let (p, lay) = (&self.state.params, &self.layout);
+
+        acts.ids.copy_from_slice(batch.ids);
+        batch.next_token_targets(&mut acts.targets);
+        embedding_forward(&mut acts.encoded, batch.ids, &p[lay.embed.clone()], None, t, c);
+
+        for (l, lp) in lay.layers.iter().enumerate() {
+            let (prev, rest) = acts.layers.split_at_mut(l);
+            let la = &mut rest[0];
+            let residual = if l == 0 { &acts.encoded } else { &prev[l - 1].res3 };
+
+            rmsnorm_forward(&mut la.ln1, &mut la.ln1_rstd, residual, &p[lp.ln1.clone()], c, eps);
+            linear_forward(&mut la.qkv, &la.ln1, &p[lp.qkv_w.clone()], lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
+            rope_apply(&mut la.qkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, false);
+            attention_forward(&mut la.atty, &mut la.att, &la.qkv, batch.mask, None, shapes[l], scale);
+            // res2 = residual + o_proj(atty)
+            linear_forward(&mut la.res2, &la.atty, &p[lp.o_w.clone()], lp.o_b.clone().map(|r| &p[r]), n, a, c);
+            add_inplace(&mut la.res2, residual);
+
+            rmsnorm_forward(&mut la.ln2, &mut la.ln2_rstd, &la.res2, &p[lp.ln2.clone()], c, eps);
+            linear_forward(&mut la.gu, &la.ln2, &p[lp.gu_w.clone()], None, n, c, 2 * i);
+            swiglu_forward(&mut la.h, &la.gu, i);
+            // res3 = res2 + down_proj(h)
+            linear_forward(&mut la.res3, &la.h, &p[lp.down_w.clone()], None, n, i, c);
+            add_inplace(&mut la.res3, &la.res2);
+        }
+
+        let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
+        rmsnorm_forward(&mut acts.lnf, &mut acts.lnf_rstd, last, &p[lay.norm.clone()], c, eps);
+        // logits (N, V) = lnf (N, C) @ head^T (C, V)
+        gemm(&mut acts.logits, n, v, c, View::rows(&acts.lnf, c), View::t(&p[lay.head.clone()], c), false);
+        Ok(())
+    }
+
+    fn loss_stats(&self) -> LossStats {
+        let a = self.acts.as_ref().expect("forward before loss_stats");
+        crossentropy_forward(&a.logits, &a.targets, self.config.vocab_size)
+    }
+
+    fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
+        self.forward(batch)?;
+        let (b, t) = (batch.b, batch.t);
+        let shapes: Vec<AttnShape> = (0..self.config.num_hidden_layers).map(|l| self.attn_shape(b, t, l)).collect();
+        let cfg = &self.config;
+        let (n, c, i, v, hs) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim);
+        let a = cfg.num_attention_heads * hs;
+        let (rot_heads, qkv) = (cfg.num_attention_heads + cfg.num_key_value_heads, shapes[0].qkv_width());
+        let scale = 1.0 / (hs as f64).sqrt();
+        let acts = self.acts.as_mut().expect("forward allocated activations");
+        let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, loss_scale(&acts.targets, num_items)?);
+        let (p, g) = self.state.params_and_grads();
+        let (p, lay) = (&*p, &self.layout);
+
+        // logits = lnf @ head^T:  dlnf (N, C) = dlogits @ head;  dhead += dlogits^T @ lnf
+        let dlogits = &acts.logits;
+        gemm(&mut acts.dln, n, c, v, View::rows(dlogits, v), View::rows(&p[lay.head.clone()], c), false);
+        gemm(&mut g[lay.head.clone()], v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
+        acts.dres.fill(F::zero());
+        let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
+        rmsnorm_backward(&mut acts.dres, &mut g[lay.norm.clone()], &acts.dln, last, &p[lay.norm.clone()], &acts.lnf_rstd, c);
+
+        for l in (0..cfg.num_hidden_layers).rev() {
+            let (lp, la) = (&lay.layers[l], &acts.layers[l]);
+            let residual = if l == 0 { &acts.encoded } else { &acts.layers[l - 1].res3 };
+
+            // res3 = res2 + down_proj(swiglu(gate_up_proj(rmsnorm(res2))))
+            linear_backward(&mut acts.dh, &mut g[lp.down_w.clone()], None, &acts.dres, &la.h, &p[lp.down_w.clone()], n, i, c);
+            swiglu_backward(&mut acts.dgu, &acts.dh, &la.gu, i);
+            linear_backward(&mut acts.dln, &mut g[lp.gu_w.clone()], None, &acts.dgu, &la.ln2, &p[lp.gu_w.clone()], n, c, 2 * i);
+            rmsnorm_backward(&mut acts.dres, &mut g[lp.ln2.clone()], &acts.dln, &la.res2, &p[lp.ln2.clone()], &la.ln2_rstd, c);
+
+            // res2 = residual + o_proj(attention(rope(qkv_proj(rmsnorm(residual)))))
+            match &lp.o_b {
+                Some(ob) => {
+                    let (dw, db) = two_mut(g, lp.o_w.clone(), ob.clone());
+                    linear_backward(&mut acts.datty, dw, Some(db), &acts.dres, &la.atty, &p[lp.o_w.clone()], n, a, c);
+                }
+                None => linear_backward(&mut acts.datty, &mut g[lp.o_w.clone()], None, &acts.dres, &la.atty, &p[lp.o_w.clone()], n, a, c),
+            }
+            attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att, None, shapes[l], scale);
+            rope_apply(&mut acts.dqkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, true);
+            match &lp.qkv_b {
+                Some(qb) => {
+                    let (dw, db) = two_mut(g, lp.qkv_w.clone(), qb.clone());
+                    linear_backward(&mut acts.dln, dw, Some(db), &acts.dqkv, &la.ln1, &p[lp.qkv_w.clone()], n, c, qkv);
+                }
+                None => linear_backward(&mut acts.dln, &mut g[lp.qkv_w.clone()], None, &acts.dqkv, &la.ln1, &p[lp.qkv_w.clone()], n, c, qkv),
+            }
+            rmsnorm_backward(&mut acts.dres, &mut g[lp.ln1.clone()], &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
+        }
+
+        embedding_backward(&mut g[lay.embed.clone()], None, &acts.dres, &acts.ids, t, c);
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    fn config(extra: Value) -> LlamaConfig {
+        let mut v = serde_json::json!({
+            "model_type": "llama", "vocab_size": 13, "hidden_size": 8, "intermediate_size": 10,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 16, "initializer_range": 0.3, "tie_word_embeddings": true
+        });
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        LlamaConfig::from_value(v).unwrap()
+    }
+
+    /// Every parameter's gradient against central differences in f64.
+    fn check_gradients(cfg: LlamaConfig) {
+        let mut m = Llama::<f64>::from_config(cfg, 3).unwrap();
+        let mut r = SplitMix64::new(9);
+        for x in m.state_mut().params.iter_mut() {
+            *x += 0.1 * (r.next_f64() - 0.5);
+        }
+        let ids = [1i64, 5, 7, 2, 0, 3, 9, 4, 12, 6, 11, 8];
+        let mask = [1i64, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1];
+        let batch = Batch { ids: &ids, mask: Some(&mask), labels: None, b: 2, t: 6 };
+        m.forward_backward(&batch, None).unwrap();
+        let analytic = m.state_mut().grads_mut().clone();
+        let h = 1e-6;
+        let mut worst = 0.0f64;
+        for k in 0..analytic.len() {
+            let orig = m.state().params[k];
+            let loss_at = |x: f64, m: &mut Llama<f64>| {
+                m.state_mut().params[k] = x;
+                m.forward(&batch).unwrap();
+                let s = m.loss_stats();
+                s.loss_sum / s.count as f64
+            };
+            let num = (loss_at(orig + h, &mut m) - loss_at(orig - h, &mut m)) / (2.0 * h);
+            m.state_mut().params[k] = orig;
+            worst = worst.max((num - analytic[k]).abs());
+        }
+        let scale = analytic.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        assert!(worst < 1e-7 * scale.max(1.0), "max abs error {worst:e} (grad scale {scale:e})");
+    }
+
+    #[test]
+    fn gqa_tied_gradients_match_finite_differences() {
+        check_gradients(config(serde_json::json!({})));
+    }
+
+    #[test]
+    fn qwen2_bias_untied_gradients_match_finite_differences() {
+        check_gradients(config(serde_json::json!({"model_type": "qwen2", "tie_word_embeddings": false})));
+    }
+
+    #[test]
+    fn mistral_window_llama3_rope_gradients_match_finite_differences() {
+        check_gradients(config(serde_json::json!({
+            "model_type": "mistral", "sliding_window": 3, "attention_bias": true,
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 4}
+        })));
+    }
+
+    #[test]
+    fn rejects_unsupported_configs() {
+        let base = serde_json::json!({"model_type": "llama", "vocab_size": 13, "hidden_size": 8, "intermediate_size": 10,
+            "num_hidden_layers": 1, "num_attention_heads": 4});
+        let with = |k: &str, v: Value| {
+            let mut x = base.clone();
+            x[k] = v;
+            LlamaConfig::from_value(x).unwrap_err().to_string()
+        };
+        assert!(with("hidden_act", "gelu".into()).contains("hidden_act"));
+        assert!(with("num_key_value_heads", 3.into()).contains("multiple"));
+        assert!(with("rope_parameters", serde_json::json!({"rope_type": "yarn", "factor": 2.0})).contains("yarn"));
+        let mut missing = base.clone();
+        missing.as_object_mut().unwrap().remove("hidden_size");
+        assert!(LlamaConfig::from_value(missing).unwrap_err().to_string().contains("hidden_size"));
+    }
+}
