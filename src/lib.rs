@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod io;
 pub mod kernels;
 pub mod models;

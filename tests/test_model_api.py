@@ -110,7 +110,7 @@ def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
     model.forward_backward(ids())
     ft.AdamW(model).step()
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["model_type"] == "gpt2" and cfg["architectures"] == ["GPT2LMHeadModel"]
     loaded = ft.Model.from_pretrained(tmp_path / "m")

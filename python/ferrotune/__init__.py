@@ -24,10 +24,12 @@ from .callbacks import (
     TrainerState,
 )
 from .data import DataCollatorForLanguageModeling, load_jsonl
+from .generation import GenerationConfig, TextIteratorStreamer, TextStreamer
 from .metrics import EvalPrediction
 from .modeling import CausalLMOutput, Model, ModelConfig
 from .optimization import get_scheduler
 from .optimizer import AdamW
+from .pipelines import TextGenerationPipeline, pipeline
 from .plotting import plot_history
 from .tokenizer import BatchEncoding, Tokenizer
 from .trainer import PredictionOutput, Trainer, TrainOutput, get_last_checkpoint
@@ -45,6 +47,7 @@ __all__ = [
     "EarlyStoppingCallback",
     "EvalPrediction",
     "FerrotuneError",
+    "GenerationConfig",
     "InputError",
     "JSONLLoggerCallback",
     "Model",
@@ -55,6 +58,9 @@ __all__ = [
     "ProgressCallback",
     "ShapeError",
     "TensorBoardCallback",
+    "TextGenerationPipeline",
+    "TextIteratorStreamer",
+    "TextStreamer",
     "Tokenizer",
     "TokenizerError",
     "TrainOutput",
@@ -68,5 +74,6 @@ __all__ = [
     "get_scheduler",
     "io",
     "load_jsonl",
+    "pipeline",
     "plot_history",
 ]

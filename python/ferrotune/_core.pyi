@@ -19,6 +19,8 @@ __all__ = [
     "CausalLM",
     "AdamW",
     "Tokenizer",
+    "Generation",
+    "process_logits",
     "load_safetensors",
     "save_safetensors",
     "read_gguf_metadata",
@@ -238,3 +240,45 @@ def load_gguf_tokenizer(path: _Path) -> tuple[str, str, Optional[str]]: ...
 def load_gguf(
     path: _Path,
 ) -> tuple[str, list[tuple[str, list[int], _F32]], str, Optional[str], str]: ...
+
+@final
+class Generation:
+    """KV-cached decoding state of one generate() call."""
+
+    def __new__(
+        cls,
+        model: CausalLM,
+        input_ids: _Ids,
+        attention_mask: Optional[_Ids],
+        max_new_tokens: int,
+        do_sample: bool,
+        temperature: Optional[float],
+        top_k: Optional[int],
+        top_p: Optional[float],
+        min_p: Optional[float],
+        repetition_penalty: Optional[float],
+        eos_token_ids: Sequence[int],
+        pad_token_id: Optional[int],
+        seed: int,
+        output_logits: bool = False,
+    ) -> Generation: ...
+    def step(self, max_steps: int) -> _Ids: ...
+    def finish_rows(self, rows: Sequence[bool]) -> None: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def unfinished(self) -> list[bool]: ...
+    def sequences(self) -> _Ids: ...
+    def logits(self) -> _F32: ...
+
+def process_logits(
+    scores: _F32,
+    input_ids: _Ids,
+    ignore: Optional[npt.NDArray[np.int64]],
+    do_sample: bool,
+    temperature: Optional[float] = None,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    min_p: Optional[float] = None,
+    repetition_penalty: Optional[float] = None,
+) -> _F32: ...

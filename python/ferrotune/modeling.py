@@ -12,6 +12,8 @@ import numpy as np
 
 from . import _core
 from ._core import FerrotuneError, InputError
+from .generation import GENERATION_CONFIG_NAME, GenerationConfig
+from .generation import generate as _generate
 
 PathLike = Union[str, "os.PathLike[str]"]
 ArrayLike = Any
@@ -92,8 +94,9 @@ class Model:
     >>> out.loss, out.logits.shape          # (B, T, V)
     """
 
-    def __init__(self, core: "_core.CausalLM") -> None:
+    def __init__(self, core: "_core.CausalLM", generation_config: Optional[GenerationConfig] = None) -> None:
         self._core = core
+        self.generation_config = generation_config or GenerationConfig.from_model_config(self.config)
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -102,7 +105,9 @@ class Model:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(2, f"No such file or directory: {path}", path)
-        return cls(_core.CausalLM.from_pretrained(path))
+        gen_file = os.path.join(path, GENERATION_CONFIG_NAME)
+        gen_config = GenerationConfig.from_pretrained(gen_file) if os.path.isfile(gen_file) else None
+        return cls(_core.CausalLM.from_pretrained(path), gen_config)
 
     @classmethod
     def from_config(cls, config: Union[ModelConfig, Mapping[str, Any]], seed: int = 0) -> "Model":
@@ -258,8 +263,72 @@ class Model:
         self._core.rng_state = int(state)
 
     def save_pretrained(self, save_directory: PathLike) -> None:
-        """Writes ``config.json`` + ``model.safetensors`` that transformers loads."""
+        """Writes ``config.json``, ``model.safetensors`` and ``generation_config.json`` that
+        transformers loads."""
         self._core.save_pretrained(os.fspath(save_directory))
+        self.generation_config.save_pretrained(save_directory)
+
+    # ---- generation -----------------------------------------------------------------------
+    def generate(
+        self,
+        input_ids: ArrayLike,
+        attention_mask: Optional[ArrayLike] = None,
+        max_new_tokens: Optional[int] = None,
+        do_sample: Optional[bool] = None,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        eos_token_id: Optional[Union[int, List[int]]] = None,
+        pad_token_id: Optional[int] = None,
+        num_return_sequences: Optional[int] = None,
+        seed: Optional[int] = None,
+        stop_strings: Optional[Union[str, List[str]]] = None,
+        tokenizer: Any = None,
+        streamer: Any = None,
+        generation_config: Optional[GenerationConfig] = None,
+        max_length: Optional[int] = None,
+    ) -> np.ndarray:
+        """Generates continuations like transformers' ``generate``; returns int64 token ids
+        (batch * num_return_sequences, prompt + new), prompt included.
+
+        Decoding runs in Rust with a KV cache allocated once for prompt + max_new_tokens
+        positions: one forward over the prompt, then one token per step. Batched prompts must
+        be left-padded (``attention_mask`` 0 on the padding); positions follow transformers
+        (cumsum of the mask). Arguments not given come from ``generation_config`` (default:
+        the model's, read from ``generation_config.json``), then transformers' defaults
+        (max_length 20, greedy; when sampling temperature 1.0, top_k 50, top_p 1.0).
+
+        - greedy (``do_sample=False``) or sampling with ``seed`` (reproducible; random when None)
+        - processors in transformers' order: repetition_penalty, then temperature, top_k, top_p,
+          min_p (sampling only)
+        - ``eos_token_id`` (int or list) ends a row; finished rows get ``pad_token_id``
+          (default: the first eos); generation stops when every row is finished
+        - ``stop_strings`` (with ``tokenizer``) end a row once its new text contains one
+        - ``streamer``: a ``TextStreamer`` / ``TextIteratorStreamer`` (batch size 1)
+        """
+        return _generate(
+            self,
+            input_ids,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            seed=seed,
+            tokenizer=tokenizer,
+            streamer=streamer,
+            max_new_tokens=max_new_tokens,
+            max_length=max_length,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            num_return_sequences=num_return_sequences,
+            stop_strings=stop_strings,
+        )
 
     def __repr__(self) -> str:
         c = self.config

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod errors;
+pub mod generate;
 pub mod gguf;
 pub mod io;
 pub mod model;
@@ -36,6 +37,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyModel>()?;
     m.add_class::<optimizer::PyAdamW>()?;
     m.add_class::<tokenizer::PyTokenizer>()?;
+    m.add_class::<generate::PyGeneration>()?;
+    m.add_function(wrap_pyfunction!(generate::process_logits, m)?)?;
     m.add_function(wrap_pyfunction!(io::load_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(io::save_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(gguf::read_gguf_metadata, m)?)?;

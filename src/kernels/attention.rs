@@ -187,6 +187,77 @@ pub fn attention_backward<F: Real>(
     });
 }
 
+/// Inference attention over a key/value cache (no backward: generation only).
+///
+/// kc, vc (B, NKV, S, HS): cached keys/values; positions `past..past + T` must already hold
+/// this call's keys and values. key_mask (B, S): 1 where a key may be attended to.
+/// qkv (B, T, (NH + 2 NKV) HS) gives the queries; out (B, T, NH*HS). Query i (absolute index
+/// past + i) attends to keys s <= past + i with key_mask 1 (and inside the sliding window if
+/// any); a query with no such key is uniform over all past + T keys, as in `attention_forward`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cached_forward<F: Real>(
+    out: &mut [F],
+    qkv: &[F],
+    kc: &[F],
+    vc: &[F],
+    key_mask: &[u8],
+    shape: AttnShape,
+    past: usize,
+    cap: usize,
+    scale: f64,
+) {
+    let AttnShape { b: nb, t, nh, nkv, hs, window } = shape;
+    let (w, c, group) = (shape.qkv_width(), nh * hs, nh / nkv);
+    let total = past + t;
+    let scale = F::lit(scale);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    (0..nb * nh).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / nh, bh % nh);
+        let kvh = b * nkv + h / group;
+        let kb = &kc[kvh * cap * hs..(kvh * cap + total) * hs];
+        let vb = &vc[kvh * cap * hs..(kvh * cap + total) * hs];
+        let km = &key_mask[b * cap..b * cap + total];
+        let mut row = vec![F::zero(); total];
+        for i in 0..t {
+            let tq = past + i;
+            let q = &qkv[(b * t + i) * w + shape.q_off(h)..][..hs];
+            let mut max = F::neg_infinity();
+            for s in 0..=tq {
+                row[s] = if km[s] != 0 && window.is_none_or(|wd| tq - s < wd) {
+                    let x = dot(q, &kb[s * hs..(s + 1) * hs]) * scale;
+                    max = max.max(x);
+                    x
+                } else {
+                    F::neg_infinity()
+                };
+            }
+            let n_keys = if max == F::neg_infinity() {
+                row.fill(F::one() / F::lit(total as f64));
+                total
+            } else {
+                let mut sum = F::zero();
+                for x in row[..=tq].iter_mut() {
+                    *x = if *x == F::neg_infinity() { F::zero() } else { (*x - max).exp() };
+                    sum += *x;
+                }
+                let inv = F::one() / sum;
+                row[..=tq].iter_mut().for_each(|x| *x *= inv);
+                tq + 1
+            };
+            // SAFETY: (b, i, h) addresses a HS-slice of `out` owned by this (b, h) task only.
+            let y = unsafe { out_ptr.slice_mut((b * t + i) * c + h * hs, hs) };
+            y.fill(F::zero());
+            for (s, &a) in row[..n_keys].iter().enumerate() {
+                if a != F::zero() {
+                    for (yi, &vi) in y.iter_mut().zip(&vb[s * hs..(s + 1) * hs]) {
+                        *yi += a * vi;
+                    }
+                }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

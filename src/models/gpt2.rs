@@ -29,27 +29,27 @@ use crate::kernels::Real;
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, loss_scale, refresh_mask, Batch, CausalLm, Init, ModelState};
 
-struct LayerParams {
-    ln1_w: Range<usize>,
-    ln1_b: Range<usize>,
-    attn_w: Range<usize>,
-    attn_b: Range<usize>,
-    proj_w: Range<usize>,
-    proj_b: Range<usize>,
-    ln2_w: Range<usize>,
-    ln2_b: Range<usize>,
-    fc_w: Range<usize>,
-    fc_b: Range<usize>,
-    fcproj_w: Range<usize>,
-    fcproj_b: Range<usize>,
+pub(crate) struct LayerParams {
+    pub(crate) ln1_w: Range<usize>,
+    pub(crate) ln1_b: Range<usize>,
+    pub(crate) attn_w: Range<usize>,
+    pub(crate) attn_b: Range<usize>,
+    pub(crate) proj_w: Range<usize>,
+    pub(crate) proj_b: Range<usize>,
+    pub(crate) ln2_w: Range<usize>,
+    pub(crate) ln2_b: Range<usize>,
+    pub(crate) fc_w: Range<usize>,
+    pub(crate) fc_b: Range<usize>,
+    pub(crate) fcproj_w: Range<usize>,
+    pub(crate) fcproj_b: Range<usize>,
 }
 
-struct Layout {
-    wte: Range<usize>,
-    wpe: Range<usize>,
-    layers: Vec<LayerParams>,
-    lnf_w: Range<usize>,
-    lnf_b: Range<usize>,
+pub(crate) struct Layout {
+    pub(crate) wte: Range<usize>,
+    pub(crate) wpe: Range<usize>,
+    pub(crate) layers: Vec<LayerParams>,
+    pub(crate) lnf_w: Range<usize>,
+    pub(crate) lnf_b: Range<usize>,
 }
 
 impl Layout {
@@ -179,8 +179,8 @@ fn drop_opt<F>(mask: &[F]) -> Option<&[F]> {
 
 pub struct Gpt2<F: Real> {
     pub config: Gpt2Config,
-    state: ModelState<F>,
-    layout: Layout,
+    pub(crate) state: ModelState<F>,
+    pub(crate) layout: Layout,
     acts: Option<Acts<F>>,
 }
 
@@ -216,7 +216,7 @@ impl<F: Real> Gpt2<F> {
 
     /// The attention score scale of each layer: 1/sqrt(HS) (scale_attn_weights), divided by
     /// layer + 1 with scale_attn_by_inverse_layer_idx.
-    fn attn_scales(&self) -> Vec<f64> {
+    pub(crate) fn attn_scales(&self) -> Vec<f64> {
         let cfg = &self.config;
         let base = if cfg.scale_attn_weights { 1.0 / ((cfg.n_embd / cfg.n_head) as f64).sqrt() } else { 1.0 };
         (0..cfg.n_layer)
@@ -240,6 +240,10 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
 
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
+    }
+
+    fn as_gpt2(&self) -> Option<&Gpt2<F>> {
+        Some(self)
     }
 
     /// Checkpoint names with or without the `transformer.` prefix; the tied `lm_head.weight`

@@ -344,6 +344,11 @@ pub trait CausalLm<F: Real>: Send + Sync {
     /// The config as transformers writes it in config.json.
     fn config_value(&self) -> Value;
     fn vocab_size(&self) -> usize;
+    /// The GPT-2 model behind this one, for the KV-cached generation path (crate::generate),
+    /// which covers GPT-2 only so far.
+    fn as_gpt2(&self) -> Option<&gpt2::Gpt2<F>> {
+        None
+    }
     /// Full forward: fills the activations and the (B, T, V) logits.
     fn forward(&mut self, batch: &Batch<'_>) -> Result<()>;
     /// The (B, T, V) logits of the last forward.

@@ -1,0 +1,723 @@
+//! Text generation: a key/value cache for GPT-2, transformers' logits processors, and the
+//! decoding loop (greedy or seeded sampling) with transformers' `generate` semantics.
+//!
+//! The cache is allocated once for prompt + max_new_tokens positions. The prompt goes
+//! through one forward that fills the cache; every later step feeds one token per row and
+//! reuses the cached keys and values (no recomputation of the prefix). The inference forward
+//! reuses the training kernels (layernorm, matmul, gelu) and only swaps attention for the
+//! cached variant.
+//!
+//! Left padding follows transformers' generate: position ids are cumsum(mask) - 1 (0 on
+//! padding) and padded keys are never attended to.
+//!
+//! Shapes: B = batch, T = tokens fed in this call, S = cache capacity, C = n_embd,
+//! NH = n_head, HS = C / NH, V = vocab_size, I = MLP width, N = B * T.
+
+use crate::error::{Error, Result};
+use crate::kernels::attention::{attention_cached_forward, AttnShape};
+use crate::kernels::gelu::gelu_forward;
+use crate::kernels::layernorm::layernorm_forward;
+use crate::kernels::matmul::{gemm, matmul_forward, View};
+use crate::kernels::Real;
+use crate::models::gpt2::Gpt2;
+use crate::models::{add_inplace, Batch};
+use crate::rng::SplitMix64;
+
+/// Keys and values of every layer, (B, NH, S, HS) each, plus the key padding mask (B, S).
+pub struct KvCache<F> {
+    b: usize,
+    nh: usize,
+    hs: usize,
+    cap: usize,
+    len: usize,
+    k: Vec<Vec<F>>,
+    v: Vec<Vec<F>>,
+    key_mask: Vec<u8>,
+}
+
+impl<F: Real> KvCache<F> {
+    pub fn new<M: Real>(model: &Gpt2<M>, b: usize, cap: usize) -> Self {
+        let cfg = &model.config;
+        let (nh, hs) = (cfg.n_head, cfg.n_embd / cfg.n_head);
+        let size = b * nh * cap * hs;
+        Self {
+            b,
+            nh,
+            hs,
+            cap,
+            len: 0,
+            k: (0..cfg.n_layer).map(|_| vec![F::zero(); size]).collect(),
+            v: (0..cfg.n_layer).map(|_| vec![F::zero(); size]).collect(),
+            key_mask: vec![0; b * cap],
+        }
+    }
+    /// Number of positions filled.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+    /// Bytes held by the cache (keys + values of every layer).
+    pub fn bytes(&self) -> usize {
+        2 * self.k.len() * self.b * self.nh * self.cap * self.hs * std::mem::size_of::<F>()
+    }
+}
+
+/// Work buffers of the inference forward, sized for the largest call (the prompt).
+struct Scratch<F> {
+    rows: usize,
+    x: Vec<F>,    // (N, C) residual stream
+    ln: Vec<F>,   // (N, C)
+    qkv: Vec<F>,  // (N, 3C)
+    atty: Vec<F>, // (N, C)
+    tmp: Vec<F>,  // (N, C)
+    fch: Vec<F>,  // (N, I)
+    fchg: Vec<F>, // (N, I)
+    mean: Vec<F>, // (N)
+    rstd: Vec<F>, // (N)
+}
+
+impl<F: Real> Scratch<F> {
+    fn new(c: usize, i: usize, rows: usize) -> Self {
+        let z = |n: usize| vec![F::zero(); n];
+        Self {
+            rows,
+            x: z(rows * c),
+            ln: z(rows * c),
+            qkv: z(rows * 3 * c),
+            atty: z(rows * c),
+            tmp: z(rows * c),
+            fch: z(rows * i),
+            fchg: z(rows * i),
+            mean: z(rows),
+            rstd: z(rows),
+        }
+    }
+}
+
+impl<F: Real> Gpt2<F> {
+    /// Inference forward of T new tokens per row over the cache.
+    ///
+    /// ids, positions, mask: (B, T). Writes the logits of every new position (B, T, V) into
+    /// `logits` when `all_logits`, else only the last position of each row (B, V).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_cached(
+        &self,
+        cache: &mut KvCache<F>,
+        sc: &mut Scratch<F>,
+        ids: &[i64],
+        positions: &[i64],
+        mask: &[i64],
+        t: usize,
+        logits: &mut [F],
+        all_logits: bool,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let (b, c, i, nh, v) = (cache.b, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
+        let n = b * t;
+        let (past, cap, hs) = (cache.len, cache.cap, cache.hs);
+        if past + t > cap {
+            return Err(Error::Input(format!("KV cache holds {cap} positions, {} requested", past + t)));
+        }
+        assert!(n <= sc.rows, "scratch sized for {} rows, {n} requested", sc.rows);
+        let (p, lay) = (&self.state.params, &self.layout);
+        let (wte, wpe) = (&p[lay.wte.clone()], &p[lay.wpe.clone()]);
+        // x (N, C) = wte[id] + wpe[position]
+        for (r, xr) in sc.x[..n * c].chunks_exact_mut(c).enumerate() {
+            let (id, pos) = (ids[r], positions[r]);
+            if id < 0 || id as usize >= v {
+                return Err(Error::TokenOutOfRange { what: "token id", id, row: r / t, col: r % t, vocab: v });
+            }
+            if pos < 0 || pos as usize >= cfg.n_positions {
+                return Err(Error::Input(format!(
+                    "position {pos} is past the model's maximum of {} positions (n_positions)",
+                    cfg.n_positions
+                )));
+            }
+            let (tok, pe) = (&wte[id as usize * c..][..c], &wpe[pos as usize * c..][..c]);
+            for k in 0..c {
+                xr[k] = tok[k] + pe[k];
+            }
+        }
+        for row in 0..b {
+            for j in 0..t {
+                cache.key_mask[row * cap + past + j] = u8::from(mask[row * t + j] != 0);
+            }
+        }
+        let scales = self.attn_scales();
+        let eps = cfg.layer_norm_epsilon;
+        let shape = AttnShape::mha(b, t, c, nh);
+        for (l, lp) in lay.layers.iter().enumerate() {
+            layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, eps);
+            matmul_forward(&mut sc.qkv, &sc.ln[..n * c], &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
+            // append this call's keys and values: qkv (B, T, 3C) -> cache (B, NH, S, HS)
+            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+            for row in 0..b {
+                for j in 0..t {
+                    let src = &sc.qkv[(row * t + j) * 3 * c..][..3 * c];
+                    for h in 0..nh {
+                        let dst = ((row * nh + h) * cap + past + j) * hs;
+                        kc[dst..dst + hs].copy_from_slice(&src[c + h * hs..][..hs]);
+                        vc[dst..dst + hs].copy_from_slice(&src[2 * c + h * hs..][..hs]);
+                    }
+                }
+            }
+            attention_cached_forward(&mut sc.atty[..n * c], &sc.qkv[..n * 3 * c], kc, vc, &cache.key_mask, shape, past, cap, scales[l]);
+            matmul_forward(&mut sc.tmp, &sc.atty[..n * c], &p[lp.proj_w.clone()], Some(&p[lp.proj_b.clone()]), n, c, c);
+            add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
+            layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, eps);
+            matmul_forward(&mut sc.fch, &sc.ln[..n * c], &p[lp.fc_w.clone()], Some(&p[lp.fc_b.clone()]), n, c, i);
+            gelu_forward(&mut sc.fchg[..n * i], &sc.fch[..n * i]);
+            matmul_forward(&mut sc.tmp, &sc.fchg[..n * i], &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
+            add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
+        }
+        // final LayerNorm and the tied lm_head, on every row or on the last one of each batch row
+        let rows = if all_logits { n } else { b };
+        if !all_logits && t > 1 {
+            for row in 0..b {
+                let src = (row * t + t - 1) * c;
+                sc.tmp[row * c..(row + 1) * c].copy_from_slice(&sc.x[src..src + c]);
+            }
+        } else {
+            sc.tmp[..rows * c].copy_from_slice(&sc.x[..rows * c]);
+        }
+        layernorm_forward(&mut sc.ln[..rows * c], &mut sc.mean[..rows], &mut sc.rstd[..rows], &sc.tmp[..rows * c], &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, eps);
+        gemm(&mut logits[..rows * v], rows, v, c, View::rows(&sc.ln[..rows * c], c), View::t(wte, c), false);
+        cache.len += t;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// logits processors (transformers' generation/logits_process.py), one row of V scores
+// ---------------------------------------------------------------------------------------
+
+/// RepetitionPenaltyLogitsProcessor: every token that occurs in `prev` (once, however often
+/// it occurs) gets score * penalty if its score is negative, score / penalty otherwise.
+pub fn repetition_penalty(scores: &mut [f32], prev: &[i64], penalty: f32, seen: &mut Vec<bool>) {
+    seen.clear();
+    seen.resize(scores.len(), false);
+    for &id in prev {
+        let k = id as usize;
+        if id >= 0 && k < scores.len() && !seen[k] {
+            seen[k] = true;
+            let s = scores[k];
+            scores[k] = if s < 0.0 { s * penalty } else { s / penalty };
+        }
+    }
+}
+
+/// TemperatureLogitsWarper: scores / temperature.
+pub fn temperature(scores: &mut [f32], t: f32) {
+    scores.iter_mut().for_each(|s| *s /= t);
+}
+
+/// TopKLogitsWarper: scores below the k-th largest become -inf (ties with it are kept).
+pub fn top_k(scores: &mut [f32], k: usize, work: &mut Vec<f32>) {
+    let k = k.min(scores.len());
+    if k == 0 {
+        return;
+    }
+    work.clear();
+    work.extend_from_slice(scores);
+    let (_, kth, _) = work.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let kth = *kth;
+    scores.iter_mut().filter(|s| **s < kth).for_each(|s| *s = f32::NEG_INFINITY);
+}
+
+/// Softmax in f32 (max-subtracted), into `out`.
+fn softmax_into(scores: &[f32], out: &mut Vec<f32>) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    out.clear();
+    out.extend(scores.iter().map(|&s| if s == f32::NEG_INFINITY { 0.0 } else { (s - max).exp() }));
+    let sum: f32 = out.iter().sum();
+    out.iter_mut().for_each(|p| *p /= sum);
+}
+
+/// TopPLogitsWarper: sorts ascending, removes the tokens whose cumulative probability is
+/// <= 1 - top_p, always keeping the most likely token.
+pub fn top_p(scores: &mut [f32], top_p: f32, order: &mut Vec<usize>, probs: &mut Vec<f32>) {
+    order.clear();
+    order.extend(0..scores.len());
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let sorted: Vec<f32> = order.iter().map(|&k| scores[k]).collect();
+    softmax_into(&sorted, probs);
+    let last = scores.len() - 1;
+    let mut cum = 0.0f32;
+    for (j, &k) in order.iter().enumerate() {
+        cum += probs[j];
+        if cum <= 1.0 - top_p && j < last {
+            scores[k] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// MinPLogitsWarper: tokens whose probability is below min_p * (top probability) become -inf;
+/// the most likely token is always kept.
+pub fn min_p(scores: &mut [f32], min_p: f32, probs: &mut Vec<f32>) {
+    softmax_into(scores, probs);
+    let (mut top, mut arg) = (f32::NEG_INFINITY, 0);
+    for (k, &p) in probs.iter().enumerate() {
+        if p > top {
+            top = p;
+            arg = k;
+        }
+    }
+    let thr = min_p * top;
+    for (k, s) in scores.iter_mut().enumerate() {
+        if probs[k] < thr && k != arg {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// The knobs of one generate call (transformers' GenerationConfig names; `None` = off).
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub max_new_tokens: usize,
+    pub do_sample: bool,
+    pub temperature: Option<f64>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    pub eos_token_ids: Vec<i64>,
+    pub pad_token_id: Option<i64>,
+    pub seed: u64,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 20,
+            do_sample: false,
+            temperature: None,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            repetition_penalty: None,
+            eos_token_ids: Vec::new(),
+            pad_token_id: None,
+            seed: 0,
+        }
+    }
+}
+
+impl GenerateParams {
+    /// Rejects values transformers rejects, with the same wording where it has one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Input(m));
+        if let Some(t) = self.temperature {
+            if !t.is_finite() || t < 0.0 {
+                return bad(format!("temperature must be a non-negative number, got {t}"));
+            }
+            if t == 0.0 && self.do_sample {
+                return bad("temperature=0 with do_sample=True: use do_sample=False for greedy decoding".into());
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad(format!("top_p must be in (0, 1], got {p}"));
+            }
+        }
+        if let Some(p) = self.min_p {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("min_p must be in [0, 1], got {p}"));
+            }
+        }
+        if let Some(r) = self.repetition_penalty {
+            if !(r > 0.0 && r.is_finite()) {
+                return bad(format!("repetition_penalty must be a positive number, got {r}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn warps(&self) -> bool {
+        self.do_sample
+    }
+}
+
+/// Scratch of the processors (no allocation per step).
+#[derive(Default)]
+pub struct ProcessorWork {
+    seen: Vec<bool>,
+    work: Vec<f32>,
+    order: Vec<usize>,
+    probs: Vec<f32>,
+}
+
+/// Applies the processors in transformers' order: repetition penalty (always), then with
+/// sampling temperature, top-k, top-p, min-p. `prev` are the tokens the penalty considers.
+pub fn process_row(scores: &mut [f32], prev: &[i64], p: &GenerateParams, w: &mut ProcessorWork) {
+    if let Some(r) = p.repetition_penalty {
+        if r != 1.0 {
+            repetition_penalty(scores, prev, r as f32, &mut w.seen);
+        }
+    }
+    if !p.warps() {
+        return;
+    }
+    if let Some(t) = p.temperature {
+        if t != 1.0 {
+            temperature(scores, t as f32);
+        }
+    }
+    if let Some(k) = p.top_k {
+        if k != 0 {
+            top_k(scores, k, &mut w.work);
+        }
+    }
+    if let Some(tp) = p.top_p {
+        if tp < 1.0 {
+            top_p(scores, tp as f32, &mut w.order, &mut w.probs);
+        }
+    }
+    if let Some(mp) = p.min_p {
+        min_p(scores, mp as f32, &mut w.probs);
+    }
+}
+
+/// First index of the largest score (torch.argmax).
+pub fn argmax(scores: &[f32]) -> usize {
+    let mut best = 0;
+    for (k, &s) in scores.iter().enumerate() {
+        if s > scores[best] {
+            best = k;
+        }
+    }
+    best
+}
+
+/// Draws from softmax(scores) with one uniform number (inverse CDF, in f64).
+pub fn sample(scores: &[f32], rng: &mut SplitMix64) -> usize {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let total: f64 = scores.iter().map(|&s| if s == f32::NEG_INFINITY { 0.0 } else { (s as f64 - max).exp() }).sum();
+    let u = rng.next_f64() * total;
+    let mut cum = 0.0;
+    let mut last_ok = argmax(scores);
+    for (k, &s) in scores.iter().enumerate() {
+        if s == f32::NEG_INFINITY {
+            continue;
+        }
+        cum += (s as f64 - max).exp();
+        last_ok = k;
+        if u < cum {
+            return k;
+        }
+    }
+    last_ok
+}
+
+// ---------------------------------------------------------------------------------------
+// the decoding loop
+// ---------------------------------------------------------------------------------------
+
+/// One generate call in progress: owns the cache and the sequences; the model is passed to
+/// every `step` so the caller keeps ownership of it.
+pub struct Generation<F: Real> {
+    params: GenerateParams,
+    b: usize,
+    prompt_len: usize,
+    /// (B, prompt_len + max_new_tokens), filled up to `len`
+    seqs: Vec<i64>,
+    len: usize,
+    /// next position id of each row
+    next_pos: Vec<i64>,
+    /// leading tokens the repetition penalty ignores (left padding), per row
+    ignore: Vec<usize>,
+    prompt_mask: Vec<i64>,
+    unfinished: Vec<bool>,
+    cache: KvCache<F>,
+    scratch: Scratch<F>,
+    logits: Vec<F>,
+    rng: SplitMix64,
+    work: ProcessorWork,
+    keep_logits: bool,
+    /// raw logits of every step (steps, B, V) when keep_logits
+    history: Vec<f32>,
+}
+
+impl Generation<f32> {
+    /// Validates everything and allocates the cache for prompt + max_new_tokens positions.
+    pub fn new(model: &Gpt2<f32>, batch: &Batch<'_>, params: GenerateParams, keep_logits: bool) -> Result<Self> {
+        batch.validate(model.config.vocab_size, model.config.n_positions)?;
+        params.validate()?;
+        let cfg = &model.config;
+        let (b, t) = (batch.b, batch.t);
+        if params.max_new_tokens == 0 {
+            return Err(Error::Input("max_new_tokens must be at least 1".into()));
+        }
+        let total = t + params.max_new_tokens;
+        if total > cfg.n_positions {
+            return Err(Error::Input(format!(
+                "prompt length {t} + max_new_tokens {} = {total} exceeds the model's context of {} positions (n_positions); \
+                 lower max_new_tokens to at most {}",
+                params.max_new_tokens,
+                cfg.n_positions,
+                cfg.n_positions.saturating_sub(t)
+            )));
+        }
+        if let Some(&id) = params.eos_token_ids.iter().chain(params.pad_token_id.iter()).find(|&&id| id < 0 || id as usize >= cfg.vocab_size) {
+            return Err(Error::Input(format!("eos/pad token id {id} is out of range for a vocabulary of {}", cfg.vocab_size)));
+        }
+        let mask: Vec<i64> = batch.mask.map_or_else(|| vec![1; b * t], <[i64]>::to_vec);
+        let mut seqs = vec![0i64; b * total];
+        for row in 0..b {
+            seqs[row * total..row * total + t].copy_from_slice(&batch.ids[row * t..(row + 1) * t]);
+        }
+        let ignore = (0..b).map(|row| mask[row * t..(row + 1) * t].iter().position(|&m| m != 0).unwrap_or(0)).collect();
+        let (c, i) = (cfg.n_embd, cfg.inner());
+        let rng = SplitMix64::new(params.seed);
+        Ok(Self {
+            b,
+            prompt_len: t,
+            seqs,
+            len: t,
+            next_pos: vec![0; b],
+            ignore,
+            prompt_mask: mask,
+            unfinished: vec![true; b],
+            cache: KvCache::new(model, b, total),
+            scratch: Scratch::new(c, i, b * t),
+            logits: vec![0.0; b * cfg.vocab_size],
+            rng,
+            work: ProcessorWork::default(),
+            keep_logits,
+            history: Vec::new(),
+            params,
+        })
+    }
+
+    fn total(&self) -> usize {
+        self.prompt_len + self.params.max_new_tokens
+    }
+
+    /// True when every row has finished or max_new_tokens tokens were generated.
+    pub fn done(&self) -> bool {
+        self.len >= self.total() || !self.unfinished.iter().any(|&u| u)
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.b
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn unfinished(&self) -> &[bool] {
+        &self.unfinished
+    }
+    /// Raw logits of every step so far (steps, B, V), when requested.
+    pub fn logits_history(&self) -> &[f32] {
+        &self.history
+    }
+
+    /// The sequences so far (B, len), prompt included.
+    pub fn sequences(&self) -> Vec<i64> {
+        let total = self.total();
+        (0..self.b).flat_map(|r| self.seqs[r * total..r * total + self.len].iter().copied()).collect()
+    }
+
+    /// Marks rows as finished (e.g. a stop string matched): they get pad tokens from now on.
+    pub fn finish_rows(&mut self, rows: &[bool]) {
+        for (u, &f) in self.unfinished.iter_mut().zip(rows) {
+            if f {
+                *u = false;
+            }
+        }
+    }
+
+    /// One decoding step: a forward (the whole prompt on the first call, then the last
+    /// token), the processors, the choice of each row's token. Returns the B new tokens, or
+    /// None when generation is done.
+    pub fn step(&mut self, model: &Gpt2<f32>) -> Result<Option<Vec<i64>>> {
+        if self.done() {
+            return Ok(None);
+        }
+        let (b, total, v) = (self.b, self.total(), model.config.vocab_size);
+        if self.cache.is_empty() {
+            let t = self.prompt_len;
+            let mut pos = vec![0i64; b * t];
+            let mut ids = vec![0i64; b * t];
+            for row in 0..b {
+                let mut cum = 0i64;
+                for j in 0..t {
+                    let m = self.prompt_mask[row * t + j];
+                    cum += i64::from(m != 0);
+                    pos[row * t + j] = if m != 0 { cum - 1 } else { 0 };
+                    ids[row * t + j] = self.seqs[row * total + j];
+                }
+                self.next_pos[row] = if cum == 0 { 0 } else { pos[row * t + t - 1] } + 1;
+            }
+            let mask = self.prompt_mask.clone();
+            model.forward_cached(&mut self.cache, &mut self.scratch, &ids, &pos, &mask, t, &mut self.logits, false)?;
+        } else {
+            let ids: Vec<i64> = (0..b).map(|r| self.seqs[r * total + self.len - 1]).collect();
+            let pos = self.next_pos.clone();
+            for p in self.next_pos.iter_mut() {
+                *p += 1;
+            }
+            let ones = vec![1i64; b];
+            model.forward_cached(&mut self.cache, &mut self.scratch, &ids, &pos, &ones, 1, &mut self.logits, false)?;
+        }
+        if self.keep_logits {
+            self.history.extend_from_slice(&self.logits[..b * v]);
+        }
+        let mut next = vec![0i64; b];
+        for row in 0..b {
+            let scores = &mut self.logits[row * v..(row + 1) * v];
+            let prev = &self.seqs[row * total + self.ignore[row]..row * total + self.len];
+            process_row(scores, prev, &self.params, &mut self.work);
+            let tok = if self.params.do_sample { sample(scores, &mut self.rng) } else { argmax(scores) } as i64;
+            next[row] = match (self.unfinished[row], self.params.pad_token_id) {
+                (false, Some(pad)) => pad,
+                _ => tok,
+            };
+        }
+        for row in 0..b {
+            self.seqs[row * total + self.len] = next[row];
+            if self.params.eos_token_ids.contains(&next[row]) {
+                self.unfinished[row] = false;
+            }
+        }
+        self.len += 1;
+        Ok(Some(next))
+    }
+
+    /// Runs until done; returns the (B, len) sequences.
+    pub fn run(&mut self, model: &Gpt2<f32>) -> Result<Vec<i64>> {
+        while self.step(model)?.is_some() {}
+        Ok(self.sequences())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Gpt2Config;
+    use crate::models::CausalLm;
+
+    fn tiny(n_positions: usize) -> Gpt2<f32> {
+        let cfg = Gpt2Config::from_value(serde_json::json!({
+            "model_type": "gpt2", "vocab_size": 23, "n_positions": n_positions, "n_embd": 12, "n_layer": 2, "n_head": 3,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.5
+        }))
+        .unwrap();
+        let mut m = Gpt2::<f32>::from_config(cfg, 7).unwrap();
+        m.state.training = false;
+        m
+    }
+
+    /// Prefill of k tokens then one token at a time gives the full forward's logits at every
+    /// position (no padding: both use positions 0..T).
+    #[test]
+    fn cached_logits_match_full_forward() {
+        let mut m = tiny(16);
+        let (b, t, v) = (2, 9, 23);
+        let ids: Vec<i64> = (0..b * t).map(|k| ((k * 7 + 3) % v) as i64).collect();
+        m.forward(&Batch { ids: &ids, mask: None, labels: None, b, t }).unwrap();
+        let full = m.logits().to_vec();
+        for prefill in [1, 4, t] {
+            let mut cache = KvCache::<f32>::new(&m, b, t);
+            let mut sc = Scratch::new(12, 48, b * t);
+            let mut got = vec![0.0f32; b * t * v];
+            let take = |row_from: usize, n: usize| -> Vec<i64> {
+                (0..b).flat_map(|r| ids[r * t + row_from..r * t + row_from + n].iter().copied()).collect()
+            };
+            let pos = |from: usize, n: usize| -> Vec<i64> { (0..b).flat_map(|_| (from..from + n).map(|p| p as i64)).collect() };
+            let mut out = vec![0.0f32; b * prefill * v];
+            m.forward_cached(&mut cache, &mut sc, &take(0, prefill), &pos(0, prefill), &vec![1; b * prefill], prefill, &mut out, true).unwrap();
+            for r in 0..b {
+                for j in 0..prefill {
+                    got[(r * t + j) * v..][..v].copy_from_slice(&out[(r * prefill + j) * v..][..v]);
+                }
+            }
+            for j in prefill..t {
+                let mut out = vec![0.0f32; b * v];
+                m.forward_cached(&mut cache, &mut sc, &take(j, 1), &pos(j, 1), &[1, 1], 1, &mut out, false).unwrap();
+                for r in 0..b {
+                    got[(r * t + j) * v..][..v].copy_from_slice(&out[r * v..][..v]);
+                }
+            }
+            let err = got.iter().zip(&full).fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+            assert!(err < 1e-5, "prefill {prefill}: max abs error {err}");
+        }
+    }
+
+    /// A left-padded row generates what the same prompt without padding generates.
+    #[test]
+    fn left_padding_is_invisible() {
+        let m = tiny(32);
+        let p = GenerateParams { max_new_tokens: 6, ..Default::default() };
+        let prompt = [5i64, 9, 2, 17];
+        let solo = Generation::new(&m, &Batch { ids: &prompt, mask: None, labels: None, b: 1, t: 4 }, p.clone(), false)
+            .unwrap()
+            .run(&m)
+            .unwrap();
+        let ids = [0i64, 0, 5, 9, 2, 17, 1, 2, 3, 4, 5, 6];
+        let mask = [0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+        let both = Generation::new(&m, &Batch { ids: &ids, mask: Some(&mask), labels: None, b: 2, t: 6 }, p, false)
+            .unwrap()
+            .run(&m)
+            .unwrap();
+        assert_eq!(&both[2..12], &solo[..], "padded row {both:?} vs alone {solo:?}");
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible() {
+        let m = tiny(32);
+        let ids = [1i64, 2, 3];
+        let run = |seed| {
+            let p = GenerateParams { max_new_tokens: 20, do_sample: true, seed, ..Default::default() };
+            Generation::new(&m, &Batch { ids: &ids, mask: None, labels: None, b: 1, t: 3 }, p, false).unwrap().run(&m).unwrap()
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn eos_then_pad() {
+        let m = tiny(32);
+        let ids = [1i64, 2, 3];
+        let greedy = Generation::new(&m, &Batch { ids: &ids, mask: None, labels: None, b: 1, t: 3 }, GenerateParams { max_new_tokens: 5, ..Default::default() }, false)
+            .unwrap()
+            .run(&m)
+            .unwrap();
+        let first = greedy[3];
+        let p = GenerateParams { max_new_tokens: 5, eos_token_ids: vec![first], pad_token_id: Some(0), ..Default::default() };
+        let out = Generation::new(&m, &Batch { ids: &ids, mask: None, labels: None, b: 1, t: 3 }, p, false).unwrap().run(&m).unwrap();
+        assert_eq!(out, vec![1, 2, 3, first], "stops right after eos");
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        let m = tiny(8);
+        let ids = [1i64, 2, 3];
+        let batch = Batch { ids: &ids, mask: None, labels: None, b: 1, t: 3 };
+        let err = |p: GenerateParams| Generation::new(&m, &batch, p, false).err().expect("rejected").to_string();
+        assert!(err(GenerateParams { max_new_tokens: 6, ..Default::default() }).contains("at most 5"));
+        assert!(err(GenerateParams { max_new_tokens: 2, top_p: Some(0.0), ..Default::default() }).contains("top_p"));
+        assert!(err(GenerateParams { max_new_tokens: 2, top_p: Some(1.5), ..Default::default() }).contains("top_p"));
+        assert!(err(GenerateParams { max_new_tokens: 2, temperature: Some(-1.0), ..Default::default() }).contains("temperature"));
+    }
+
+    #[test]
+    fn processors_basic() {
+        let mut s = vec![1.0f32, -2.0, 3.0, 0.5];
+        repetition_penalty(&mut s, &[0, 1, 1], 2.0, &mut Vec::new());
+        assert_eq!(s, vec![0.5, -4.0, 3.0, 0.5]);
+        let mut s = vec![1.0f32, 4.0, 3.0, 3.0];
+        top_k(&mut s, 2, &mut Vec::new());
+        assert_eq!(s, vec![f32::NEG_INFINITY, 4.0, 3.0, 3.0], "ties with the k-th are kept");
+        let mut s = vec![0.0f32, 10.0, 0.0];
+        top_p(&mut s, 0.5, &mut Vec::new(), &mut Vec::new());
+        assert_eq!(s, vec![f32::NEG_INFINITY, 10.0, f32::NEG_INFINITY]);
+    }
+}
