@@ -1,5 +1,6 @@
-//! Text generation: a key/value cache for GPT-2, transformers' logits processors, and the
-//! decoding loop (greedy or seeded sampling) with transformers' `generate` semantics.
+//! Text generation: a key/value cache, the `Decoder` trait each architecture implements
+//! with its inference forward, transformers' logits processors, and the decoding loop
+//! (greedy or seeded sampling) with transformers' `generate` semantics.
 //!
 //! The cache is allocated once for prompt + max_new_tokens positions. The prompt goes
 //! through one forward that fills the cache; every later step feeds one token per row and
@@ -10,45 +11,103 @@
 //! Left padding follows transformers' generate: position ids are cumsum(mask) - 1 (0 on
 //! padding) and padded keys are never attended to.
 //!
-//! Shapes: B = batch, T = tokens fed in this call, S = cache capacity, C = n_embd,
-//! NH = n_head, HS = C / NH, V = vocab_size, I = MLP width, N = B * T.
+//! Shapes: B = batch, T = tokens fed in this call, S = cache capacity, C = hidden size,
+//! NH = heads, NKV = key/value heads, HS = head size, QKV = (NH + 2 NKV) HS, A = NH HS,
+//! V = vocab_size, I = MLP width, N = B * T.
 
 use crate::error::{Error, Result};
-use crate::kernels::attention::{attention_cached_forward, AttnShape};
-use crate::kernels::gelu::gelu_forward;
-use crate::kernels::layernorm::layernorm_forward;
-use crate::kernels::matmul::{gemm, matmul_forward, View};
 use crate::kernels::Real;
-use crate::models::gpt2::Gpt2;
-use crate::models::{add_inplace, Batch};
+use crate::models::Batch;
 use crate::rng::SplitMix64;
 
-/// Keys and values of every layer, (B, NH, S, HS) each, plus the key padding mask (B, S).
+/// The sizes an architecture's inference forward needs buffers for.
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderDims {
+    pub layers: usize,
+    pub nkv: usize,
+    pub hs: usize,
+    pub c: usize,
+    pub qkv: usize,
+    pub a: usize,
+    /// Width of the MLP's first projection (I for GPT-2, 2I for gate | up).
+    pub mlp_in: usize,
+    /// Width of the MLP's activation (I).
+    pub mlp_act: usize,
+    pub vocab: usize,
+    pub max_positions: usize,
+}
+
+/// An architecture that can decode over a key/value cache.
+pub trait Decoder<F: Real>: Sync {
+    fn dims(&self) -> DecoderDims;
+
+    /// Inference forward of T new tokens per row over the cache. ids, positions, mask:
+    /// (B, T). Writes the logits of every new position (B, T, V) into `logits` when
+    /// `all_logits`, else only the last position of each row (B, V).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_cached(
+        &self,
+        cache: &mut KvCache<F>,
+        sc: &mut Scratch<F>,
+        ids: &[i64],
+        positions: &[i64],
+        mask: &[i64],
+        t: usize,
+        logits: &mut [F],
+        all_logits: bool,
+    ) -> Result<()>;
+}
+
+/// Keys and values of every layer, (B, NKV, S, HS) each, plus the key padding mask (B, S).
 pub struct KvCache<F> {
-    b: usize,
-    nh: usize,
-    hs: usize,
-    cap: usize,
-    len: usize,
-    k: Vec<Vec<F>>,
-    v: Vec<Vec<F>>,
-    key_mask: Vec<u8>,
+    pub(crate) b: usize,
+    nkv: usize,
+    pub(crate) hs: usize,
+    pub(crate) cap: usize,
+    pub(crate) len: usize,
+    pub(crate) k: Vec<Vec<F>>,
+    pub(crate) v: Vec<Vec<F>>,
+    pub(crate) key_mask: Vec<u8>,
 }
 
 impl<F: Real> KvCache<F> {
-    pub fn new<M: Real>(model: &Gpt2<M>, b: usize, cap: usize) -> Self {
-        let cfg = &model.config;
-        let (nh, hs) = (cfg.n_head, cfg.n_embd / cfg.n_head);
-        let size = b * nh * cap * hs;
+    pub fn new(d: &DecoderDims, b: usize, cap: usize) -> Self {
+        let size = b * d.nkv * cap * d.hs;
         Self {
             b,
-            nh,
-            hs,
+            nkv: d.nkv,
+            hs: d.hs,
             cap,
             len: 0,
-            k: (0..cfg.n_layer).map(|_| vec![F::zero(); size]).collect(),
-            v: (0..cfg.n_layer).map(|_| vec![F::zero(); size]).collect(),
+            k: (0..d.layers).map(|_| vec![F::zero(); size]).collect(),
+            v: (0..d.layers).map(|_| vec![F::zero(); size]).collect(),
             key_mask: vec![0; b * cap],
+        }
+    }
+
+    /// Records the padding mask of T new positions per row: mask (B, T).
+    pub(crate) fn push_mask(&mut self, mask: &[i64], t: usize) {
+        for row in 0..self.b {
+            for j in 0..t {
+                self.key_mask[row * self.cap + self.len + j] = u8::from(mask[row * t + j] != 0);
+            }
+        }
+    }
+
+    /// Copies this call's keys and values of `layer` from qkv (B, T, QKV) into the cache;
+    /// k starts at column `k_off`, v at `v_off`.
+    pub(crate) fn append(&mut self, layer: usize, qkv: &[F], t: usize, width: usize, k_off: usize, v_off: usize) {
+        let (nkv, hs, cap, past) = (self.nkv, self.hs, self.cap, self.len);
+        let (kc, vc) = (&mut self.k[layer], &mut self.v[layer]);
+        for row in 0..self.b {
+            for j in 0..t {
+                let src = &qkv[(row * t + j) * width..][..width];
+                for h in 0..nkv {
+                    let dst = ((row * nkv + h) * cap + past + j) * hs;
+                    kc[dst..dst + hs].copy_from_slice(&src[k_off + h * hs..][..hs]);
+                    vc[dst..dst + hs].copy_from_slice(&src[v_off + h * hs..][..hs]);
+                }
+            }
         }
     }
     /// Number of positions filled.
@@ -63,132 +122,44 @@ impl<F: Real> KvCache<F> {
     }
     /// Bytes held by the cache (keys + values of every layer).
     pub fn bytes(&self) -> usize {
-        2 * self.k.len() * self.b * self.nh * self.cap * self.hs * std::mem::size_of::<F>()
+        2 * self.k.len() * self.b * self.nkv * self.cap * self.hs * std::mem::size_of::<F>()
     }
 }
 
 /// Work buffers of the inference forward, sized for the largest call (the prompt).
-struct Scratch<F> {
-    rows: usize,
-    x: Vec<F>,    // (N, C) residual stream
-    ln: Vec<F>,   // (N, C)
-    qkv: Vec<F>,  // (N, 3C)
-    atty: Vec<F>, // (N, C)
-    tmp: Vec<F>,  // (N, C)
-    fch: Vec<F>,  // (N, I)
-    fchg: Vec<F>, // (N, I)
-    mean: Vec<F>, // (N)
-    rstd: Vec<F>, // (N)
+pub struct Scratch<F> {
+    pub(crate) rows: usize,
+    pub(crate) x: Vec<F>,    // (N, C) residual stream
+    pub(crate) ln: Vec<F>,   // (N, C)
+    pub(crate) qkv: Vec<F>,  // (N, QKV)
+    pub(crate) atty: Vec<F>, // (N, A)
+    pub(crate) tmp: Vec<F>,  // (N, C)
+    pub(crate) fch: Vec<F>,  // (N, mlp_in)
+    pub(crate) fchg: Vec<F>, // (N, mlp_act)
+    pub(crate) mean: Vec<F>, // (N)
+    pub(crate) rstd: Vec<F>, // (N)
+    /// Rotary tables (S, HS/2) for the cache's positions, filled by architectures with RoPE.
+    pub(crate) cos: Vec<F>,
+    pub(crate) sin: Vec<F>,
 }
 
 impl<F: Real> Scratch<F> {
-    fn new(c: usize, i: usize, rows: usize) -> Self {
+    pub fn new(d: &DecoderDims, rows: usize) -> Self {
         let z = |n: usize| vec![F::zero(); n];
         Self {
             rows,
-            x: z(rows * c),
-            ln: z(rows * c),
-            qkv: z(rows * 3 * c),
-            atty: z(rows * c),
-            tmp: z(rows * c),
-            fch: z(rows * i),
-            fchg: z(rows * i),
+            x: z(rows * d.c),
+            ln: z(rows * d.c),
+            qkv: z(rows * d.qkv),
+            atty: z(rows * d.a),
+            tmp: z(rows * d.c),
+            fch: z(rows * d.mlp_in),
+            fchg: z(rows * d.mlp_act),
             mean: z(rows),
             rstd: z(rows),
+            cos: Vec::new(),
+            sin: Vec::new(),
         }
-    }
-}
-
-impl<F: Real> Gpt2<F> {
-    /// Inference forward of T new tokens per row over the cache.
-    ///
-    /// ids, positions, mask: (B, T). Writes the logits of every new position (B, T, V) into
-    /// `logits` when `all_logits`, else only the last position of each row (B, V).
-    #[allow(clippy::too_many_arguments)]
-    fn forward_cached(
-        &self,
-        cache: &mut KvCache<F>,
-        sc: &mut Scratch<F>,
-        ids: &[i64],
-        positions: &[i64],
-        mask: &[i64],
-        t: usize,
-        logits: &mut [F],
-        all_logits: bool,
-    ) -> Result<()> {
-        let cfg = &self.config;
-        let (b, c, i, nh, v) = (cache.b, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
-        let n = b * t;
-        let (past, cap, hs) = (cache.len, cache.cap, cache.hs);
-        if past + t > cap {
-            return Err(Error::Input(format!("KV cache holds {cap} positions, {} requested", past + t)));
-        }
-        assert!(n <= sc.rows, "scratch sized for {} rows, {n} requested", sc.rows);
-        let (p, lay) = (&self.state.params, &self.layout);
-        let (wte, wpe) = (&p[lay.wte.clone()], &p[lay.wpe.clone()]);
-        // x (N, C) = wte[id] + wpe[position]
-        for (r, xr) in sc.x[..n * c].chunks_exact_mut(c).enumerate() {
-            let (id, pos) = (ids[r], positions[r]);
-            if id < 0 || id as usize >= v {
-                return Err(Error::TokenOutOfRange { what: "token id", id, row: r / t, col: r % t, vocab: v });
-            }
-            if pos < 0 || pos as usize >= cfg.n_positions {
-                return Err(Error::Input(format!(
-                    "position {pos} is past the model's maximum of {} positions (n_positions)",
-                    cfg.n_positions
-                )));
-            }
-            let (tok, pe) = (&wte[id as usize * c..][..c], &wpe[pos as usize * c..][..c]);
-            for k in 0..c {
-                xr[k] = tok[k] + pe[k];
-            }
-        }
-        for row in 0..b {
-            for j in 0..t {
-                cache.key_mask[row * cap + past + j] = u8::from(mask[row * t + j] != 0);
-            }
-        }
-        let scales = self.attn_scales();
-        let eps = cfg.layer_norm_epsilon;
-        let shape = AttnShape::mha(b, t, c, nh);
-        for (l, lp) in lay.layers.iter().enumerate() {
-            layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, eps);
-            matmul_forward(&mut sc.qkv, &sc.ln[..n * c], &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
-            // append this call's keys and values: qkv (B, T, 3C) -> cache (B, NH, S, HS)
-            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-            for row in 0..b {
-                for j in 0..t {
-                    let src = &sc.qkv[(row * t + j) * 3 * c..][..3 * c];
-                    for h in 0..nh {
-                        let dst = ((row * nh + h) * cap + past + j) * hs;
-                        kc[dst..dst + hs].copy_from_slice(&src[c + h * hs..][..hs]);
-                        vc[dst..dst + hs].copy_from_slice(&src[2 * c + h * hs..][..hs]);
-                    }
-                }
-            }
-            attention_cached_forward(&mut sc.atty[..n * c], &sc.qkv[..n * 3 * c], kc, vc, &cache.key_mask, shape, past, cap, scales[l]);
-            matmul_forward(&mut sc.tmp, &sc.atty[..n * c], &p[lp.proj_w.clone()], Some(&p[lp.proj_b.clone()]), n, c, c);
-            add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
-            layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, eps);
-            matmul_forward(&mut sc.fch, &sc.ln[..n * c], &p[lp.fc_w.clone()], Some(&p[lp.fc_b.clone()]), n, c, i);
-            gelu_forward(&mut sc.fchg[..n * i], &sc.fch[..n * i]);
-            matmul_forward(&mut sc.tmp, &sc.fchg[..n * i], &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
-            add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
-        }
-        // final LayerNorm and the tied lm_head, on every row or on the last one of each batch row
-        let rows = if all_logits { n } else { b };
-        if !all_logits && t > 1 {
-            for row in 0..b {
-                let src = (row * t + t - 1) * c;
-                sc.tmp[row * c..(row + 1) * c].copy_from_slice(&sc.x[src..src + c]);
-            }
-        } else {
-            sc.tmp[..rows * c].copy_from_slice(&sc.x[..rows * c]);
-        }
-        layernorm_forward(&mut sc.ln[..rows * c], &mut sc.mean[..rows], &mut sc.rstd[..rows], &sc.tmp[..rows * c], &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, eps);
-        gemm(&mut logits[..rows * v], rows, v, c, View::rows(&sc.ln[..rows * c], c), View::t(wte, c), false);
-        cache.len += t;
-        Ok(())
     }
 }
 
@@ -444,26 +415,26 @@ pub struct Generation<F: Real> {
 
 impl Generation<f32> {
     /// Validates everything and allocates the cache for prompt + max_new_tokens positions.
-    pub fn new(model: &Gpt2<f32>, batch: &Batch<'_>, params: GenerateParams, keep_logits: bool) -> Result<Self> {
-        batch.validate(model.config.vocab_size, model.config.n_positions)?;
+    pub fn new(model: &dyn Decoder<f32>, batch: &Batch<'_>, params: GenerateParams, keep_logits: bool) -> Result<Self> {
+        let d = model.dims();
+        batch.validate(d.vocab, d.max_positions)?;
         params.validate()?;
-        let cfg = &model.config;
         let (b, t) = (batch.b, batch.t);
         if params.max_new_tokens == 0 {
             return Err(Error::Input("max_new_tokens must be at least 1".into()));
         }
         let total = t + params.max_new_tokens;
-        if total > cfg.n_positions {
+        if total > d.max_positions {
             return Err(Error::Input(format!(
-                "prompt length {t} + max_new_tokens {} = {total} exceeds the model's context of {} positions (n_positions); \
+                "prompt length {t} + max_new_tokens {} = {total} exceeds the model's context of {} positions; \
                  lower max_new_tokens to at most {}",
                 params.max_new_tokens,
-                cfg.n_positions,
-                cfg.n_positions.saturating_sub(t)
+                d.max_positions,
+                d.max_positions.saturating_sub(t)
             )));
         }
-        if let Some(&id) = params.eos_token_ids.iter().chain(params.pad_token_id.iter()).find(|&&id| id < 0 || id as usize >= cfg.vocab_size) {
-            return Err(Error::Input(format!("eos/pad token id {id} is out of range for a vocabulary of {}", cfg.vocab_size)));
+        if let Some(&id) = params.eos_token_ids.iter().chain(params.pad_token_id.iter()).find(|&&id| id < 0 || id as usize >= d.vocab) {
+            return Err(Error::Input(format!("eos/pad token id {id} is out of range for a vocabulary of {}", d.vocab)));
         }
         let mask: Vec<i64> = batch.mask.map_or_else(|| vec![1; b * t], <[i64]>::to_vec);
         let mut seqs = vec![0i64; b * total];
@@ -471,7 +442,6 @@ impl Generation<f32> {
             seqs[row * total..row * total + t].copy_from_slice(&batch.ids[row * t..(row + 1) * t]);
         }
         let ignore = (0..b).map(|row| mask[row * t..(row + 1) * t].iter().position(|&m| m != 0).unwrap_or(0)).collect();
-        let (c, i) = (cfg.n_embd, cfg.inner());
         let rng = SplitMix64::new(params.seed);
         Ok(Self {
             b,
@@ -482,9 +452,9 @@ impl Generation<f32> {
             ignore,
             prompt_mask: mask,
             unfinished: vec![true; b],
-            cache: KvCache::new(model, b, total),
-            scratch: Scratch::new(c, i, b * t),
-            logits: vec![0.0; b * cfg.vocab_size],
+            cache: KvCache::new(&d, b, total),
+            scratch: Scratch::new(&d, b * t),
+            logits: vec![0.0; b * d.vocab],
             rng,
             work: ProcessorWork::default(),
             keep_logits,
@@ -537,11 +507,11 @@ impl Generation<f32> {
     /// One decoding step: a forward (the whole prompt on the first call, then the last
     /// token), the processors, the choice of each row's token. Returns the B new tokens, or
     /// None when generation is done.
-    pub fn step(&mut self, model: &Gpt2<f32>) -> Result<Option<Vec<i64>>> {
+    pub fn step(&mut self, model: &dyn Decoder<f32>) -> Result<Option<Vec<i64>>> {
         if self.done() {
             return Ok(None);
         }
-        let (b, total, v) = (self.b, self.total(), model.config.vocab_size);
+        let (b, total, v) = (self.b, self.total(), model.dims().vocab);
         if self.cache.is_empty() {
             let t = self.prompt_len;
             let mut pos = vec![0i64; b * t];
@@ -592,7 +562,7 @@ impl Generation<f32> {
     }
 
     /// Runs until done; returns the (B, len) sequences.
-    pub fn run(&mut self, model: &Gpt2<f32>) -> Result<Vec<i64>> {
+    pub fn run(&mut self, model: &dyn Decoder<f32>) -> Result<Vec<i64>> {
         while self.step(model)?.is_some() {}
         Ok(self.sequences())
     }
@@ -601,7 +571,9 @@ impl Generation<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Gpt2Config;
+    use crate::config::{Gpt2Config, LlamaConfig};
+    use crate::models::gpt2::Gpt2;
+    use crate::models::llama::Llama;
     use crate::models::CausalLm;
 
     fn tiny(n_positions: usize) -> Gpt2<f32> {
@@ -615,18 +587,26 @@ mod tests {
         m
     }
 
+    fn tiny_llama(extra: serde_json::Value) -> Llama<f32> {
+        let mut v = serde_json::json!({
+            "model_type": "llama", "vocab_size": 23, "hidden_size": 12, "intermediate_size": 20,
+            "num_hidden_layers": 2, "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 4,
+            "max_position_embeddings": 32, "initializer_range": 0.3, "tie_word_embeddings": true
+        });
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        Llama::<f32>::from_config(LlamaConfig::from_value(v).unwrap(), 7).unwrap()
+    }
+
     /// Prefill of k tokens then one token at a time gives the full forward's logits at every
     /// position (no padding: both use positions 0..T).
-    #[test]
-    fn cached_logits_match_full_forward() {
-        let mut m = tiny(16);
+    fn check_cached_logits<M: CausalLm<f32> + Decoder<f32>>(m: &mut M) {
         let (b, t, v) = (2, 9, 23);
         let ids: Vec<i64> = (0..b * t).map(|k| ((k * 7 + 3) % v) as i64).collect();
         m.forward(&Batch { ids: &ids, mask: None, labels: None, b, t }).unwrap();
         let full = m.logits().to_vec();
         for prefill in [1, 4, t] {
-            let mut cache = KvCache::<f32>::new(&m, b, t);
-            let mut sc = Scratch::new(12, 48, b * t);
+            let mut cache = KvCache::<f32>::new(&m.dims(), b, t);
+            let mut sc = Scratch::new(&m.dims(), b * t);
             let mut got = vec![0.0f32; b * t * v];
             let take = |row_from: usize, n: usize| -> Vec<i64> {
                 (0..b).flat_map(|r| ids[r * t + row_from..r * t + row_from + n].iter().copied()).collect()
@@ -649,6 +629,14 @@ mod tests {
             let err = got.iter().zip(&full).fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
             assert!(err < 1e-5, "prefill {prefill}: max abs error {err}");
         }
+    }
+
+    #[test]
+    fn cached_logits_match_full_forward() {
+        check_cached_logits(&mut tiny(16));
+        check_cached_logits(&mut tiny_llama(serde_json::json!({})));
+        check_cached_logits(&mut tiny_llama(serde_json::json!({"model_type": "qwen2"})));
+        check_cached_logits(&mut tiny_llama(serde_json::json!({"model_type": "mistral", "sliding_window": 3})));
     }
 
     /// A left-padded row generates what the same prompt without padding generates.

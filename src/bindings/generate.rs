@@ -6,20 +6,20 @@ use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
 
 use crate::error::Error;
-use crate::generate::{process_row, GenerateParams, Generation, ProcessorWork};
+use crate::generate::{process_row, Decoder, GenerateParams, Generation, ProcessorWork};
 use crate::models::Batch;
 
 use super::convert::{ids_2d, to_numpy};
 use super::detach;
 use super::errors::PyFtResult;
 use super::model::PyModel;
-use crate::models::gpt2::Gpt2;
+
 
 /// The GPT-2 behind a model: the KV-cached path covers GPT-2 so far.
-fn gpt2(m: &PyModel) -> PyFtResult<&Gpt2<f32>> {
-    m.inner.as_gpt2().ok_or_else(|| {
+fn decoder(m: &PyModel) -> PyFtResult<&dyn Decoder<f32>> {
+    m.inner.as_decoder().ok_or_else(|| {
         let arch = m.inner.config_value().get("model_type").and_then(|v| v.as_str()).unwrap_or("?").to_string();
-        Error::Input(format!("generate() supports gpt2 models so far, not {arch:?}")).into()
+        Error::Input(format!("generate() does not support {arch:?} models")).into()
     })
 }
 
@@ -81,7 +81,7 @@ impl PyGeneration {
             seed,
         };
         let guard = model.borrow(py);
-        let m = gpt2(&guard)?;
+        let m = decoder(&guard)?;
         let batch = Batch { ids, mask, labels: None, b, t };
         let inner = detach(py, move || Ok(Generation::new(m, &batch, params, output_logits)?))?;
         drop(guard);
@@ -92,7 +92,7 @@ impl PyGeneration {
     /// (B, steps done), steps done = 0 once generation is over.
     fn step<'py>(&mut self, py: Python<'py>, max_steps: usize) -> PyResult<Bound<'py, PyAny>> {
         let guard = self.model.borrow(py);
-        let m = gpt2(&guard)?;
+        let m = decoder(&guard)?;
         let gen = &mut self.inner;
         let b = gen.batch_size();
         let (tokens, n) = detach(py, move || {

@@ -18,7 +18,9 @@ use serde_json::Value;
 use crate::config::Gpt2Config;
 use crate::error::Result;
 use crate::io::safetensors::RawTensor;
-use crate::kernels::attention::{attention_backward, attention_forward, AttnShape};
+use crate::error::Error;
+use crate::generate::{Decoder, DecoderDims, KvCache, Scratch};
+use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape};
 use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats, IGNORE_INDEX};
 use crate::kernels::dropout::dropout_apply;
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
@@ -242,7 +244,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         self.config.vocab_size
     }
 
-    fn as_gpt2(&self) -> Option<&Gpt2<F>> {
+    fn as_decoder(&self) -> Option<&dyn Decoder<F>> {
         Some(self)
     }
 
@@ -395,6 +397,98 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         Ok(stats)
     }
 }
+
+/// The inference forward over a key/value cache (crate::generate).
+impl<F: Real> Decoder<F> for Gpt2<F> {
+    fn dims(&self) -> DecoderDims {
+        let cfg = &self.config;
+        DecoderDims {
+            layers: cfg.n_layer,
+            nkv: cfg.n_head,
+            hs: cfg.n_embd / cfg.n_head,
+            c: cfg.n_embd,
+            qkv: 3 * cfg.n_embd,
+            a: cfg.n_embd,
+            mlp_in: cfg.inner(),
+            mlp_act: cfg.inner(),
+            vocab: cfg.vocab_size,
+            max_positions: cfg.n_positions,
+        }
+    }
+
+    fn forward_cached(
+        &self,
+        cache: &mut KvCache<F>,
+        sc: &mut Scratch<F>,
+        ids: &[i64],
+        positions: &[i64],
+        mask: &[i64],
+        t: usize,
+        logits: &mut [F],
+        all_logits: bool,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let (b, c, i, nh, v) = (cache.b, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
+        let n = b * t;
+        let (past, cap) = (cache.len, cache.cap);
+        if past + t > cap {
+            return Err(Error::Input(format!("KV cache holds {cap} positions, {} requested", past + t)));
+        }
+        assert!(n <= sc.rows, "scratch sized for {} rows, {n} requested", sc.rows);
+        let (p, lay) = (&self.state.params, &self.layout);
+        let (wte, wpe) = (&p[lay.wte.clone()], &p[lay.wpe.clone()]);
+        // x (N, C) = wte[id] + wpe[position]
+        for (r, xr) in sc.x[..n * c].chunks_exact_mut(c).enumerate() {
+            let (id, pos) = (ids[r], positions[r]);
+            if id < 0 || id as usize >= v {
+                return Err(Error::TokenOutOfRange { what: "token id", id, row: r / t, col: r % t, vocab: v });
+            }
+            if pos < 0 || pos as usize >= cfg.n_positions {
+                return Err(Error::Input(format!(
+                    "position {pos} is past the model's maximum of {} positions (n_positions)",
+                    cfg.n_positions
+                )));
+            }
+            let (tok, pe) = (&wte[id as usize * c..][..c], &wpe[pos as usize * c..][..c]);
+            for k in 0..c {
+                xr[k] = tok[k] + pe[k];
+            }
+        }
+        cache.push_mask(mask, t);
+        let scales = self.attn_scales();
+        let eps = cfg.layer_norm_epsilon;
+        let shape = AttnShape::mha(b, t, c, nh);
+        for (l, lp) in lay.layers.iter().enumerate() {
+            layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, eps);
+            matmul_forward(&mut sc.qkv, &sc.ln[..n * c], &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
+            // append this call's keys and values: qkv (B, T, 3C) -> cache (B, NH, S, HS)
+            cache.append(l, &sc.qkv, t, 3 * c, c, 2 * c);
+            attention_cached_forward(&mut sc.atty[..n * c], &sc.qkv[..n * 3 * c], &cache.k[l], &cache.v[l], &cache.key_mask, shape, past, cap, scales[l]);
+            matmul_forward(&mut sc.tmp, &sc.atty[..n * c], &p[lp.proj_w.clone()], Some(&p[lp.proj_b.clone()]), n, c, c);
+            add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
+            layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, eps);
+            matmul_forward(&mut sc.fch, &sc.ln[..n * c], &p[lp.fc_w.clone()], Some(&p[lp.fc_b.clone()]), n, c, i);
+            gelu_forward(&mut sc.fchg[..n * i], &sc.fch[..n * i]);
+            matmul_forward(&mut sc.tmp, &sc.fchg[..n * i], &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
+            add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
+        }
+        // final LayerNorm and the tied lm_head, on every row or on the last one of each batch row
+        let rows = if all_logits { n } else { b };
+        if !all_logits && t > 1 {
+            for row in 0..b {
+                let src = (row * t + t - 1) * c;
+                sc.tmp[row * c..(row + 1) * c].copy_from_slice(&sc.x[src..src + c]);
+            }
+        } else {
+            sc.tmp[..rows * c].copy_from_slice(&sc.x[..rows * c]);
+        }
+        layernorm_forward(&mut sc.ln[..rows * c], &mut sc.mean[..rows], &mut sc.rstd[..rows], &sc.tmp[..rows * c], &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, eps);
+        gemm(&mut logits[..rows * v], rows, v, c, View::rows(&sc.ln[..rows * c], c), View::t(wte, c), false);
+        cache.len += t;
+        Ok(())
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

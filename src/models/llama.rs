@@ -18,9 +18,10 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::config::LlamaConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::generate::{Decoder, DecoderDims, KvCache, Scratch};
 use crate::io::safetensors::RawTensor;
-use crate::kernels::attention::{attention_backward, attention_forward, AttnShape};
+use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape};
 use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats, IGNORE_INDEX};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::matmul::{gemm, linear_backward_input, linear_backward_weight, linear_forward, View};
@@ -257,6 +258,10 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         })
     }
 
+    fn as_decoder(&self) -> Option<&dyn Decoder<F>> {
+        Some(self)
+    }
+
     fn logits(&self) -> &[F] {
         self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size])
     }
@@ -376,6 +381,96 @@ impl<F: Real> CausalLm<F> for Llama<F> {
 
         embedding_backward(g.get(&lay.embed), None, &acts.dres, &acts.ids, t, c);
         Ok(stats)
+    }
+}
+
+/// The inference forward over a key/value cache (crate::generate).
+impl<F: Real> Decoder<F> for Llama<F> {
+    fn dims(&self) -> DecoderDims {
+        let c = &self.config;
+        let (nh, nkv, hs) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        DecoderDims {
+            layers: c.num_hidden_layers,
+            nkv,
+            hs,
+            c: c.hidden_size,
+            qkv: (nh + 2 * nkv) * hs,
+            a: nh * hs,
+            mlp_in: 2 * c.intermediate_size,
+            mlp_act: c.intermediate_size,
+            vocab: c.vocab_size,
+            max_positions: c.max_position_embeddings,
+        }
+    }
+
+    fn forward_cached(
+        &self,
+        cache: &mut KvCache<F>,
+        sc: &mut Scratch<F>,
+        ids: &[i64],
+        positions: &[i64],
+        mask: &[i64],
+        t: usize,
+        logits: &mut [F],
+        all_logits: bool,
+    ) -> Result<()> {
+        let d = self.dims();
+        let cfg = &self.config;
+        let (b, c, i, v, hs, nh) = (cache.b, d.c, d.mlp_act, d.vocab, d.hs, cfg.num_attention_heads);
+        let (n, qkv, a, eps) = (b * t, d.qkv, d.a, cfg.rms_norm_eps);
+        let (past, cap) = (cache.len, cache.cap);
+        if past + t > cap {
+            return Err(Error::Input(format!("KV cache holds {cap} positions, {} requested", past + t)));
+        }
+        assert!(n <= sc.rows, "scratch sized for {} rows, {n} requested", sc.rows);
+        if sc.cos.is_empty() {
+            (sc.cos, sc.sin) = rope_tables(&cfg.inv_freq(), cap);
+        }
+        let (p, lay) = (&self.state.params, &self.layout);
+        let embed = &p[lay.embed.clone()];
+        let mut pos = Vec::with_capacity(n);
+        for (r, xr) in sc.x[..n * c].chunks_exact_mut(c).enumerate() {
+            let (id, ps) = (ids[r], positions[r]);
+            if id < 0 || id as usize >= v {
+                return Err(Error::TokenOutOfRange { what: "token id", id, row: r / t, col: r % t, vocab: v });
+            }
+            if ps < 0 || ps as usize >= cap {
+                return Err(Error::Input(format!("position {ps} is outside the cache of {cap} positions")));
+            }
+            xr.copy_from_slice(&embed[id as usize * c..][..c]);
+            pos.push(ps as usize);
+        }
+        cache.push_mask(mask, t);
+        let scale = 1.0 / (hs as f64).sqrt();
+        for (l, lp) in lay.layers.iter().enumerate() {
+            rmsnorm_forward(&mut sc.ln[..n * c], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1.clone()], c, eps);
+            linear_forward(&mut sc.qkv, &sc.ln[..n * c], &p[lp.qkv_w.clone()], lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
+            rope_apply(&mut sc.qkv[..n * qkv], &sc.cos, &sc.sin, &pos, nh + cfg.num_key_value_heads, hs, qkv, false);
+            cache.append(l, &sc.qkv, t, qkv, a, a + d.nkv * hs);
+            let shape = self.attn_shape(b, t, l);
+            attention_cached_forward(&mut sc.atty[..n * a], &sc.qkv[..n * qkv], &cache.k[l], &cache.v[l], &cache.key_mask, shape, past, cap, scale);
+            linear_forward(&mut sc.tmp, &sc.atty[..n * a], &p[lp.o_w.clone()], lp.o_b.clone().map(|r| &p[r]), n, a, c);
+            add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
+            rmsnorm_forward(&mut sc.ln[..n * c], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln2.clone()], c, eps);
+            linear_forward(&mut sc.fch, &sc.ln[..n * c], &p[lp.gu_w.clone()], None, n, c, 2 * i);
+            swiglu_forward(&mut sc.fchg[..n * i], &sc.fch[..n * 2 * i], i);
+            linear_forward(&mut sc.tmp, &sc.fchg[..n * i], &p[lp.down_w.clone()], None, n, i, c);
+            add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
+        }
+        // final RMSNorm and lm_head, on every row or on the last one of each batch row
+        let rows = if all_logits { n } else { b };
+        if !all_logits && t > 1 {
+            for row in 0..b {
+                let src = (row * t + t - 1) * c;
+                sc.tmp[row * c..(row + 1) * c].copy_from_slice(&sc.x[src..src + c]);
+            }
+        } else {
+            sc.tmp[..rows * c].copy_from_slice(&sc.x[..rows * c]);
+        }
+        rmsnorm_forward(&mut sc.ln[..rows * c], &mut sc.rstd[..rows], &sc.tmp[..rows * c], &p[lay.norm.clone()], c, eps);
+        gemm(&mut logits[..rows * v], rows, v, c, View::rows(&sc.ln[..rows * c], c), View::t(&p[lay.head.clone()], c), false);
+        cache.len += t;
+        Ok(())
     }
 }
 

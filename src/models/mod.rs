@@ -344,9 +344,8 @@ pub trait CausalLm<F: Real>: Send + Sync {
     /// The config as transformers writes it in config.json.
     fn config_value(&self) -> Value;
     fn vocab_size(&self) -> usize;
-    /// The GPT-2 model behind this one, for the KV-cached generation path (crate::generate),
-    /// which covers GPT-2 only so far.
-    fn as_gpt2(&self) -> Option<&gpt2::Gpt2<F>> {
+    /// The KV-cached inference path of this architecture (crate::generate).
+    fn as_decoder(&self) -> Option<&dyn crate::generate::Decoder<F>> {
         None
     }
     /// Full forward: fills the activations and the (B, T, V) logits.
