@@ -100,13 +100,20 @@ class Model:
 
     # ---- construction -------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: PathLike) -> "Model":
-        """Loads a Hugging Face directory: ``config.json`` + ``model.safetensors`` (or shards)."""
+    def from_pretrained(cls, path: PathLike, gguf_file: Optional[PathLike] = None) -> "Model":
+        """Loads a Hugging Face directory (``config.json`` + ``model.safetensors`` or shards),
+        or a GGUF file: ``from_pretrained("model.gguf")`` or transformers' spelling
+        ``from_pretrained(directory, gguf_file="model.gguf")``; GGUF weights (F32, F16, BF16,
+        Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) are dequantised into trainable float32."""
         path = os.fspath(path)
+        if gguf_file is not None:
+            path = os.path.join(path, os.fspath(gguf_file))
         if not os.path.exists(path):
             raise FileNotFoundError(2, f"No such file or directory: {path}", path)
-        gen_file = os.path.join(path, GENERATION_CONFIG_NAME)
-        gen_config = GenerationConfig.from_pretrained(gen_file) if os.path.isfile(gen_file) else None
+        gen_config = None
+        if os.path.isdir(path):
+            gen_file = os.path.join(path, GENERATION_CONFIG_NAME)
+            gen_config = GenerationConfig.from_pretrained(gen_file) if os.path.isfile(gen_file) else None
         return cls(_core.CausalLM.from_pretrained(path), gen_config)
 
     @classmethod

@@ -19,6 +19,11 @@ pub struct RawTensor {
 }
 
 impl RawTensor {
+    /// A float32 tensor from values.
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
+        RawTensor { dtype: Dtype::F32, shape, data: f32_bytes(values) }
+    }
+
     /// Converts a floating-point tensor to `F` (F64, F32, F16 and BF16 are accepted).
     pub fn to_real<F: Real>(&self, name: &str) -> Result<Vec<F>> {
         let d = &self.data;

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::config::{model_type, read_config_json, Gpt2Config, LlamaConfig};
 use crate::error::{Error, Result};
 use crate::io::atomic::{ensure_dir, write_atomic};
+use crate::io::gguf::load_gguf;
 use crate::io::safetensors::{f32_bytes, load_model_dir, save_file, OutTensor, RawTensor};
 use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
 use crate::kernels::dropout::dropout_mask;
@@ -409,12 +410,20 @@ pub fn from_config(config: Value, seed: u64) -> Result<BoxedModel> {
     build(config, Some(seed))
 }
 
-/// Loads a Hugging Face model directory (config.json + safetensors weights).
-pub fn from_pretrained(dir: &Path) -> Result<BoxedModel> {
-    if !dir.exists() {
-        return Err(Error::FileNotFound(dir.to_path_buf()));
+/// Loads a Hugging Face model directory (config.json + safetensors weights), or a GGUF
+/// file (dequantised into trainable f32 weights with Hugging Face names and layout).
+pub fn from_pretrained(path: &Path) -> Result<BoxedModel> {
+    if !path.exists() {
+        return Err(Error::FileNotFound(path.to_path_buf()));
     }
-    let mut model = build(read_config_json(dir)?, None)?;
-    model.load_tensors(load_model_dir(dir)?, dir)?;
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        let gguf = load_gguf(path)?;
+        let mut model = build(gguf.config, None)?;
+        let tensors = gguf.tensors.into_iter().map(|(name, (shape, values))| (name, RawTensor::from_f32(shape, &values))).collect();
+        model.load_tensors(tensors, path)?;
+        return Ok(model);
+    }
+    let mut model = build(read_config_json(path)?, None)?;
+    model.load_tensors(load_model_dir(path)?, path)?;
     Ok(model)
 }
