@@ -59,3 +59,15 @@ def test_quick_demo_trains_and_writes_files(tmp_path, capsys):
     tok = ferrotune.Tokenizer.from_pretrained(str(final))
     word = summary["translations"][0]
     assert demo.greedy_translate(model, tok, word["zh"]) == word["prediction"]
+
+    # the demo's local greedy loop agrees with the library's generate() (greedy, KV cache)
+    if hasattr(model, "generate"):
+        import numpy as np
+
+        for t in summary["translations"]:
+            ids = tok.encode(demo.prompt_for(t["zh"]))
+            out = model.generate(np.array([ids]), max_new_tokens=48, do_sample=False, eos_token_id=tok.eos_token_id)
+            new = [int(i) for i in out[0, len(ids) :]]
+            if tok.eos_token_id in new:
+                new = new[: new.index(tok.eos_token_id)]
+            assert tok.decode(new).strip() == t["prediction"]
