@@ -172,3 +172,32 @@ def test_use_tqdm_false_forces_text(monkeypatch):
     bar.close()
     assert "1/1" in buf.getvalue()
     assert sys.modules.get("ferrotune.progress") is progress_mod
+
+
+class _FakeShell:
+    config = {"IPKernelApp": {}}
+
+
+def test_jupyter_without_ipywidgets_uses_flat_text_bars(monkeypatch):
+    """In a notebook without ipywidgets: tqdm's text bar (no IProgress warning), and nested
+    bars (training + evaluation) stay on one line instead of using cursor-up codes."""
+    tqdm_std = pytest.importorskip("tqdm.std", reason="tqdm is not installed")
+    fake_ipython = type(sys)("IPython")
+    fake_ipython.get_ipython = lambda: _FakeShell()
+    monkeypatch.setitem(sys.modules, "IPython", fake_ipython)
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import fails
+    assert progress_mod._in_notebook()
+    assert progress_mod._tqdm_class() is tqdm_std.tqdm
+    buf = io.StringIO()
+    outer = ProgressBar(total=3, desc="Training", file=buf)
+    inner = ProgressBar(total=2, desc="Evaluating", file=buf)
+    inner.update(2)
+    inner.close()
+    outer.update(3)
+    outer.close()
+    assert "\x1b[A" not in buf.getvalue()
+
+
+def test_terminal_is_not_a_notebook(monkeypatch):
+    monkeypatch.setitem(sys.modules, "IPython", None)
+    assert not progress_mod._in_notebook()

@@ -1,8 +1,9 @@
 """A progress bar that renders in Jupyter and in a terminal.
 
-``ProgressBar`` uses ``tqdm.auto`` when tqdm is installed (a widget in Jupyter when
-ipywidgets is there, text in a terminal). Without tqdm it draws its own text bar on
-stderr, with rate, elapsed time, ETA and a postfix (loss, learning rate, ...)::
+``ProgressBar`` uses tqdm when it is installed: a widget in Jupyter when ipywidgets is
+there, text in a terminal or in a notebook without ipywidgets. Without tqdm it draws its
+own text bar on stderr, with rate, elapsed time, ETA and a postfix (loss, learning
+rate, ...)::
 
     train:  42%|████████▍           | 42/100 [00:13<00:18, 3.2 step/s, loss=2.31, lr=4.2e-04]
 """
@@ -44,12 +45,36 @@ def _format_postfix(postfix: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={_format_value(v)}" for k, v in postfix.items())
 
 
-def _tqdm_class() -> Any:
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (the test tqdm.auto uses)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
     try:
-        from tqdm.auto import tqdm
+        shell = ipython.get_ipython()
+        return shell is not None and "IPKernelApp" in shell.config
+    except Exception:
+        return False
+
+
+def _tqdm_class() -> Any:
+    """tqdm's notebook widget inside Jupyter when ipywidgets is installed, else its text bar.
+
+    This is ``tqdm.auto``'s choice, minus its warning when ipywidgets is missing (the
+    text bar works in Jupyter too). ``None`` when tqdm is not installed.
+    """
+    try:
+        from tqdm.std import tqdm as text_tqdm
     except ImportError:
         return None
-    return tqdm
+    if _in_notebook():
+        try:
+            import ipywidgets  # noqa: F401
+            from tqdm.notebook import tqdm as notebook_tqdm
+        except ImportError:
+            return text_tqdm
+        return notebook_tqdm
+    return text_tqdm
 
 
 class ProgressBar:
@@ -103,6 +128,11 @@ class ProgressBar:
         if self.disable:
             return
         if tqdm_cls is not None:
+            extra: Dict[str, Any] = {}
+            if _in_notebook() and getattr(tqdm_cls, "__module__", "") == "tqdm.std":
+                # Jupyter's output area does not understand the cursor-up codes tqdm uses
+                # to stack nested bars (training + evaluation): keep every bar on one line.
+                extra["position"] = 0
             self._tqdm = tqdm_cls(
                 total=self.total,
                 desc=desc or None,
@@ -111,6 +141,7 @@ class ProgressBar:
                 leave=leave,
                 initial=initial,
                 dynamic_ncols=True,
+                **extra,
             )
         else:
             self._draw(force=True)
