@@ -37,18 +37,38 @@ impl<F> View<F> {
 
 /// dst (M, N) row-major `=` (or `+=` when `accumulate`) lhs (M, K) @ rhs (K, N).
 pub fn gemm<F: Real>(dst: &mut [F], m: usize, n: usize, k: usize, lhs: View<F>, rhs: View<F>, accumulate: bool) {
-    assert!(dst.len() >= m * n, "gemm: dst too small");
+    gemm_into(dst, n, m, n, k, lhs, rhs, accumulate, F::one());
+}
+
+/// dst (M, N), rows `dst_rs` elements apart, `=` (or `+=` when `accumulate`)
+/// scale * lhs (M, K) @ rhs (K, N). With dst_rs > N this writes a column block of a wider
+/// matrix (e.g. a LoRA update of the q part of a fused qkv output).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_into<F: Real>(
+    dst: &mut [F],
+    dst_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: View<F>,
+    rhs: View<F>,
+    accumulate: bool,
+    scale: F,
+) {
     if m == 0 || n == 0 {
         return;
     }
+    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n, "gemm: dst too small");
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(F::zero());
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(F::zero());
+            }
         }
         return;
     }
     // SAFETY: the callers pass views over slices holding at least the (M, K) and (K, N)
-    // elements addressed by the strides; dst holds M*N elements (checked above).
+    // elements addressed by the strides; dst holds the (M, N) block (checked above).
     unsafe {
         gemm::gemm(
             m,
@@ -56,7 +76,7 @@ pub fn gemm<F: Real>(dst: &mut [F], m: usize, n: usize, k: usize, lhs: View<F>, 
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.ptr,
             lhs.cs,
@@ -65,7 +85,7 @@ pub fn gemm<F: Real>(dst: &mut [F], m: usize, n: usize, k: usize, lhs: View<F>, 
             rhs.cs,
             rhs.rs,
             F::one(),
-            F::one(),
+            scale,
             false,
             false,
             false,

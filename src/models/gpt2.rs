@@ -28,6 +28,7 @@ use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::matmul::{gemm, matmul_backward, matmul_forward, View};
 use crate::kernels::Real;
+use crate::models::lora::{Lora, LoraModule};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, loss_scale, refresh_mask, Batch, CausalLm, Init, ModelState};
 
@@ -179,8 +180,16 @@ fn drop_opt<F>(mask: &[F]) -> Option<&[F]> {
     (!mask.is_empty()).then_some(mask)
 }
 
+/// LoRA slots of each block: c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj.
+const LORA_PER_LAYER: usize = 4;
+const C_ATTN: usize = 0;
+const ATTN_PROJ: usize = 1;
+const C_FC: usize = 2;
+const MLP_PROJ: usize = 3;
+
 pub struct Gpt2<F: Real> {
     pub config: Gpt2Config,
+    lora: Option<Lora<F>>,
     pub(crate) state: ModelState<F>,
     pub(crate) layout: Layout,
     acts: Option<Acts<F>>,
@@ -192,7 +201,7 @@ impl<F: Real> Gpt2<F> {
         config.validate()?;
         let mut table = ParamTable::default();
         let layout = Layout::new(&config, &mut table);
-        Ok(Self { config, state: ModelState::new(table), layout, acts: None })
+        Ok(Self { config, lora: None, state: ModelState::new(table), layout, acts: None })
     }
 
     /// transformers' initialisation: N(0, initializer_range) for weights and embeddings,
@@ -248,6 +257,36 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         Some(self)
     }
 
+    fn lora_modules(&self) -> (usize, Vec<LoraModule>) {
+        let (c, i) = (self.config.n_embd, self.config.inner());
+        let mut out = Vec::new();
+        for (l, lp) in self.layout.layers.iter().enumerate() {
+            let m = |kind: usize, name: &str, w: &Range<usize>, in_f: usize, out_f: usize| LoraModule {
+                name: format!("transformer.h.{l}.{name}"),
+                slot: l * LORA_PER_LAYER + kind,
+                in_f,
+                out_f,
+                weight: w.clone(),
+                conv1d: true,
+                out_col: 0,
+                out_rs: out_f,
+            };
+            out.push(m(C_ATTN, "attn.c_attn", &lp.attn_w, c, 3 * c));
+            out.push(m(ATTN_PROJ, "attn.c_proj", &lp.proj_w, c, c));
+            out.push(m(C_FC, "mlp.c_fc", &lp.fc_w, c, i));
+            out.push(m(MLP_PROJ, "mlp.c_proj", &lp.fcproj_w, i, c));
+        }
+        (self.config.n_layer * LORA_PER_LAYER, out)
+    }
+
+    fn lora(&self) -> Option<&Lora<F>> {
+        self.lora.as_ref()
+    }
+
+    fn set_lora(&mut self, lora: Option<Lora<F>>) {
+        self.lora = lora;
+    }
+
     /// Checkpoint names with or without the `transformer.` prefix; the tied `lm_head.weight`
     /// and the causal-mask buffers of old checkpoints (`attn.bias`, `attn.masked_bias`) are
     /// not parameters.
@@ -279,6 +318,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
         let acts = self.acts.as_mut().expect("allocated above");
         let (p, lay, rng) = (&self.state.params, &self.layout, &mut self.state.rng);
+        let mut lora = self.lora.as_mut();
         let train = self.state.training;
 
         acts.ids.copy_from_slice(batch.ids);
@@ -296,19 +336,31 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
 
             layernorm_forward(&mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, residual, &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, cfg.layer_norm_epsilon);
             matmul_forward(&mut la.qkv, &la.ln1, &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
+            if let Some(lo) = lora.as_deref_mut() {
+                lo.forward(l * LORA_PER_LAYER + C_ATTN, p, &la.ln1, &mut la.qkv, n, train, rng);
+            }
             refresh_mask(&mut la.att_drop, b * nh * t * t, cfg.attn_pdrop, train, rng);
             attention_forward(&mut la.atty, &mut la.att, &la.qkv, batch.mask, drop_opt(&la.att_drop), shape, scales[l]);
             // res2 = residual + dropout(atty @ Wproj + b)
             matmul_forward(&mut la.res2, &la.atty, &p[lp.proj_w.clone()], Some(&p[lp.proj_b.clone()]), n, c, c);
+            if let Some(lo) = lora.as_deref_mut() {
+                lo.forward(l * LORA_PER_LAYER + ATTN_PROJ, p, &la.atty, &mut la.res2, n, train, rng);
+            }
             refresh_mask(&mut la.proj_drop, n * c, cfg.resid_pdrop, train, rng);
             dropout_apply(&mut la.res2, &la.proj_drop);
             add_inplace(&mut la.res2, residual);
 
             layernorm_forward(&mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, cfg.layer_norm_epsilon);
             matmul_forward(&mut la.fch, &la.ln2, &p[lp.fc_w.clone()], Some(&p[lp.fc_b.clone()]), n, c, i);
+            if let Some(lo) = lora.as_deref_mut() {
+                lo.forward(l * LORA_PER_LAYER + C_FC, p, &la.ln2, &mut la.fch, n, train, rng);
+            }
             gelu_forward(&mut la.fch_gelu, &la.fch);
             // res3 = res2 + dropout(gelu(fch) @ Wfcproj + b)
             matmul_forward(&mut la.res3, &la.fch_gelu, &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
+            if let Some(lo) = lora.as_deref_mut() {
+                lo.forward(l * LORA_PER_LAYER + MLP_PROJ, p, &la.fch_gelu, &mut la.res3, n, train, rng);
+            }
             refresh_mask(&mut la.fc_drop, n * c, cfg.resid_pdrop, train, rng);
             dropout_apply(&mut la.res3, &la.fc_drop);
             add_inplace(&mut la.res3, &la.res2);
@@ -335,6 +387,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
         let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, loss_scale(&acts.targets, num_items)?);
         let (p, mut g) = self.state.grad_view();
+        let lora = self.lora.as_ref();
         let lay = &self.layout;
 
         // logits = lnf @ wte^T:  dlnf (N, C) = dlogits @ wte;  dwte += dlogits^T @ lnf
@@ -363,10 +416,16 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
                 let (dw, db) = g.pair(&lp.fcproj_w, &lp.fcproj_b);
                 matmul_backward(&mut acts.dfchg, dw, db, &acts.dtmp, &la.fch_gelu, &p[lp.fcproj_w.clone()], n, i, c);
             }
+            if let Some(lo) = lora {
+                lo.backward(l * LORA_PER_LAYER + MLP_PROJ, p, &mut g, &la.fch_gelu, &acts.dtmp, &mut acts.dfchg, n);
+            }
             gelu_backward(&mut acts.dfch, &la.fch, &acts.dfchg);
             {
                 let (dw, db) = g.pair(&lp.fc_w, &lp.fc_b);
                 matmul_backward(&mut acts.dln, dw, db, &acts.dfch, &la.ln2, &p[lp.fc_w.clone()], n, c, i);
+            }
+            if let Some(lo) = lora {
+                lo.backward(l * LORA_PER_LAYER + C_FC, p, &mut g, &la.ln2, &acts.dfch, &mut acts.dln, n);
             }
             {
                 let (dw, db) = g.pair(&lp.ln2_w, &lp.ln2_b);
@@ -380,10 +439,16 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
                 let (dw, db) = g.pair(&lp.proj_w, &lp.proj_b);
                 matmul_backward(&mut acts.datty, dw, db, &acts.dtmp, &la.atty, &p[lp.proj_w.clone()], n, c, c);
             }
+            if let Some(lo) = lora {
+                lo.backward(l * LORA_PER_LAYER + ATTN_PROJ, p, &mut g, &la.atty, &acts.dtmp, &mut acts.datty, n);
+            }
             attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att, drop_opt(&la.att_drop), shape, scales[l]);
             {
                 let (dw, db) = g.pair(&lp.attn_w, &lp.attn_b);
                 matmul_backward(&mut acts.dln, dw, db, &acts.dqkv, &la.ln1, &p[lp.attn_w.clone()], n, c, 3 * c);
+            }
+            if let Some(lo) = lora {
+                lo.backward(l * LORA_PER_LAYER + C_ATTN, p, &mut g, &la.ln1, &acts.dqkv, &mut acts.dln, n);
             }
             {
                 let (dw, db) = g.pair(&lp.ln1_w, &lp.ln1_b);
@@ -461,15 +526,27 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
         for (l, lp) in lay.layers.iter().enumerate() {
             layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, eps);
             matmul_forward(&mut sc.qkv, &sc.ln[..n * c], &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
+            if let Some(lo) = &self.lora {
+                lo.apply(l * LORA_PER_LAYER + C_ATTN, p, &sc.ln[..n * c], &mut sc.qkv, n);
+            }
             // append this call's keys and values: qkv (B, T, 3C) -> cache (B, NH, S, HS)
             cache.append(l, &sc.qkv, t, 3 * c, c, 2 * c);
             attention_cached_forward(&mut sc.atty[..n * c], &sc.qkv[..n * 3 * c], &cache.k[l], &cache.v[l], &cache.key_mask, shape, past, cap, scales[l]);
             matmul_forward(&mut sc.tmp, &sc.atty[..n * c], &p[lp.proj_w.clone()], Some(&p[lp.proj_b.clone()]), n, c, c);
+            if let Some(lo) = &self.lora {
+                lo.apply(l * LORA_PER_LAYER + ATTN_PROJ, p, &sc.atty[..n * c], &mut sc.tmp, n);
+            }
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
             layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, eps);
             matmul_forward(&mut sc.fch, &sc.ln[..n * c], &p[lp.fc_w.clone()], Some(&p[lp.fc_b.clone()]), n, c, i);
+            if let Some(lo) = &self.lora {
+                lo.apply(l * LORA_PER_LAYER + C_FC, p, &sc.ln[..n * c], &mut sc.fch, n);
+            }
             gelu_forward(&mut sc.fchg[..n * i], &sc.fch[..n * i]);
             matmul_forward(&mut sc.tmp, &sc.fchg[..n * i], &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
+            if let Some(lo) = &self.lora {
+                lo.apply(l * LORA_PER_LAYER + MLP_PROJ, p, &sc.fchg[..n * i], &mut sc.tmp, n);
+            }
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
         }
         // final LayerNorm and the tied lm_head, on every row or on the last one of each batch row

@@ -29,6 +29,7 @@ use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_apply, rope_tables};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::kernels::Real;
+use crate::models::lora::{Lora, LoraModule};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, loss_scale, Batch, CausalLm, Init, ModelState};
 
@@ -182,8 +183,25 @@ impl<F: Real> Acts<F> {
     }
 }
 
+/// LoRA slots of each block: q, k, v, o, gate, up, down projections.
+const LORA_PER_LAYER: usize = 7;
+const LORA_NAMES: [&str; LORA_PER_LAYER] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+const Q: usize = 0;
+const O: usize = 3;
+const GATE: usize = 4;
+const DOWN: usize = 6;
+
 pub struct Llama<F: Real> {
     pub config: LlamaConfig,
+    lora: Option<Lora<F>>,
     state: ModelState<F>,
     layout: Layout,
     acts: Option<Acts<F>>,
@@ -194,7 +212,7 @@ impl<F: Real> Llama<F> {
     pub fn empty(config: LlamaConfig) -> Result<Self> {
         let mut table = ParamTable::default();
         let layout = Layout::new(&config, &mut table);
-        Ok(Self { config, state: ModelState::new(table), layout, acts: None })
+        Ok(Self { config, lora: None, state: ModelState::new(table), layout, acts: None })
     }
 
     /// transformers' initialisation: N(0, initializer_range) for linear weights and the
@@ -262,6 +280,47 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         Some(self)
     }
 
+    fn lora_modules(&self) -> (usize, Vec<LoraModule>) {
+        let d = self.dims();
+        let (c, i, kv) = (d.c, d.mlp_act, d.nkv * d.hs);
+        let mut out = Vec::new();
+        for (l, lp) in self.layout.layers.iter().enumerate() {
+            // (weight, in, out, output column, output row stride) of each slot
+            let [qw, kw, vw] = &lp.qkv_parts;
+            let [gw, uw] = &lp.gu_parts;
+            let slots = [
+                (qw, c, d.a, 0, d.qkv),
+                (kw, c, kv, d.a, d.qkv),
+                (vw, c, kv, d.a + kv, d.qkv),
+                (&lp.o_w, d.a, c, 0, c),
+                (gw, c, i, 0, 2 * i),
+                (uw, c, i, i, 2 * i),
+                (&lp.down_w, i, c, 0, c),
+            ];
+            for (k, (w, in_f, out_f, out_col, out_rs)) in slots.into_iter().enumerate() {
+                out.push(LoraModule {
+                    name: format!("model.layers.{l}.{}", LORA_NAMES[k]),
+                    slot: l * LORA_PER_LAYER + k,
+                    in_f,
+                    out_f,
+                    weight: w.clone(),
+                    conv1d: false,
+                    out_col,
+                    out_rs,
+                });
+            }
+        }
+        (self.config.num_hidden_layers * LORA_PER_LAYER, out)
+    }
+
+    fn lora(&self) -> Option<&Lora<F>> {
+        self.lora.as_ref()
+    }
+
+    fn set_lora(&mut self, lora: Option<Lora<F>>) {
+        self.lora = lora;
+    }
+
     fn logits(&self) -> &[F] {
         self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size])
     }
@@ -280,7 +339,9 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let (rot_heads, qkv) = (cfg.num_attention_heads + cfg.num_key_value_heads, shapes[0].qkv_width());
         let scale = 1.0 / (hs as f64).sqrt();
         let acts = self.acts.as_mut().expect("allocated above");
-        let (p, lay) = (&self.state.params, &self.layout);
+        let (p, lay, rng) = (&self.state.params, &self.layout, &mut self.state.rng);
+        let train = self.state.training;
+        let mut lora = self.lora.as_mut();
 
         acts.ids.copy_from_slice(batch.ids);
         batch.next_token_targets(&mut acts.targets);
@@ -293,17 +354,33 @@ impl<F: Real> CausalLm<F> for Llama<F> {
 
             rmsnorm_forward(&mut la.ln1, &mut la.ln1_rstd, residual, &p[lp.ln1.clone()], c, eps);
             linear_forward(&mut la.qkv, &la.ln1, &p[lp.qkv_w.clone()], lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
+            if let Some(lo) = lora.as_deref_mut() {
+                for k in Q..O {
+                    lo.forward(l * LORA_PER_LAYER + k, p, &la.ln1, &mut la.qkv, n, train, rng);
+                }
+            }
             rope_apply(&mut la.qkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, false);
             attention_forward(&mut la.atty, &mut la.att, &la.qkv, batch.mask, None, shapes[l], scale);
             // res2 = residual + o_proj(atty)
             linear_forward(&mut la.res2, &la.atty, &p[lp.o_w.clone()], lp.o_b.clone().map(|r| &p[r]), n, a, c);
+            if let Some(lo) = lora.as_deref_mut() {
+                lo.forward(l * LORA_PER_LAYER + O, p, &la.atty, &mut la.res2, n, train, rng);
+            }
             add_inplace(&mut la.res2, residual);
 
             rmsnorm_forward(&mut la.ln2, &mut la.ln2_rstd, &la.res2, &p[lp.ln2.clone()], c, eps);
             linear_forward(&mut la.gu, &la.ln2, &p[lp.gu_w.clone()], None, n, c, 2 * i);
+            if let Some(lo) = lora.as_deref_mut() {
+                for k in GATE..DOWN {
+                    lo.forward(l * LORA_PER_LAYER + k, p, &la.ln2, &mut la.gu, n, train, rng);
+                }
+            }
             swiglu_forward(&mut la.h, &la.gu, i);
             // res3 = res2 + down_proj(h)
             linear_forward(&mut la.res3, &la.h, &p[lp.down_w.clone()], None, n, i, c);
+            if let Some(lo) = lora.as_deref_mut() {
+                lo.forward(l * LORA_PER_LAYER + DOWN, p, &la.h, &mut la.res3, n, train, rng);
+            }
             add_inplace(&mut la.res3, &la.res2);
         }
 
@@ -331,6 +408,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, loss_scale(&acts.targets, num_items)?);
         let (p, mut g) = self.state.grad_view();
+        let lora = self.lora.as_ref();
         let lay = &self.layout;
 
         // logits = lnf @ head^T:  dlnf (N, C) = dlogits @ head;  dhead += dlogits^T @ lnf
@@ -350,10 +428,18 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             // res3 = res2 + down_proj(swiglu(gate_up_proj(rmsnorm(res2))))
             linear_backward_input(&mut acts.dh, &acts.dres, &p[lp.down_w.clone()], n, i, c);
             linear_backward_weight(g.get(&lp.down_w), None, &acts.dres, c, &la.h, n, i, c);
+            if let Some(lo) = lora {
+                lo.backward(l * LORA_PER_LAYER + DOWN, p, &mut g, &la.h, &acts.dres, &mut acts.dh, n);
+            }
             swiglu_backward(&mut acts.dgu, &acts.dh, &la.gu, i);
             linear_backward_input(&mut acts.dln, &acts.dgu, &p[lp.gu_w.clone()], n, c, 2 * i);
             for (k, part) in lp.gu_parts.iter().enumerate() {
                 linear_backward_weight(g.get(part), None, &acts.dgu[k * i..], 2 * i, &la.ln2, n, c, i);
+            }
+            if let Some(lo) = lora {
+                for k in GATE..DOWN {
+                    lo.backward(l * LORA_PER_LAYER + k, p, &mut g, &la.ln2, &acts.dgu, &mut acts.dln, n);
+                }
             }
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln2), &acts.dln, &la.res2, &p[lp.ln2.clone()], &la.ln2_rstd, c);
 
@@ -364,6 +450,9 @@ impl<F: Real> CausalLm<F> for Llama<F> {
                 None => (g.get(&lp.o_w), None),
             };
             linear_backward_weight(dw, db, &acts.dres, c, &la.atty, n, a, c);
+            if let Some(lo) = lora {
+                lo.backward(l * LORA_PER_LAYER + O, p, &mut g, &la.atty, &acts.dres, &mut acts.datty, n);
+            }
             attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att, None, shapes[l], scale);
             rope_apply(&mut acts.dqkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, true);
             linear_backward_input(&mut acts.dln, &acts.dqkv, &p[lp.qkv_w.clone()], n, c, qkv);
@@ -375,6 +464,11 @@ impl<F: Real> CausalLm<F> for Llama<F> {
                     None => (g.get(part), None),
                 };
                 linear_backward_weight(dw, db, &acts.dqkv[col..], qkv, &la.ln1, n, c, part.len() / c);
+            }
+            if let Some(lo) = lora {
+                for k in Q..O {
+                    lo.backward(l * LORA_PER_LAYER + k, p, &mut g, &la.ln1, &acts.dqkv, &mut acts.dln, n);
+                }
             }
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln1), &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
         }
@@ -445,16 +539,32 @@ impl<F: Real> Decoder<F> for Llama<F> {
         for (l, lp) in lay.layers.iter().enumerate() {
             rmsnorm_forward(&mut sc.ln[..n * c], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1.clone()], c, eps);
             linear_forward(&mut sc.qkv, &sc.ln[..n * c], &p[lp.qkv_w.clone()], lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
+            if let Some(lo) = &self.lora {
+                for k in Q..O {
+                    lo.apply(l * LORA_PER_LAYER + k, p, &sc.ln[..n * c], &mut sc.qkv, n);
+                }
+            }
             rope_apply(&mut sc.qkv[..n * qkv], &sc.cos, &sc.sin, &pos, nh + cfg.num_key_value_heads, hs, qkv, false);
             cache.append(l, &sc.qkv, t, qkv, a, a + d.nkv * hs);
             let shape = self.attn_shape(b, t, l);
             attention_cached_forward(&mut sc.atty[..n * a], &sc.qkv[..n * qkv], &cache.k[l], &cache.v[l], &cache.key_mask, shape, past, cap, scale);
             linear_forward(&mut sc.tmp, &sc.atty[..n * a], &p[lp.o_w.clone()], lp.o_b.clone().map(|r| &p[r]), n, a, c);
+            if let Some(lo) = &self.lora {
+                lo.apply(l * LORA_PER_LAYER + O, p, &sc.atty[..n * a], &mut sc.tmp, n);
+            }
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
             rmsnorm_forward(&mut sc.ln[..n * c], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln2.clone()], c, eps);
             linear_forward(&mut sc.fch, &sc.ln[..n * c], &p[lp.gu_w.clone()], None, n, c, 2 * i);
+            if let Some(lo) = &self.lora {
+                for k in GATE..DOWN {
+                    lo.apply(l * LORA_PER_LAYER + k, p, &sc.ln[..n * c], &mut sc.fch, n);
+                }
+            }
             swiglu_forward(&mut sc.fchg[..n * i], &sc.fch[..n * 2 * i], i);
             linear_forward(&mut sc.tmp, &sc.fchg[..n * i], &p[lp.down_w.clone()], None, n, i, c);
+            if let Some(lo) = &self.lora {
+                lo.apply(l * LORA_PER_LAYER + DOWN, p, &sc.fchg[..n * i], &mut sc.tmp, n);
+            }
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
         }
         // final RMSNorm and lm_head, on every row or on the last one of each batch row

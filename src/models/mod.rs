@@ -3,6 +3,7 @@
 
 pub mod gpt2;
 pub mod llama;
+pub mod lora;
 pub mod params;
 
 use std::collections::BTreeMap;
@@ -213,6 +214,24 @@ impl<F: Real> ModelState<F> {
         self.grads.fill(F::zero());
     }
 
+    /// Appends a trainable parameter (an adapter) and returns its range.
+    pub fn add_param(&mut self, name: String, shape: &[usize], values: &[F]) -> Range<usize> {
+        let range = self.table.push(name, shape);
+        assert_eq!(range.len(), values.len(), "values for {shape:?}");
+        self.params.extend_from_slice(values);
+        self.trainable.push(true);
+        self.relayout_grads();
+        range
+    }
+
+    /// Drops the parameters from index `keep` on (adapters appended by `add_param`).
+    pub fn truncate_params(&mut self, keep: usize) {
+        self.table.truncate(keep);
+        self.params.truncate(self.table.total());
+        self.trainable.truncate(keep);
+        self.relayout_grads();
+    }
+
     /// Copies checkpoint tensors into the parameters. `rename` maps a checkpoint name to
     /// ours, or None for tensors that are not parameters (buffers, a tied lm_head).
     pub fn load_tensors(
@@ -255,19 +274,16 @@ impl<F: Real> ModelState<F> {
         self.rng = SplitMix64::new(seed ^ 0x5EED_D80F_0000_0001);
     }
 
-    /// Writes `config.json` and `model.safetensors` (f32, transformers' key names), each
-    /// file atomically.
-    pub fn save_pretrained(&self, dir: &Path, config: &Value) -> Result<()> {
+    /// Writes `config.json` and the first `n` parameters to `model.safetensors` (f32,
+    /// transformers' key names), each file atomically.
+    pub fn save_pretrained(&self, dir: &Path, config: &Value, n: usize) -> Result<()> {
         ensure_dir(dir)?;
-        let bytes: Vec<Vec<u8>> = self
-            .table
-            .infos()
+        let infos = &self.table.infos()[..n];
+        let bytes: Vec<Vec<u8>> = infos
             .iter()
             .map(|i| f32_bytes(&self.params[i.range.clone()].iter().map(|x| x.to_f32().unwrap()).collect::<Vec<_>>()))
             .collect();
-        let tensors: Vec<OutTensor<'_>> = self
-            .table
-            .infos()
+        let tensors: Vec<OutTensor<'_>> = infos
             .iter()
             .zip(&bytes)
             .map(|(i, b)| OutTensor { name: i.name.clone(), dtype: safetensors::Dtype::F32, shape: i.shape.clone(), data: b })
@@ -360,11 +376,18 @@ pub trait CausalLm<F: Real>: Send + Sync {
     /// counted tokens), so micro-batches of one optimizer step weight every token equally.
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats>;
 
+    /// The linear modules LoRA can adapt, and how many slots the architecture numbers.
+    fn lora_modules(&self) -> (usize, Vec<lora::LoraModule>);
+    fn lora(&self) -> Option<&lora::Lora<F>>;
+    fn set_lora(&mut self, lora: Option<lora::Lora<F>>);
+
     /// Copies checkpoint tensors (transformers' names) into the parameters.
     fn load_tensors(&mut self, tensors: BTreeMap<String, RawTensor>, source: &Path) -> Result<()>;
 
+    /// Writes the base model (adapters are saved apart, in PEFT's format, by the caller).
     fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        self.state().save_pretrained(dir, &self.config_value())
+        let n = base_param_count(self).unwrap_or(self.state().table.infos().len());
+        self.state().save_pretrained(dir, &self.config_value(), n)
     }
 }
 
@@ -382,6 +405,45 @@ pub(crate) fn loss_scale(targets: &[i64], num_items: Option<f64>) -> Result<f64>
 }
 
 pub type BoxedModel = Box<dyn CausalLm<f32>>;
+
+/// Adds LoRA adapters to the named modules (every other parameter is frozen).
+pub fn attach_lora<F: Real>(model: &mut dyn CausalLm<F>, names: &[String], spec: lora::LoraSpec, seed: u64) -> Result<()> {
+    if model.lora().is_some() {
+        return Err(Error::Input("the model already has LoRA adapters (merge_and_unload() first)".into()));
+    }
+    let (slots, all) = model.lora_modules();
+    let mut chosen = Vec::with_capacity(names.len());
+    for name in names {
+        let m = all.iter().find(|m| &m.name == name).ok_or_else(|| {
+            Error::Input(format!("{name:?} is not a linear module LoRA can adapt in this model"))
+        })?;
+        chosen.push(m.clone());
+    }
+    let lora = lora::Lora::attach(model.state_mut(), slots, chosen, spec, seed)?;
+    model.set_lora(Some(lora));
+    Ok(())
+}
+
+/// Folds the adapters into the base weights and removes them; the model trains fully again.
+pub fn merge_lora<F: Real>(model: &mut dyn CausalLm<F>) -> Result<()> {
+    let keep = base_param_count(model).ok_or_else(|| Error::Input("the model has no LoRA adapters to merge".into()))?;
+    let mut params = std::mem::take(&mut model.state_mut().params);
+    model.lora().expect("adapters exist").merge(&mut params);
+    let state = model.state_mut();
+    state.params = params;
+    state.truncate_params(keep);
+    for i in 0..keep {
+        state.set_trainable(i, true);
+    }
+    model.set_lora(None);
+    Ok(())
+}
+
+/// The number of base parameters before the adapters, when there are adapters.
+fn base_param_count<F: Real, M: CausalLm<F> + ?Sized>(model: &M) -> Option<usize> {
+    let first = model.lora()?.sites().map(|s| s.a.start).min()?;
+    model.state().table.infos().iter().position(|i| i.range.start == first)
+}
 
 /// Builds the architecture a config.json value names: initialised with `init_seed`, or with
 /// zero weights (to be loaded) when it is None.

@@ -26,6 +26,12 @@ impl ParamTable {
         range
     }
 
+    /// Keeps the first `n` parameters.
+    pub fn truncate(&mut self, n: usize) {
+        self.infos.truncate(n);
+        self.total = self.infos.last().map_or(0, |i| i.range.end);
+    }
+
     pub fn infos(&self) -> &[ParamInfo] {
         &self.infos
     }
