@@ -29,6 +29,7 @@ from .metrics import EvalPrediction
 from .modeling import CausalLMOutput, Model, ModelConfig
 from .optimization import get_scheduler
 from .optimizer import AdamW
+from .peft import LoraConfig, PeftModel, get_peft_model
 from .pipelines import TextGenerationPipeline, pipeline
 from .plotting import plot_history
 from .tokenizer import BatchEncoding, Tokenizer
@@ -49,10 +50,12 @@ __all__ = [
     "FerrotuneError",
     "GenerationConfig",
     "InputError",
+    "LoraConfig",
     "JSONLLoggerCallback",
     "Model",
     "ModelConfig",
     "NonFiniteError",
+    "PeftModel",
     "PredictionOutput",
     "PrinterCallback",
     "ProgressCallback",
@@ -71,6 +74,7 @@ __all__ = [
     "TrainingArguments",
     "__version__",
     "get_last_checkpoint",
+    "get_peft_model",
     "get_scheduler",
     "io",
     "load_jsonl",

@@ -275,6 +275,18 @@ class Model:
         self._core.save_pretrained(os.fspath(save_directory))
         self.generation_config.save_pretrained(save_directory)
 
+    #: The weights file ``save_pretrained`` writes (checkpoints resume from it).
+    weights_name = "model.safetensors"
+
+    def load_weights(self, directory: PathLike) -> None:
+        """Loads the weights ``save_pretrained`` wrote into this model (shapes checked)."""
+        from .io import load_safetensors
+
+        path = os.path.join(os.fspath(directory), self.weights_name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(2, f"No such file or directory: {path}", path)
+        self.load_state_dict(load_safetensors(path))
+
     # ---- generation -----------------------------------------------------------------------
     def generate(
         self,

@@ -90,7 +90,6 @@ OPTIMIZER_NAME = "optimizer.safetensors"
 SCHEDULER_NAME = "scheduler.json"
 RNG_STATE_NAME = "rng_state.json"
 LOOP_STATE_NAME = "loop_state.json"
-MODEL_WEIGHTS_NAME = "model.safetensors"
 
 
 class TrainOutput(NamedTuple):
@@ -1154,19 +1153,17 @@ class Trainer:
     # ------------------------------------------------------------------ loading
 
     def _load_model_weights(self, ckpt: str) -> None:
-        from .io import load_safetensors
-
-        path = os.path.join(ckpt, MODEL_WEIGHTS_NAME)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"checkpoint {ckpt} has no {MODEL_WEIGHTS_NAME}")
-        self.model.load_state_dict(load_safetensors(path))
+        name = self.model.weights_name  # model.safetensors, or a PeftModel's adapter file
+        if not os.path.isfile(os.path.join(ckpt, name)):
+            raise CheckpointError(f"checkpoint {ckpt} has no {name}")
+        self.model.load_weights(ckpt)
 
     def _load_checkpoint(self, ckpt: str) -> Dict[str, Any]:
         """Restore weights, optimizer, trainer state and RNG from ``ckpt``; returns its loop state."""
         from .io import load_safetensors
 
         args = self.args
-        for required in (TRAINER_STATE_NAME, MODEL_WEIGHTS_NAME):
+        for required in (TRAINER_STATE_NAME, self.model.weights_name):
             if not os.path.isfile(os.path.join(ckpt, required)):
                 raise CheckpointError(f"checkpoint {ckpt} is incomplete: {required} is missing")
         if not os.path.isfile(os.path.join(ckpt, OPTIMIZER_NAME)):

@@ -8,7 +8,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::Error;
-use crate::models::{from_config, from_pretrained, Batch, BoxedModel};
+use crate::models::lora::LoraSpec;
+use crate::models::{attach_lora, from_config, from_pretrained, merge_lora, Batch, BoxedModel};
 use crate::optim::clip::clip_grad_norm;
 
 use super::convert::{f32_nd, ids_2d, to_numpy};
@@ -181,6 +182,32 @@ impl PyModel {
             self.inner.state_mut().set_trainable(i, trainable);
         }
         Ok(())
+    }
+
+    /// [(module name, in_features, out_features)] of the linear modules LoRA can adapt.
+    fn lora_modules(&self) -> Vec<(String, usize, usize)> {
+        self.inner.lora_modules().1.into_iter().map(|m| (m.name, m.in_f, m.out_f)).collect()
+    }
+
+    /// Adds LoRA adapters to the named modules; every other parameter is frozen.
+    fn add_lora(&mut self, modules: Vec<String>, r: usize, alpha: f64, dropout: f64, use_rslora: bool, seed: u64) -> PyResult<()> {
+        let spec = LoraSpec { r, alpha, dropout, use_rslora };
+        attach_lora(self.inner.as_mut(), &modules, spec, seed).map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(e)))
+    }
+
+    /// Folds the adapters into the base weights and removes them.
+    fn merge_lora(&mut self, py: Python<'_>) -> PyResult<()> {
+        let model = &mut self.inner;
+        detach(py, move || Ok(merge_lora(model.as_mut())?))
+    }
+
+    /// (r, alpha, dropout, use_rslora, [adapted module names]) or None.
+    #[allow(clippy::type_complexity)]
+    fn lora_info(&self) -> Option<(usize, f64, f64, bool, Vec<String>)> {
+        self.inner.lora().map(|l| {
+            let s = &l.spec;
+            (s.r, s.alpha, s.dropout, s.use_rslora, l.sites().map(|x| x.module.name.clone()).collect())
+        })
     }
 
     /// Names of the trainable parameters, in storage order.
