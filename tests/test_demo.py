@@ -50,8 +50,8 @@ def test_quick_demo_trains_and_writes_files(tmp_path, capsys):
     final = out_dir / "final"
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (final / name).is_file(), name
-    checkpoints = sorted(glob.glob(str(out_dir / "checkpoint-*")))
-    assert 1 <= len(checkpoints) <= 2  # save_total_limit=2
+    checkpoints = sorted(glob.glob(str(out_dir / "checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[1]))
+    assert len(checkpoints) == 2  # save_total_limit=2
     assert glob.glob(str(out_dir / "**" / "events.out.tfevents.*"), recursive=True)
 
     # the saved model reloads and translates like the trained one
@@ -71,3 +71,23 @@ def test_quick_demo_trains_and_writes_files(tmp_path, capsys):
             if tok.eos_token_id in new:
                 new = new[: new.index(tok.eos_token_id)]
             assert tok.decode(new).strip() == t["prediction"]
+
+    # Interrupted after the next-to-last checkpoint and resumed: the same final model.
+    import shutil
+
+    for path in (checkpoints[-1], str(final), str(out_dir / "demo_summary.json")):
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    assert demo.main(["--quick", "--output-dir", str(out_dir), "--no-progress", "--resume"]) == 0
+    assert f"resuming from {checkpoints[-2]}" in capsys.readouterr().out
+    resumed = json.loads((out_dir / "demo_summary.json").read_text(encoding="utf-8"))
+    assert resumed["global_step"] == summary["global_step"]
+    assert resumed["after"] == summary["after"]
+    assert resumed["translations"] == summary["translations"]
+
+
+def test_resume_needs_output_dir_and_a_checkpoint(tmp_path, capsys):
+    assert demo.main(["--quick", "--resume"]) == 2
+    assert "--output-dir" in capsys.readouterr().err
+    if hasattr(ferrotune, "Trainer"):
+        assert demo.main(["--quick", "--resume", "--output-dir", str(tmp_path), "--no-progress"]) == 2
+        assert "no checkpoint" in capsys.readouterr().err

@@ -196,8 +196,11 @@ def _describe(losses: Dict[str, float], n_train: int, n_eval: int) -> str:
     )
 
 
-def run(cfg: DemoConfig, output_dir: str, *, progress: bool = True) -> Dict[str, Any]:
-    """Run the whole job; returns a summary (also written to ``output_dir/demo_summary.json``)."""
+def run(cfg: DemoConfig, output_dir: str, *, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
+    """Run the whole job; returns a summary (also written to ``output_dir/demo_summary.json``).
+
+    ``resume=True`` continues from the last checkpoint in ``output_dir`` (same config).
+    """
     import ferrotune
     from ferrotune.datasets import CEDICT_ATTRIBUTION, load_cedict_sample
 
@@ -209,9 +212,17 @@ def run(cfg: DemoConfig, output_dir: str, *, progress: bool = True) -> Dict[str,
     _print(f"      from {CEDICT_ATTRIBUTION}")
     _print(f"      e.g. {train_set[0]['prompt']!r} -> {train_set[0]['completion']!r}")
 
-    tokenizer = ferrotune.Tokenizer.train_new_from_iterator(
-        [e["prompt"] + e["completion"] for e in train_set], cfg.vocab_size
-    )
+    resume_from: Optional[str] = None
+    if resume:
+        resume_from = ferrotune.get_last_checkpoint(output_dir)
+        if resume_from is None:
+            raise FileNotFoundError(f"--resume: no checkpoint-* directory in {output_dir}")
+        _print(f"resuming from {resume_from}")
+        tokenizer = ferrotune.Tokenizer.from_pretrained(resume_from)
+    else:
+        tokenizer = ferrotune.Tokenizer.train_new_from_iterator(
+            [e["prompt"] + e["completion"] for e in train_set], cfg.vocab_size
+        )
     model = ferrotune.Model.from_config(
         {
             "model_type": "gpt2",
@@ -263,7 +274,7 @@ def run(cfg: DemoConfig, output_dir: str, *, progress: bool = True) -> Dict[str,
 
     before = _losses(trainer, train_set)
     _print("before training: " + _describe(before, len(train_set), len(eval_set)))
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_from)
     after = _losses(trainer, train_set)
     _print(f"after {result.global_step} steps: " + _describe(after, len(train_set), len(eval_set)))
     curve = [
@@ -340,6 +351,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, the initial weights and the data order")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from the last checkpoint in --output-dir (same flags as that run)",
+    )
     return p.parse_args(argv)
 
 
@@ -360,12 +376,27 @@ def config_from_args(ns: argparse.Namespace) -> DemoConfig:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ns = parse_args(argv)
     cfg = config_from_args(ns)
+    if ns.resume and not ns.output_dir:
+        print("ferrotune-demo: --resume needs the --output-dir of the run to continue", file=sys.stderr)
+        return 2
     output_dir = ns.output_dir or tempfile.mkdtemp(prefix="ferrotune-demo-")
     try:
-        run(cfg, output_dir, progress=not ns.no_progress)
+        run(cfg, output_dir, progress=not ns.no_progress, resume=ns.resume)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; checkpoints so far are in {output_dir}", file=sys.stderr)
+        flags = " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume")
+        if not ns.output_dir:
+            flags += f" --output-dir {output_dir}"
+        print(
+            f"\ninterrupted; checkpoints so far are in {output_dir}\n"
+            f"continue with: ferrotune-demo {flags.strip()} --resume",
+            file=sys.stderr,
+        )
         return 130
+    except FileNotFoundError as e:
+        if not ns.resume:
+            raise
+        print(f"ferrotune-demo: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
