@@ -86,6 +86,21 @@ def _inputs(
     return ids, mask, lab
 
 
+def _mean_resized_rows(old: np.ndarray, added: int, rng: np.random.Generator) -> np.ndarray:
+    """transformers' ``_init_added_embeddings_weights_with_mean``: ``added`` rows drawn from
+    N(mean of the rows, 1e-9 * their covariance) when that matrix is positive definite (a
+    Cholesky factorisation exists), else copies of the mean. Computed in float64."""
+    w = old.astype(np.float64)
+    mean = w.mean(axis=0)
+    centered = w - mean
+    covariance = centered.T @ centered / w.shape[0]
+    try:
+        chol = np.linalg.cholesky(1e-9 * covariance)
+    except np.linalg.LinAlgError:
+        return np.repeat(mean[None, :], added, axis=0)
+    return mean + rng.standard_normal((added, w.shape[1])) @ chol.T
+
+
 class Model:
     """A causal language model (GPT-2, Llama, Mistral, Qwen2) with the transformers API.
 
@@ -247,6 +262,96 @@ class Model:
         """Copies arrays into the parameters; shapes are checked and nothing changes on error."""
         tensors = [(str(k), np.ascontiguousarray(v, dtype=np.float32)) for k, v in state_dict.items()]
         self._core.load_state_dict(tensors, bool(strict))
+
+    # ---- vocabulary -------------------------------------------------------------------------
+    def _vocab_parameters(self) -> List[str]:
+        """Names of the parameters with one row per token: the input embedding, then an
+        untied ``lm_head`` (tied models have none: the output projection is the embedding)."""
+        names = self.parameter_names()
+        emb = [n for n in names if n.endswith(("wte.weight", "embed_tokens.weight"))]
+        if len(emb) != 1:
+            raise FerrotuneError(f"cannot find the token embedding among the parameters: {names[:8]} ...")
+        return emb + [n for n in names if n == "lm_head.weight"]
+
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: Optional[int] = None,
+        pad_to_multiple_of: Optional[int] = None,
+        mean_resizing: bool = True,
+        seed: int = 0,
+    ) -> int:
+        """Resizes the token embedding (and an untied ``lm_head``) to ``new_num_tokens`` rows,
+        like transformers' ``resize_token_embeddings``; returns the new number of rows.
+
+        Typically ``model.resize_token_embeddings(len(tokenizer))`` after
+        ``tokenizer.add_tokens(...)`` / ``add_special_tokens(...)``. Rows are added or removed
+        at the end; the kept rows are unchanged bit for bit; ``config.vocab_size`` is updated.
+        ``pad_to_multiple_of`` rounds the size up (alone, it pads the current size).
+
+        New rows, as in transformers: with ``mean_resizing`` (the default) each is drawn from a
+        normal distribution with the old rows' mean and 1e-9 times their covariance when that
+        matrix is positive definite, else set to the mean (the added tokens then barely change
+        the next-token distribution); otherwise from N(0, ``config.initializer_range``). An
+        untied ``lm_head`` gets the same treatment from its own rows. The draw uses numpy's
+        generator seeded with ``seed``: reproducible, but it cannot equal torch's draw (the
+        mean and covariance are the same; the samples differ from the mean by ~1e-5).
+
+        Training state carries over: frozen parameters stay frozen, train/eval mode and the
+        dropout generator's state are kept. Build the optimizer (or Trainer) after resizing.
+        With LoRA, resize first (PEFT's order), then ``get_peft_model`` with the embedding in
+        ``modules_to_save`` (``["wte"]`` for GPT-2, ``["embed_tokens", "lm_head"]`` for an
+        untied Llama) so the new rows train and are saved in the adapter file. The copy needs
+        about twice the weights' memory while it runs.
+        """
+        if self._core.lora_info() is not None:
+            raise InputError(
+                "resize_token_embeddings on a model with LoRA adapters: resize the base model first, then "
+                "call get_peft_model with the embedding in modules_to_save (as with PEFT)"
+            )
+        emb_name, *head = self._vocab_parameters()
+        shapes = dict(self.named_parameter_shapes())
+        old_num, dim = shapes[emb_name]
+        if pad_to_multiple_of is not None:
+            if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+                raise InputError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of!r}")
+            if new_num_tokens is None:
+                new_num_tokens = old_num
+            new_num_tokens = -(-int(new_num_tokens) // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens is None:
+            return old_num
+        if isinstance(new_num_tokens, bool) or int(new_num_tokens) != new_num_tokens or new_num_tokens < 1:
+            raise InputError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
+        new_num = int(new_num_tokens)
+        if new_num == old_num:
+            return old_num
+
+        rng = np.random.default_rng(seed)
+        config = json.loads(self._core.config_json())
+        std = float(config.get("initializer_range", 0.02))
+        state = self.state_dict()
+        for name in [emb_name, *head]:
+            old = state[name]
+            if new_num < old_num:
+                state[name] = np.ascontiguousarray(old[:new_num])
+                continue
+            added = new_num - old_num
+            if mean_resizing:
+                rows = _mean_resized_rows(old, added, rng)
+            else:
+                rows = rng.normal(0.0, std, size=(added, dim))
+            state[name] = np.concatenate([old, rows.astype(old.dtype)], axis=0)
+
+        config["vocab_size"] = new_num
+        frozen = [n for n, trainable in self.requires_grad().items() if not trainable]
+        core = type(self._core).from_config(json.dumps(config), int(seed))
+        core.load_state_dict([(k, np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()], True)
+        if frozen:
+            core.set_trainable(frozen, False)
+        core.training = self._core.training
+        core.rng_state = self._core.rng_state
+        self._core = core
+        self._vocab_resized = True
+        return new_num
 
     # ---- modes and state ----------------------------------------------------------------
     def train(self, mode: bool = True) -> "Model":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
@@ -117,6 +118,7 @@ class PeftModel(Model):
     def __init__(self, model: Model, peft_config: LoraConfig) -> None:
         super().__init__(model._core, model.generation_config)
         self.peft_config = peft_config
+        self._vocab_resized = getattr(model, "_vocab_resized", False)
 
     # ---- PEFT API ---------------------------------------------------------------------
     def print_trainable_parameters(self) -> None:
@@ -136,11 +138,37 @@ class PeftModel(Model):
         sd = self.state_dict()
         return {PREFIX + name: sd[name] for name in self.trainable_parameter_names()}
 
-    def save_pretrained(self, save_directory: PathLike) -> None:
-        """Writes adapter_config.json + adapter_model.safetensors (PEFT's format)."""
+    def _embedding_layers(self, save_embedding_layers: Union[bool, str]) -> Dict[str, np.ndarray]:
+        """The embedding layers PEFT's ``save_embedding_layers`` adds to the adapter file.
+
+        ``"auto"``: when the vocabulary was resized (``resize_token_embeddings``) or a tied
+        embedding trains (``modules_to_save``). For a tied model the file then also holds
+        ``lm_head.weight`` (= the embedding), the key PEFT writes: PEFT's ModulesToSaveWrapper
+        unties the trained copy from the output projection, and this key makes the adapter give
+        the same logits under PEFT as here, where input and output share the trained matrix."""
+        if save_embedding_layers not in (True, False, "auto"):
+            raise InputError(f"save_embedding_layers must be True, False or 'auto', got {save_embedding_layers!r}")
+        vocab = self._vocab_parameters()
+        tied = len(vocab) == 1
+        trainable = set(self.trainable_parameter_names())
+        if save_embedding_layers == "auto":
+            save_embedding_layers = self._vocab_resized or (tied and vocab[0] in trainable)
+        if not save_embedding_layers:
+            return {}
+        sd = self.state_dict()
+        out = {PREFIX + name: sd[name] for name in vocab}
+        if tied:
+            out[PREFIX + "lm_head.weight"] = sd[vocab[0]]
+        return out
+
+    def save_pretrained(self, save_directory: PathLike, save_embedding_layers: Union[bool, str] = "auto") -> None:
+        """Writes adapter_config.json + adapter_model.safetensors (PEFT's format): the adapters,
+        ``modules_to_save`` and, like PEFT, the embedding layers when ``save_embedding_layers``
+        is True or (``"auto"``) the vocabulary was resized."""
         out = os.fspath(save_directory)
         os.makedirs(out, exist_ok=True)
-        save_safetensors(self.adapter_state_dict(), os.path.join(out, ADAPTER_WEIGHTS_NAME), {"format": "pt"})
+        tensors = {**self._embedding_layers(save_embedding_layers), **self.adapter_state_dict()}
+        save_safetensors(tensors, os.path.join(out, ADAPTER_WEIGHTS_NAME), {"format": "pt"})
         text = json.dumps(self.peft_config.to_dict(), indent=2, sort_keys=True) + "\n"
         tmp = os.path.join(out, f".{ADAPTER_CONFIG_NAME}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -157,13 +185,35 @@ class PeftModel(Model):
         if not os.path.isfile(path):
             raise FileNotFoundError(2, f"No such file or directory: {path}", path)
         tensors = load_safetensors(path)
-        ours = {}
+        ours: Dict[str, np.ndarray] = {}
+        copies: Dict[str, np.ndarray] = {}
         for key, value in tensors.items():
             name = key[len(PREFIX):] if key.startswith(PREFIX) else key
             name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+            if ".original_module." in name:
+                continue  # PEFT's save_embedding_layers: the base layer under a modules_to_save copy
+            if ".modules_to_save." in name:  # the same copy again, under its in-memory name
+                module, _, param = name.partition(".modules_to_save.")
+                copies[module + "." + param.removeprefix("default.")] = value
+                continue
             ours[name] = value
+        for name, value in copies.items():
+            ours.setdefault(name, value)
+        params = set(self.parameter_names())
+        vocab = self._vocab_parameters()
+        if "lm_head.weight" in ours and "lm_head.weight" not in params and len(vocab) == 1:
+            # a tied model: PEFT writes the output projection too (see _embedding_layers)
+            head = ours.pop("lm_head.weight")
+            if vocab[0] in ours and not np.array_equal(head, ours[vocab[0]]):
+                warnings.warn(
+                    f"{path}: lm_head.weight differs from {vocab[0]} (PEFT trained a copy of the tied "
+                    "embedding and kept the output projection); this model ties them, so it uses the "
+                    f"trained {vocab[0]} for both and its logits differ from PEFT's",
+                    stacklevel=2,
+                )
         expected = set(self.trainable_parameter_names())
-        missing, unexpected = expected - set(ours), set(ours) - expected
+        # base parameters in the file (PEFT's save_embedding_layers) load too, as in PEFT
+        missing, unexpected = expected - set(ours), set(ours) - params
         if missing or unexpected:
             raise InputError(
                 f"adapter file {path} does not fit this model: missing {sorted(missing)[:5]}, "
