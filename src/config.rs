@@ -168,6 +168,8 @@ pub struct LlamaConfig {
     /// Bias on o_proj (llama/mistral with attention_bias).
     pub o_bias: bool,
     pub tie_word_embeddings: bool,
+    /// The embedding row transformers gives no gradient (nn.Embedding's padding_idx).
+    pub pad_token_id: Option<i64>,
     /// Sliding attention window of each layer (Mistral; Qwen2's sliding layers).
     pub layer_windows: Vec<Option<usize>>,
     pub initializer_range: f64,
@@ -275,6 +277,7 @@ impl LlamaConfig {
             rms_norm_eps: opt_f64(&v, "rms_norm_eps").unwrap_or(1e-6),
             initializer_range: opt_f64(&v, "initializer_range").unwrap_or(0.02),
             tie_word_embeddings: get(&v, "tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            pad_token_id: get(&v, "pad_token_id").and_then(Value::as_i64),
             qkv_bias: a == "qwen2" || attention_bias,
             o_bias: a != "qwen2" && attention_bias,
             model_type: arch,

@@ -417,7 +417,7 @@ impl Generation<f32> {
     /// Validates everything and allocates the cache for prompt + max_new_tokens positions.
     pub fn new(model: &dyn Decoder<f32>, batch: &Batch<'_>, params: GenerateParams, keep_logits: bool) -> Result<Self> {
         let d = model.dims();
-        batch.validate(d.vocab, d.max_positions)?;
+        batch.validate(d.vocab, d.max_positions, true)?;
         params.validate()?;
         let (b, t) = (batch.b, batch.t);
         if params.max_new_tokens == 0 {

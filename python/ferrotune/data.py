@@ -51,13 +51,15 @@ __all__ = [
     "prepare_dataset",
     "pack_examples",
     "DataCollatorForLanguageModeling",
+    "DataCollatorWithPadding",
     "example_length",
+    "prepare_classification_dataset",
 ]
 
 IGNORE_INDEX = -100
 """Label value of a position that does not count in the loss."""
 
-Feature = Dict[str, List[int]]
+Feature = Dict[str, Any]
 
 
 def load_jsonl(path: Union[str, os.PathLike], encoding: str = "utf-8") -> List[Dict[str, Any]]:
@@ -401,3 +403,56 @@ class DataCollatorForLanguageModeling:
             attention_mask[b, sl] = mask
             labels_arr[b, sl] = labels
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels_arr}
+
+
+def prepare_classification_dataset(
+    dataset: Any, tokenizer: Any = None, max_length: Optional[int] = None, *, text_field: str = "text"
+) -> List[Feature]:
+    """Examples for a sequence-classification model: ``input_ids`` (or ``text_field``,
+    tokenized with ``tokenizer``, truncated to ``max_length``) and one class per example in
+    ``label`` or ``labels`` (an int; -100 to ignore)."""
+    feats: List[Feature] = []
+    for i, r in enumerate(as_examples(dataset)):
+        label = r.get("labels", r.get("label"))
+        if label is None or isinstance(label, (list, tuple)) or not float(label).is_integer():
+            raise DataError(f"example {i}: a classification example needs an integer 'label' (got {label!r})")
+        if "input_ids" in r:
+            ids = [int(x) for x in r["input_ids"]]
+        elif text_field in r:
+            if tokenizer is None:
+                raise DataError(f"example {i} has {text_field!r} but no tokenizer (processing_class) was given")
+            ids = list(tokenizer(r[text_field], truncation=max_length is not None, max_length=max_length)["input_ids"])
+        else:
+            raise DataError(f"example {i} has neither 'input_ids' nor {text_field!r}")
+        if max_length is not None:
+            ids = ids[:max_length]
+        if not ids:
+            raise DataError(f"example {i} is empty")
+        feats.append({"input_ids": ids, "labels": int(label)})
+    return feats
+
+
+class DataCollatorWithPadding:
+    """Pads classification examples: ``input_ids``/``attention_mask`` (B, T) int64 padded
+    with ``pad_token_id`` on ``padding_side``, and ``labels`` (B,) one class per example."""
+
+    def __init__(self, tokenizer: Any = None, *, pad_token_id: Optional[int] = None, padding_side: Optional[str] = "right") -> None:
+        pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            from ._core import ConfigError
+
+            raise ConfigError("padding classification examples needs a pad_token_id (tokenizer.pad_token or the model config)")
+        self.pad_token_id = int(pad)
+        self.padding_side = padding_side or getattr(tokenizer, "padding_side", "right")
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
+        longest = max(len(f["input_ids"]) for f in features)
+        ids = np.full((len(features), longest), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(features), longest), dtype=np.int64)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            cols = slice(longest - n, longest) if self.padding_side == "left" else slice(0, n)
+            ids[row, cols] = f["input_ids"]
+            mask[row, cols] = 1
+        labels = np.array([int(f["labels"]) for f in features], dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}

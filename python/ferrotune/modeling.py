@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._core import FerrotuneError, InputError
+from ._core import ConfigError, FerrotuneError, InputError
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .generation import generate as _generate
 
@@ -78,11 +78,21 @@ def _ids(name: str, x: ArrayLike, ndim_hint: Optional[Tuple[int, int]] = None) -
 
 
 def _inputs(
-    input_ids: ArrayLike, attention_mask: Optional[ArrayLike], labels: Optional[ArrayLike]
+    input_ids: ArrayLike,
+    attention_mask: Optional[ArrayLike],
+    labels: Optional[ArrayLike],
+    row_labels: bool = False,
 ) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+    """Normalised (B, T) int64 arrays; labels (B, T), or (B,) one class per row for a model
+    with a classification head (passed to Rust as (B, 1))."""
     ids = _ids("input_ids", input_ids)
     mask = None if attention_mask is None else _ids("attention_mask", attention_mask)
-    lab = None if labels is None else _ids("labels", labels)
+    lab = None
+    if labels is not None:
+        if row_labels:
+            lab = np.ascontiguousarray(np.asarray(labels, dtype=np.int64).reshape(-1, 1))
+        else:
+            lab = _ids("labels", labels)
     return ids, mask, lab
 
 
@@ -137,6 +147,58 @@ class Model:
         d = config.to_dict() if isinstance(config, ModelConfig) else dict(config)
         return cls(_core.CausalLM.from_config(json.dumps(d), int(seed)))
 
+    @classmethod
+    def for_sequence_classification(
+        cls,
+        path: PathLike,
+        num_labels: Optional[int] = None,
+        id2label: Optional[Mapping[int, str]] = None,
+        label2id: Optional[Mapping[str, int]] = None,
+        pad_token_id: Optional[int] = None,
+        gguf_file: Optional[PathLike] = None,
+        seed: int = 0,
+    ) -> "Model":
+        """transformers' ``AutoModelForSequenceClassification.from_pretrained``: the backbone
+        of a causal LM (or a saved classifier) with a bias-free ``score`` head (num_labels,
+        hidden) on the last non-padding token of each row. A new head is initialised like
+        transformers (N(0, initializer_range), seeded). ``pad_token_id`` (from the argument
+        or the config) finds the last token; without one only batches of one row work."""
+        path = os.fspath(path)
+        if gguf_file is not None:
+            path = os.path.join(path, os.fspath(gguf_file))
+        if not os.path.exists(path):
+            raise FileNotFoundError(2, f"No such file or directory: {path}", path)
+        if os.path.isdir(path):
+            config = ModelConfig.from_json_file(os.path.join(path, "config.json")).to_dict()
+        else:  # a GGUF file: its config comes from the loaded model
+            config = cls.from_pretrained(path).config.to_dict()
+        arch = {"gpt2": "GPT2", "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}.get(config.get("model_type", ""))
+        if arch is None:
+            raise ConfigError(f"no sequence-classification head for model_type {config.get('model_type')!r}")
+        if id2label is not None:
+            id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+            num_labels = num_labels or len(id2label)
+        num_labels = num_labels or config.get("num_labels") or 2
+        if id2label is None:
+            id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()} or {i: f"LABEL_{i}" for i in range(num_labels)}
+        if len(id2label) != num_labels:
+            raise ConfigError(f"id2label has {len(id2label)} entries for num_labels={num_labels}")
+        config.update(
+            architectures=[f"{arch}ForSequenceClassification"],
+            num_labels=num_labels,
+            id2label={str(k): v for k, v in id2label.items()},
+            label2id=dict(label2id) if label2id is not None else {v: k for k, v in id2label.items()},
+        )
+        if pad_token_id is not None:
+            config["pad_token_id"] = int(pad_token_id)
+        core = _core.CausalLM.from_pretrained_with_config(path, json.dumps(config), int(seed))
+        return cls(core)
+
+    @property
+    def num_labels(self) -> Optional[int]:
+        """The number of classes of a sequence-classification model, else None."""
+        return self._core.num_labels
+
     @property
     def config(self) -> ModelConfig:
         return ModelConfig.from_dict(json.loads(self._core.config_json()))
@@ -147,7 +209,7 @@ class Model:
     ) -> CausalLMOutput:
         """Full forward. ``loss`` is the mean next-token cross-entropy over labels != -100
         (label t+1 is predicted at position t, as in transformers)."""
-        ids, mask, lab = _inputs(input_ids, attention_mask, labels)
+        ids, mask, lab = _inputs(input_ids, attention_mask, labels, self.num_labels is not None)
         loss, logits = self._core.forward(ids, mask, lab, True)
         return CausalLMOutput(loss=loss, logits=logits)
 
@@ -167,7 +229,7 @@ class Model:
         one optimizer step so every token weighs the same (default: this batch's count).
         Without labels, ``input_ids`` are the labels (-100 where ``attention_mask`` is 0).
         """
-        ids, mask, lab = _inputs(input_ids, attention_mask, labels)
+        ids, mask, lab = _inputs(input_ids, attention_mask, labels, self.num_labels is not None)
         n = None if num_items_in_batch is None else float(num_items_in_batch)
         loss_sum, count = self._core.forward_backward(ids, mask, lab, n)
         return loss_sum / count if count else float("nan")
@@ -177,7 +239,7 @@ class Model:
     ) -> Tuple[float, int, int]:
         """Forward only, without returning logits: (summed loss, counted tokens, tokens whose
         argmax prediction is right). For evaluation loss, perplexity and token accuracy."""
-        ids, mask, lab = _inputs(input_ids, attention_mask, labels)
+        ids, mask, lab = _inputs(input_ids, attention_mask, labels, self.num_labels is not None)
         return self._core.loss_stats(ids, mask, lab)
 
     # ---- gradients ------------------------------------------------------------------

@@ -65,7 +65,14 @@ from .callbacks import (
     TrainerControl,
     TrainerState,
 )
-from .data import IGNORE_INDEX, DataCollatorForLanguageModeling, example_length, prepare_dataset
+from .data import (
+    IGNORE_INDEX,
+    DataCollatorForLanguageModeling,
+    DataCollatorWithPadding,
+    example_length,
+    prepare_classification_dataset,
+    prepare_dataset,
+)
 from .optimization import LRScheduler, get_scheduler
 from .training_args import TrainingArguments
 
@@ -401,7 +408,16 @@ class Trainer:
                 return int(v)
         return None
 
-    def _default_collator(self) -> DataCollatorForLanguageModeling:
+    @property
+    def _is_classifier(self) -> bool:
+        """A sequence-classification model: one label per example, classification metrics."""
+        return getattr(self.model, "num_labels", None) is not None
+
+    def _default_collator(self) -> Any:
+        if self._is_classifier:
+            cfg_pad = getattr(getattr(self.model, "config", None), "pad_token_id", None)
+            tok_pad = getattr(self.processing_class, "pad_token_id", None)
+            return DataCollatorWithPadding(self.processing_class, pad_token_id=cfg_pad if cfg_pad is not None else tok_pad)
         pad_id = None
         if self.processing_class is None:
             cfg = getattr(self.model, "config", None)
@@ -419,6 +435,12 @@ class Trainer:
         if hit is not None and hit[0] is dataset:
             return hit[1]
         label_key = self.args.label_names[0] if self.args.label_names else "labels"
+        if self._is_classifier:
+            feats = prepare_classification_dataset(
+                dataset, self.processing_class, self._max_length(), text_field=self.args.dataset_text_field
+            )
+            self._features_cache[key] = (dataset, feats)
+            return feats
         feats = prepare_dataset(
             dataset,
             self.processing_class,
@@ -445,10 +467,21 @@ class Trainer:
         if out.get("attention_mask") is None:
             out["attention_mask"] = np.ones_like(ids)
         out["attention_mask"] = out["attention_mask"].astype(np.int64, copy=False).reshape(ids.shape)
+        if self._is_classifier:
+            if out.get("labels") is None:
+                raise DataError("a classification batch needs labels (one per example)")
+            out["labels"] = out["labels"].astype(np.int64, copy=False).reshape(ids.shape[0])
+            return out
         if out.get("labels") is None:
             out["labels"] = np.where(out["attention_mask"] == 1, ids, IGNORE_INDEX).astype(np.int64)
         out["labels"] = out["labels"].astype(np.int64, copy=False).reshape(ids.shape)
         return out
+
+    def _count_items(self, labels: np.ndarray) -> int:
+        """What the loss averages over: label tokens after the shift, or labelled examples."""
+        if self._is_classifier:
+            return int(np.count_nonzero(labels != IGNORE_INDEX))
+        return _count_label_tokens(labels)
 
     def _epoch_batches(self, feats: List[Dict[str, List[int]]], epoch: int) -> List[List[int]]:
         """The batches (lists of example indices) of ``epoch``: a pure function of
@@ -667,7 +700,7 @@ class Trainer:
         step_no = state.global_step + 1  # 1-based number of the step being computed
         self.control = self.callback_handler.on_step_begin(args, state, self.control)
         batches = [self._collate([feats[i] for i in idx]) for idx in group]
-        counts = [_count_label_tokens(b["labels"]) for b in batches]
+        counts = [self._count_items(b["labels"]) for b in batches]
         num_items = sum(counts)
         rng0 = model.get_rng_state() if hasattr(model, "get_rng_state") else None
         applied = False
@@ -967,10 +1000,20 @@ class Trainer:
         labels_all: List[np.ndarray] = []
         if hasattr(model, "eval"):
             model.eval()
+        classifier = self._is_classifier
         try:
             for idx in batches:
                 b = self._collate([feats[i] for i in idx])
-                if want_preds:
+                if classifier:
+                    # (B, L) logits are small: keep them for the classification metrics
+                    out = model(b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
+                    n = self._count_items(b["labels"])
+                    if n:
+                        loss_sum += float(out.loss) * n
+                    n_tokens += n
+                    preds.append(np.asarray(out.logits))
+                    labels_all.append(b["labels"])
+                elif want_preds:
                     out = model(b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
                     logits = np.asarray(out.logits)
                     n = _count_label_tokens(b["labels"])
@@ -996,13 +1039,26 @@ class Trainer:
             if hasattr(model, "train") and was_training:
                 model.train()
         loss = loss_sum / n_tokens if n_tokens else float("nan")
-        metrics: Dict[str, float] = {
-            f"{prefix}_loss": loss,
-            f"{prefix}_perplexity": _perplexity(loss),
-            f"{prefix}_accuracy": n_correct / n_tokens if n_tokens else float("nan"),
-        }
-        all_preds = _pad_concat(preds) if want_preds else None
-        all_labels = _pad_concat(labels_all) if want_preds else None
+        if classifier:
+            from .metrics import precision_recall_f1
+
+            all_preds, all_labels = np.concatenate(preds), np.concatenate(labels_all)
+            keep = all_labels != IGNORE_INDEX
+            y_true, y_pred = all_labels[keep], np.argmax(all_preds[keep], axis=-1)
+            prf = precision_recall_f1(y_true, y_pred, average="macro")
+            metrics: Dict[str, float] = {
+                f"{prefix}_loss": loss,
+                f"{prefix}_accuracy": float(np.mean(y_true == y_pred)) if y_true.size else float("nan"),
+                **{f"{prefix}_{k}": float(v) for k, v in prf.items()},
+            }
+        else:
+            metrics = {
+                f"{prefix}_loss": loss,
+                f"{prefix}_perplexity": _perplexity(loss),
+                f"{prefix}_accuracy": n_correct / n_tokens if n_tokens else float("nan"),
+            }
+            all_preds = _pad_concat(preds) if want_preds else None
+            all_labels = _pad_concat(labels_all) if want_preds else None
         if want_preds and self.compute_metrics is not None and not self.args.prediction_loss_only:
             from .metrics import EvalPrediction
 

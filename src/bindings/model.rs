@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 
 use crate::error::Error;
 use crate::models::lora::LoraSpec;
-use crate::models::{attach_lora, from_config, from_pretrained, merge_lora, Batch, BoxedModel};
+use crate::models::{attach_lora, from_config, from_pretrained, from_pretrained_as, merge_lora, Batch, BoxedModel};
 use crate::optim::clip::clip_grad_norm;
 
 use super::convert::{f32_nd, ids_2d, to_numpy};
@@ -23,7 +23,9 @@ pub struct PyModel {
 
 type Ids<'py> = PyReadonlyArray2<'py, i64>;
 
-fn batch<'a>(ids: &'a Ids<'_>, mask: &'a Option<Ids<'_>>, labels: &'a Option<Ids<'_>>) -> PyFtResult<Batch<'a>> {
+/// A batch from numpy arrays. Labels are (B, T) per token, or (B, 1) one class per row for a
+/// model with a classification head (`row_labels`).
+fn batch<'a>(ids: &'a Ids<'_>, mask: &'a Option<Ids<'_>>, labels: &'a Option<Ids<'_>>, row_labels: bool) -> PyFtResult<Batch<'a>> {
     let (ids, b, t) = ids_2d("input_ids", ids)?;
     let mask = match mask {
         Some(m) => Some(ids_2d("attention_mask", m)?),
@@ -35,8 +37,9 @@ fn batch<'a>(ids: &'a Ids<'_>, mask: &'a Option<Ids<'_>>, labels: &'a Option<Ids
     };
     for (name, x) in [("attention_mask", &mask), ("labels", &labels)] {
         if let Some((_, xb, xt)) = x {
-            if (*xb, *xt) != (b, t) {
-                return Err(Error::shape(name, &[b, t], &[*xb, *xt]).into());
+            let want = if name == "labels" && row_labels { (b, 1) } else { (b, t) };
+            if (*xb, *xt) != want {
+                return Err(Error::shape(name, &[want.0, want.1], &[*xb, *xt]).into());
             }
         }
     }
@@ -53,12 +56,28 @@ impl PyModel {
     }
 
     /// A freshly initialised model from a config.json string.
+    /// Loads weights from a model directory or GGUF file into the model a config.json
+    /// string describes (e.g. the backbone of a causal LM under a classification head).
+    #[staticmethod]
+    fn from_pretrained_with_config(py: Python<'_>, path: PathBuf, config_json: &str, seed: u64) -> PyResult<Self> {
+        let value: serde_json::Value = serde_json::from_str(config_json)
+            .map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Config(format!("invalid config JSON: {e}")))))?;
+        let inner = detach(py, move || Ok(from_pretrained_as(&path, value, seed)?))?;
+        Ok(Self { inner })
+    }
+
     #[staticmethod]
     fn from_config(py: Python<'_>, config_json: &str, seed: u64) -> PyResult<Self> {
         let value: serde_json::Value = serde_json::from_str(config_json)
             .map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Config(format!("invalid config JSON: {e}")))))?;
         let inner = detach(py, move || Ok(from_config(value, seed)?))?;
         Ok(Self { inner })
+    }
+
+    /// L for a model with a sequence-classification head, else None.
+    #[getter]
+    fn num_labels(&self) -> Option<usize> {
+        self.inner.num_labels()
     }
 
     fn config_json(&self) -> String {
@@ -75,9 +94,13 @@ impl PyModel {
         labels: Option<Ids<'py>>,
         return_logits: bool,
     ) -> PyResult<(Option<f64>, Option<Bound<'py, PyAny>>)> {
-        let batch = batch(&input_ids, &attention_mask, &labels)?;
+        let batch = batch(&input_ids, &attention_mask, &labels, self.inner.num_labels().is_some())?;
         let has_labels = labels.is_some();
-        let (b, t, v) = (batch.b, batch.t, self.inner.vocab_size());
+        let (b, t) = (batch.b, batch.t);
+        let shape = match self.inner.num_labels() {
+            Some(l) => vec![b, l],
+            None => vec![b, t, self.inner.vocab_size()],
+        };
         let model = &mut self.inner;
         let (loss, logits) = detach(py, move || {
             model.forward(&batch)?;
@@ -87,7 +110,7 @@ impl PyModel {
             });
             Ok((loss, return_logits.then(|| model.logits().to_vec())))
         })?;
-        let logits = logits.map(|l| to_numpy(py, l, &[b, t, v])).transpose()?;
+        let logits = logits.map(|l| to_numpy(py, l, &shape)).transpose()?;
         Ok((loss, logits))
     }
 
@@ -100,7 +123,7 @@ impl PyModel {
         attention_mask: Option<Ids<'_>>,
         labels: Option<Ids<'_>>,
     ) -> PyResult<(f64, usize, usize)> {
-        let batch = batch(&input_ids, &attention_mask, &labels)?;
+        let batch = batch(&input_ids, &attention_mask, &labels, self.inner.num_labels().is_some())?;
         let model = &mut self.inner;
         detach(py, move || {
             model.forward(&batch)?;
@@ -119,7 +142,7 @@ impl PyModel {
         labels: Option<Ids<'_>>,
         num_items_in_batch: Option<f64>,
     ) -> PyResult<(f64, usize)> {
-        let batch = batch(&input_ids, &attention_mask, &labels)?;
+        let batch = batch(&input_ids, &attention_mask, &labels, self.inner.num_labels().is_some())?;
         let model = &mut self.inner;
         detach(py, move || {
             let s = model.forward_backward(&batch, num_items_in_batch)?;

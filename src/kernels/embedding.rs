@@ -16,17 +16,19 @@ pub fn embedding_forward<F: Real>(out: &mut [F], ids: &[i64], wte: &[F], wpe: Op
 }
 
 /// dwte (V, C) += scatter of dout rows by token id; dwpe (maxT, C) += dout summed over batch
-/// (None: frozen)
+/// (None: frozen). Tokens equal to `padding_idx` add nothing to dwte (torch's
+/// nn.Embedding(padding_idx=...)).
 pub fn embedding_backward<F: Real>(
     mut dwte: Option<&mut [F]>,
     mut dwpe: Option<&mut [F]>,
     dout: &[F],
     ids: &[i64],
+    padding_idx: Option<i64>,
     t: usize,
     c: usize,
 ) {
     for (row, (g, &id)) in dout.chunks_exact(c).zip(ids).enumerate() {
-        if let Some(dwte) = dwte.as_deref_mut() {
+        if let Some(dwte) = dwte.as_deref_mut().filter(|_| Some(id) != padding_idx) {
             let id = id as usize;
             for i in 0..c {
                 dwte[id * c + i] += g[i];
@@ -52,7 +54,7 @@ mod tests {
         let ids = [1i64, 4, 1, 0, 2, 1];
         let (wte, wpe, proj) = (rand_vec(v * c, 1), rand_vec(t * c, 2), rand_vec(b * t * c, 3));
         let (mut dwte, mut dwpe) = (vec![0.0; v * c], vec![0.0; t * c]);
-        embedding_backward(Some(&mut dwte), Some(&mut dwpe), &proj, &ids, t, c);
+        embedding_backward(Some(&mut dwte), Some(&mut dwpe), &proj, &ids, None, t, c);
         let loss = |wte: &[f64], wpe: &[f64]| {
             let mut out = vec![0.0; b * t * c];
             embedding_forward(&mut out, &ids, wte, Some(wpe), t, c);

@@ -28,6 +28,7 @@ use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::matmul::{gemm, matmul_backward, matmul_forward, View};
 use crate::kernels::Real;
+use crate::models::head::{SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, loss_scale, refresh_mask, Batch, CausalLm, Init, ModelState};
@@ -130,7 +131,8 @@ struct Acts<F> {
 }
 
 impl<F: Real> Acts<F> {
-    fn new(cfg: &Gpt2Config, b: usize, t: usize) -> Self {
+    /// `lm`: whether the (N, V) logits of the language-model head are needed.
+    fn new(cfg: &Gpt2Config, b: usize, t: usize, lm: bool) -> Self {
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
         let z = |len: usize| vec![F::zero(); len];
         let layers = (0..cfg.n_layer)
@@ -164,7 +166,7 @@ impl<F: Real> Acts<F> {
             lnf: z(n * c),
             lnf_mean: z(n),
             lnf_rstd: z(n),
-            logits: z(n * v),
+            logits: if lm { z(n * v) } else { Vec::new() },
             dres: z(n * c),
             dtmp: z(n * c),
             dln: z(n * c),
@@ -190,6 +192,8 @@ const MLP_PROJ: usize = 3;
 pub struct Gpt2<F: Real> {
     pub config: Gpt2Config,
     lora: Option<Lora<F>>,
+    /// A sequence-classification head instead of the language-model head.
+    cls: Option<SeqClsHead<F>>,
     pub(crate) state: ModelState<F>,
     pub(crate) layout: Layout,
     acts: Option<Acts<F>>,
@@ -201,7 +205,11 @@ impl<F: Real> Gpt2<F> {
         config.validate()?;
         let mut table = ParamTable::default();
         let layout = Layout::new(&config, &mut table);
-        Ok(Self { config, lora: None, state: ModelState::new(table), layout, acts: None })
+        let cls = SeqClsSpec::from_config(&config.to_value())?.map(|spec| {
+            let score = table.push("score.weight".into(), &[spec.num_labels, config.n_embd]);
+            SeqClsHead::new(spec, score)
+        });
+        Ok(Self { config, lora: None, cls, state: ModelState::new(table), layout, acts: None })
     }
 
     /// transformers' initialisation: N(0, initializer_range) for weights and embeddings,
@@ -254,7 +262,11 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
     }
 
     fn as_decoder(&self) -> Option<&dyn Decoder<F>> {
-        Some(self)
+        if self.cls.is_some() {
+            None
+        } else {
+            Some(self)
+        }
     }
 
     fn lora_modules(&self) -> (usize, Vec<LoraModule>) {
@@ -291,10 +303,12 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
     /// and the causal-mask buffers of old checkpoints (`attn.bias`, `attn.masked_bias`) are
     /// not parameters.
     fn load_tensors(&mut self, tensors: BTreeMap<String, RawTensor>, source: &Path) -> Result<()> {
-        self.state.load_tensors(tensors, source, "gpt2", |name| {
+        // a classification head on a causal-LM checkpoint keeps its initialisation
+        let optional: &[&str] = if self.cls.is_some() { &["score.weight"] } else { &[] };
+        self.state.load_tensors(tensors, source, "gpt2", optional, |name| {
             if name == "lm_head.weight" || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
                 None
-            } else if name.starts_with("transformer.") {
+            } else if name.starts_with("transformer.") || name == "score.weight" {
                 Some(name.to_string())
             } else {
                 Some(format!("transformer.{name}"))
@@ -303,15 +317,25 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
     }
 
     fn logits(&self) -> &[F] {
-        self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size])
+        match &self.cls {
+            Some(h) => h.logits(),
+            None => self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size]),
+        }
+    }
+
+    fn num_labels(&self) -> Option<usize> {
+        self.cls.as_ref().map(|h| h.spec.num_labels)
     }
 
     fn forward(&mut self, batch: &Batch<'_>) -> Result<()> {
-        batch.validate(self.config.vocab_size, self.config.n_positions)?;
+        batch.validate(self.config.vocab_size, self.config.n_positions, self.cls.is_none())?;
+        if let (Some(h), Some(l)) = (&self.cls, batch.labels) {
+            h.validate_labels(l, batch.b)?;
+        }
         let (b, t) = (batch.b, batch.t);
         if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
             self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Acts::new(&self.config, b, t));
+            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none()));
         }
         let scales = self.attn_scales();
         let cfg = &self.config;
@@ -322,7 +346,9 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let train = self.state.training;
 
         acts.ids.copy_from_slice(batch.ids);
-        batch.next_token_targets(&mut acts.targets);
+        if self.cls.is_none() {
+            batch.next_token_targets(&mut acts.targets);
+        }
 
         embedding_forward(&mut acts.encoded, batch.ids, &p[lay.wte.clone()], Some(&p[lay.wpe.clone()]), t, c);
         refresh_mask(&mut acts.embd_drop, n * c, cfg.embd_pdrop, train, rng);
@@ -368,12 +394,18 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
 
         let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
         layernorm_forward(&mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, last, &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, cfg.layer_norm_epsilon);
-        // logits (N, V) = lnf (N, C) @ wte^T (C, V)
-        gemm(&mut acts.logits, n, v, c, View::rows(&acts.lnf, c), View::t(&p[lay.wte.clone()], c), false);
+        match self.cls.as_mut() {
+            Some(h) => h.forward(p, &acts.lnf, batch.ids, batch.labels, b, t, c)?,
+            // logits (N, V) = lnf (N, C) @ wte^T (C, V)
+            None => gemm(&mut acts.logits, n, v, c, View::rows(&acts.lnf, c), View::t(&p[lay.wte.clone()], c), false),
+        }
         Ok(())
     }
 
     fn loss_stats(&self) -> LossStats {
+        if let Some(h) = &self.cls {
+            return h.loss_stats();
+        }
         let a = self.acts.as_ref().expect("forward before loss_stats");
         crossentropy_forward(&a.logits, &a.targets, self.config.vocab_size)
     }
@@ -385,17 +417,26 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let (b, t) = (acts.b, acts.t);
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
-        let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, loss_scale(&acts.targets, num_items)?);
         let (p, mut g) = self.state.grad_view();
         let lora = self.lora.as_ref();
         let lay = &self.layout;
-
-        // logits = lnf @ wte^T:  dlnf (N, C) = dlogits @ wte;  dwte += dlogits^T @ lnf
-        let dlogits = &acts.logits;
-        gemm(&mut acts.dln, n, c, v, View::rows(dlogits, v), View::rows(&p[lay.wte.clone()], c), false);
-        if let Some(dwte) = g.get(&lay.wte) {
-            gemm(dwte, v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
-        }
+        let stats = match self.cls.as_mut() {
+            Some(h) => {
+                let scale = loss_scale(h.targets(), num_items)?;
+                h.backward(p, &mut g, &mut acts.dln, c, scale)
+            }
+            None => {
+                let scale = loss_scale(&acts.targets, num_items)?;
+                let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, scale);
+                // logits = lnf @ wte^T:  dlnf (N, C) = dlogits @ wte;  dwte += dlogits^T @ lnf
+                let dlogits = &acts.logits;
+                gemm(&mut acts.dln, n, c, v, View::rows(dlogits, v), View::rows(&p[lay.wte.clone()], c), false);
+                if let Some(dwte) = g.get(&lay.wte) {
+                    gemm(dwte, v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
+                }
+                stats
+            }
+        };
         acts.dres.fill(F::zero());
         {
             let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
@@ -458,7 +499,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
 
         dropout_apply(&mut acts.dres, &acts.embd_drop);
         let (dwte, dwpe) = g.pair(&lay.wte, &lay.wpe);
-        embedding_backward(dwte, dwpe, &acts.dres, &acts.ids, t, c);
+        embedding_backward(dwte, dwpe, &acts.dres, &acts.ids, None, t, c);
         Ok(stats)
     }
 }
@@ -648,11 +689,11 @@ mod tests {
     #[test]
     fn rejects_bad_batches() {
         let ids = [1i64, 11];
-        let err = Batch { ids: &ids, mask: None, labels: None, b: 1, t: 2 }.validate(11, 8).unwrap_err();
+        let err = Batch { ids: &ids, mask: None, labels: None, b: 1, t: 2 }.validate(11, 8, true).unwrap_err();
         assert!(err.to_string().contains("11 at [0, 1]"), "{err}");
         let long = [0i64; 9];
-        assert!(Batch { ids: &long, mask: None, labels: None, b: 1, t: 9 }.validate(11, 8).is_err());
+        assert!(Batch { ids: &long, mask: None, labels: None, b: 1, t: 9 }.validate(11, 8, true).is_err());
         let mask = [1i64];
-        assert!(Batch { ids: &[1, 2], mask: Some(&mask), labels: None, b: 1, t: 2 }.validate(11, 8).is_err());
+        assert!(Batch { ids: &[1, 2], mask: Some(&mask), labels: None, b: 1, t: 2 }.validate(11, 8, true).is_err());
     }
 }

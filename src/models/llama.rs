@@ -29,6 +29,7 @@ use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_apply, rope_tables};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::kernels::Real;
+use crate::models::head::{SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, loss_scale, Batch, CausalLm, Init, ModelState};
@@ -56,7 +57,8 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(cfg: &LlamaConfig, table: &mut ParamTable) -> Layout {
+    /// `lm`: whether the model ends in the language-model head (not a task head).
+    fn new(cfg: &LlamaConfig, table: &mut ParamTable, lm: bool) -> Layout {
         let (v, c, i, hs) = (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (q, kv) = (cfg.num_attention_heads * hs, cfg.num_key_value_heads * hs);
         let embed = table.push("model.embed_tokens.weight".into(), &[v, c]);
@@ -96,7 +98,7 @@ impl Layout {
             })
             .collect();
         let norm = table.push("model.norm.weight".into(), &[c]);
-        let head = if cfg.tie_word_embeddings { embed.clone() } else { table.push("lm_head.weight".into(), &[v, c]) };
+        let head = if cfg.tie_word_embeddings || !lm { embed.clone() } else { table.push("lm_head.weight".into(), &[v, c]) };
         Layout { embed, layers, norm, head }
     }
 }
@@ -139,7 +141,8 @@ struct Acts<F> {
 }
 
 impl<F: Real> Acts<F> {
-    fn new(cfg: &LlamaConfig, b: usize, t: usize) -> Self {
+    /// `lm`: whether the (N, V) logits of the language-model head are needed.
+    fn new(cfg: &LlamaConfig, b: usize, t: usize, lm: bool) -> Self {
         let (n, c, i, v) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (nh, hs) = (cfg.num_attention_heads, cfg.head_dim);
         let (a, qkv) = (nh * hs, (nh + 2 * cfg.num_key_value_heads) * hs);
@@ -172,7 +175,7 @@ impl<F: Real> Acts<F> {
                 .collect(),
             lnf: z(n * c),
             lnf_rstd: z(n),
-            logits: z(n * v),
+            logits: if lm { z(n * v) } else { Vec::new() },
             dres: z(n * c),
             dln: z(n * c),
             datty: z(n * a),
@@ -202,6 +205,8 @@ const DOWN: usize = 6;
 pub struct Llama<F: Real> {
     pub config: LlamaConfig,
     lora: Option<Lora<F>>,
+    /// A sequence-classification head instead of the language-model head.
+    cls: Option<SeqClsHead<F>>,
     state: ModelState<F>,
     layout: Layout,
     acts: Option<Acts<F>>,
@@ -211,8 +216,13 @@ impl<F: Real> Llama<F> {
     /// A model with zeroed weights (load or initialise them next).
     pub fn empty(config: LlamaConfig) -> Result<Self> {
         let mut table = ParamTable::default();
-        let layout = Layout::new(&config, &mut table);
-        Ok(Self { config, lora: None, state: ModelState::new(table), layout, acts: None })
+        let spec = SeqClsSpec::from_config(&config.raw)?;
+        let layout = Layout::new(&config, &mut table, spec.is_none());
+        let cls = spec.map(|spec| {
+            let score = table.push("score.weight".into(), &[spec.num_labels, config.hidden_size]);
+            SeqClsHead::new(spec, score)
+        });
+        Ok(Self { config, lora: None, cls, state: ModelState::new(table), layout, acts: None })
     }
 
     /// transformers' initialisation: N(0, initializer_range) for linear weights and the
@@ -265,10 +275,12 @@ impl<F: Real> CausalLm<F> for Llama<F> {
     /// A tied `lm_head.weight` in the checkpoint is the embedding again; rotary `inv_freq`
     /// buffers of old checkpoints are not parameters.
     fn load_tensors(&mut self, tensors: BTreeMap<String, RawTensor>, source: &Path) -> Result<()> {
-        let tied = self.config.tie_word_embeddings;
+        // a classification head has no lm_head; on a causal-LM checkpoint it keeps its init
+        let skip_head = self.config.tie_word_embeddings || self.cls.is_some();
+        let optional: &[&str] = if self.cls.is_some() { &["score.weight"] } else { &[] };
         let arch = self.config.model_type.clone();
-        self.state.load_tensors(tensors, source, &arch, |name| {
-            if (tied && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq") {
+        self.state.load_tensors(tensors, source, &arch, optional, |name: &str| {
+            if (skip_head && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq") {
                 None
             } else {
                 Some(name.to_string())
@@ -277,7 +289,15 @@ impl<F: Real> CausalLm<F> for Llama<F> {
     }
 
     fn as_decoder(&self) -> Option<&dyn Decoder<F>> {
-        Some(self)
+        if self.cls.is_some() {
+            None
+        } else {
+            Some(self)
+        }
+    }
+
+    fn num_labels(&self) -> Option<usize> {
+        self.cls.as_ref().map(|h| h.spec.num_labels)
     }
 
     fn lora_modules(&self) -> (usize, Vec<LoraModule>) {
@@ -322,15 +342,21 @@ impl<F: Real> CausalLm<F> for Llama<F> {
     }
 
     fn logits(&self) -> &[F] {
-        self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size])
+        match &self.cls {
+            Some(h) => h.logits(),
+            None => self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size]),
+        }
     }
 
     fn forward(&mut self, batch: &Batch<'_>) -> Result<()> {
-        batch.validate(self.config.vocab_size, self.config.max_position_embeddings)?;
+        batch.validate(self.config.vocab_size, self.config.max_position_embeddings, self.cls.is_none())?;
+        if let (Some(h), Some(l)) = (&self.cls, batch.labels) {
+            h.validate_labels(l, batch.b)?;
+        }
         let (b, t) = (batch.b, batch.t);
         if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
             self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Acts::new(&self.config, b, t));
+            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none()));
         }
         let shapes: Vec<AttnShape> = (0..self.config.num_hidden_layers).map(|l| self.attn_shape(b, t, l)).collect();
         let cfg = &self.config;
@@ -344,7 +370,9 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let mut lora = self.lora.as_mut();
 
         acts.ids.copy_from_slice(batch.ids);
-        batch.next_token_targets(&mut acts.targets);
+        if self.cls.is_none() {
+            batch.next_token_targets(&mut acts.targets);
+        }
         embedding_forward(&mut acts.encoded, batch.ids, &p[lay.embed.clone()], None, t, c);
 
         for (l, lp) in lay.layers.iter().enumerate() {
@@ -386,12 +414,18 @@ impl<F: Real> CausalLm<F> for Llama<F> {
 
         let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
         rmsnorm_forward(&mut acts.lnf, &mut acts.lnf_rstd, last, &p[lay.norm.clone()], c, eps);
-        // logits (N, V) = lnf (N, C) @ head^T (C, V)
-        gemm(&mut acts.logits, n, v, c, View::rows(&acts.lnf, c), View::t(&p[lay.head.clone()], c), false);
+        match self.cls.as_mut() {
+            Some(h) => h.forward(p, &acts.lnf, batch.ids, batch.labels, b, t, c)?,
+            // logits (N, V) = lnf (N, C) @ head^T (C, V)
+            None => gemm(&mut acts.logits, n, v, c, View::rows(&acts.lnf, c), View::t(&p[lay.head.clone()], c), false),
+        }
         Ok(())
     }
 
     fn loss_stats(&self) -> LossStats {
+        if let Some(h) = &self.cls {
+            return h.loss_stats();
+        }
         let a = self.acts.as_ref().expect("forward before loss_stats");
         crossentropy_forward(&a.logits, &a.targets, self.config.vocab_size)
     }
@@ -406,17 +440,26 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let (rot_heads, qkv) = (cfg.num_attention_heads + cfg.num_key_value_heads, shapes[0].qkv_width());
         let scale = 1.0 / (hs as f64).sqrt();
         let acts = self.acts.as_mut().expect("forward allocated activations");
-        let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, loss_scale(&acts.targets, num_items)?);
         let (p, mut g) = self.state.grad_view();
         let lora = self.lora.as_ref();
         let lay = &self.layout;
-
-        // logits = lnf @ head^T:  dlnf (N, C) = dlogits @ head;  dhead += dlogits^T @ lnf
-        let dlogits = &acts.logits;
-        gemm(&mut acts.dln, n, c, v, View::rows(dlogits, v), View::rows(&p[lay.head.clone()], c), false);
-        if let Some(dhead) = g.get(&lay.head) {
-            gemm(dhead, v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
-        }
+        let stats = match self.cls.as_mut() {
+            Some(h) => {
+                let scale = loss_scale(h.targets(), num_items)?;
+                h.backward(p, &mut g, &mut acts.dln, c, scale)
+            }
+            None => {
+                let scale = loss_scale(&acts.targets, num_items)?;
+                let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, scale);
+                // logits = lnf @ head^T:  dlnf (N, C) = dlogits @ head;  dhead += dlogits^T @ lnf
+                let dlogits = &acts.logits;
+                gemm(&mut acts.dln, n, c, v, View::rows(dlogits, v), View::rows(&p[lay.head.clone()], c), false);
+                if let Some(dhead) = g.get(&lay.head) {
+                    gemm(dhead, v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
+                }
+                stats
+            }
+        };
         acts.dres.fill(F::zero());
         let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
         rmsnorm_backward(&mut acts.dres, g.get(&lay.norm), &acts.dln, last, &p[lay.norm.clone()], &acts.lnf_rstd, c);
@@ -473,7 +516,8 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln1), &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
         }
 
-        embedding_backward(g.get(&lay.embed), None, &acts.dres, &acts.ids, t, c);
+        // nn.Embedding(padding_idx=pad_token_id): the padding row gets no gradient
+        embedding_backward(g.get(&lay.embed), None, &acts.dres, &acts.ids, cfg.pad_token_id, t, c);
         Ok(stats)
     }
 }

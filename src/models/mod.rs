@@ -2,6 +2,7 @@
 //! loading and saving weights), and the choice among them by `model_type`.
 
 pub mod gpt2;
+pub mod head;
 pub mod llama;
 pub mod lora;
 pub mod params;
@@ -37,8 +38,9 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// Checks sizes, token ids, mask values and labels against a vocabulary and a context.
-    pub fn validate(&self, vocab: usize, max_positions: usize) -> Result<()> {
+    /// Checks sizes, token ids, mask values and (unless a task head checks them itself,
+    /// `token_labels` false) per-token labels against a vocabulary and a context.
+    pub fn validate(&self, vocab: usize, max_positions: usize, token_labels: bool) -> Result<()> {
         let (b, t, v) = (self.b, self.t, vocab);
         if b == 0 || t == 0 {
             return Err(Error::Input(format!("empty batch: input_ids has shape ({b}, {t})")));
@@ -68,9 +70,9 @@ impl Batch<'_> {
                 return Err(Error::Input(format!("attention_mask must hold 0 or 1, got {} at [{}, {}]", m[k], k / t, k % t)));
             }
         }
-        if let Some(l) = self.labels {
+        if let Some(l) = self.labels.filter(|_| token_labels) {
             if l.len() != b * t {
-                return Err(Error::Input(format!("labels have {} elements but input_ids has shape ({b}, {t})", l.len())));
+                return Err(Error::shape("labels", &[b, t], &[l.len()]));
             }
             check_ids("label", l, true)?;
         }
@@ -234,11 +236,13 @@ impl<F: Real> ModelState<F> {
 
     /// Copies checkpoint tensors into the parameters. `rename` maps a checkpoint name to
     /// ours, or None for tensors that are not parameters (buffers, a tied lm_head).
+    /// Parameters named in `optional` may be absent (a new task head keeps its init).
     pub fn load_tensors(
         &mut self,
         tensors: BTreeMap<String, RawTensor>,
         source: &Path,
         arch: &str,
+        optional: &[&str],
         rename: impl Fn(&str) -> Option<String>,
     ) -> Result<()> {
         let mut seen = vec![false; self.table.infos().len()];
@@ -255,7 +259,8 @@ impl<F: Real> ModelState<F> {
             self.params[info.range.clone()].copy_from_slice(&values);
             seen[idx] = true;
         }
-        if let Some(idx) = seen.iter().position(|s| !s) {
+        let infos = self.table.infos();
+        if let Some(idx) = seen.iter().enumerate().position(|(i, s)| !s && !optional.contains(&infos[i].name.as_str())) {
             return Err(Error::MissingTensor { name: self.table.infos()[idx].name.clone(), path: Some(source.to_path_buf()) });
         }
         Ok(())
@@ -367,8 +372,12 @@ pub trait CausalLm<F: Real>: Send + Sync {
     }
     /// Full forward: fills the activations and the (B, T, V) logits.
     fn forward(&mut self, batch: &Batch<'_>) -> Result<()>;
-    /// The (B, T, V) logits of the last forward.
+    /// The logits of the last forward: (B, T, V), or (B, L) with a classification head.
     fn logits(&self) -> &[F];
+    /// L when the model has a sequence-classification head (labels are then one per row).
+    fn num_labels(&self) -> Option<usize> {
+        None
+    }
     /// Loss statistics of the last forward (the logits are left intact).
     fn loss_stats(&self) -> LossStats;
     /// Forward, loss and backward; gradients are *added* to the gradient buffers. The
@@ -470,6 +479,24 @@ fn build(config: Value, init_seed: Option<u64>) -> Result<BoxedModel> {
 /// A fresh model with transformers' initialisation, from a config.json value.
 pub fn from_config(config: Value, seed: u64) -> Result<BoxedModel> {
     build(config, Some(seed))
+}
+
+/// Loads weights into the model `config` describes (initialised with `seed` first, so that
+/// parameters a checkpoint may lack, such as a new classification head, have transformers'
+/// initialisation). The checkpoint is a model directory or a GGUF file.
+pub fn from_pretrained_as(path: &Path, config: Value, seed: u64) -> Result<BoxedModel> {
+    if !path.exists() {
+        return Err(Error::FileNotFound(path.to_path_buf()));
+    }
+    let mut model = build(config, Some(seed))?;
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        let gguf = load_gguf(path)?;
+        let tensors = gguf.tensors.into_iter().map(|(name, (shape, values))| (name, RawTensor::from_f32(shape, &values))).collect();
+        model.load_tensors(tensors, path)?;
+    } else {
+        model.load_tensors(load_model_dir(path)?, path)?;
+    }
+    Ok(model)
 }
 
 /// Loads a Hugging Face model directory (config.json + safetensors weights), or a GGUF

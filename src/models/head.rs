@@ -1,0 +1,140 @@
+//! Sequence classification on top of a causal backbone (transformers'
+//! `GPT2ForSequenceClassification`, `LlamaForSequenceClassification`): a bias-free linear
+//! `score` (L, C) on the final hidden state of each row's last non-padding token, and the
+//! cross-entropy over rows (single-label classification).
+//!
+//! The pooled position is transformers': the rightmost token whose id is not
+//! `pad_token_id` (the attention mask is not used); without a pad token only a batch of one
+//! row is accepted. Labels are one class per row, -100 for rows that do not count.
+//!
+//! Shapes: B = batch, T = time, C = hidden size, L = num_labels, N = B * T.
+
+use std::ops::Range;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats};
+use crate::kernels::matmul::{gemm, View};
+use crate::kernels::Real;
+use crate::models::GradView;
+
+/// What the config asks for on top of the backbone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeqClsSpec {
+    pub num_labels: usize,
+    pub pad_token_id: Option<i64>,
+}
+
+impl SeqClsSpec {
+    /// A classification head when `architectures` names a `...ForSequenceClassification`.
+    pub fn from_config(v: &Value) -> Result<Option<Self>> {
+        let arch = v.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("");
+        if !arch.ends_with("ForSequenceClassification") {
+            return Ok(None);
+        }
+        let num_labels = v
+            .get("num_labels")
+            .and_then(Value::as_u64)
+            .or_else(|| v.get("id2label").and_then(Value::as_object).map(|m| m.len() as u64))
+            .unwrap_or(2) as usize;
+        if num_labels < 2 {
+            return Err(Error::Config(format!(
+                "sequence classification needs num_labels >= 2 (regression with num_labels=1 is not supported), got {num_labels}"
+            )));
+        }
+        if let Some(pt) = v.get("problem_type").and_then(Value::as_str) {
+            if pt != "single_label_classification" {
+                return Err(Error::Config(format!("problem_type {pt:?} is not supported (supported: single_label_classification)")));
+            }
+        }
+        let pad_token_id = v.get("pad_token_id").and_then(Value::as_i64);
+        Ok(Some(Self { num_labels, pad_token_id }))
+    }
+}
+
+pub struct SeqClsHead<F> {
+    pub spec: SeqClsSpec,
+    /// score.weight (L, C)
+    pub score: Range<usize>,
+    pool: Vec<usize>,   // (B) row index into N of each row's pooled token
+    pooled: Vec<F>,     // (B, C)
+    logits: Vec<F>,     // (B, L), the backward turns it into dlogits in place
+    targets: Vec<i64>,  // (B)
+}
+
+impl<F: Real> SeqClsHead<F> {
+    pub fn new(spec: SeqClsSpec, score: Range<usize>) -> Self {
+        Self { spec, score, pool: Vec::new(), pooled: Vec::new(), logits: Vec::new(), targets: Vec::new() }
+    }
+
+    /// Checks the row labels (B) of a batch.
+    pub fn validate_labels(&self, labels: &[i64], b: usize) -> Result<()> {
+        if labels.len() != b {
+            return Err(Error::shape("labels", &[b], &[labels.len()]));
+        }
+        if let Some(k) = labels.iter().position(|&l| l != -100 && (l < 0 || l as usize >= self.spec.num_labels)) {
+            return Err(Error::Input(format!(
+                "label {} of row {k} is out of range for num_labels={}",
+                labels[k], self.spec.num_labels
+            )));
+        }
+        Ok(())
+    }
+
+    /// logits (B, L) = hidden[pooled rows] (B, C) @ score^T
+    pub fn forward(&mut self, p: &[F], hidden: &[F], ids: &[i64], labels: Option<&[i64]>, b: usize, t: usize, c: usize) -> Result<()> {
+        let l = self.spec.num_labels;
+        self.pool.clear();
+        for row in 0..b {
+            let last = match self.spec.pad_token_id {
+                Some(pad) => (0..t).rev().find(|&j| ids[row * t + j] != pad).unwrap_or(0),
+                None if b == 1 => t - 1,
+                None => {
+                    return Err(Error::Config(
+                        "cannot find the last token of each row without a pad_token_id in the config (needed for batches > 1)".into(),
+                    ))
+                }
+            };
+            self.pool.push(row * t + last);
+        }
+        self.pooled.resize(b * c, F::zero());
+        for (row, &k) in self.pool.iter().enumerate() {
+            self.pooled[row * c..(row + 1) * c].copy_from_slice(&hidden[k * c..(k + 1) * c]);
+        }
+        self.logits.resize(b * l, F::zero());
+        gemm(&mut self.logits, b, l, c, View::rows(&self.pooled, c), View::t(&p[self.score.clone()], c), false);
+        self.targets.clear();
+        self.targets.extend_from_slice(labels.unwrap_or(&[]));
+        Ok(())
+    }
+
+    pub fn logits(&self) -> &[F] {
+        &self.logits
+    }
+
+    pub fn loss_stats(&self) -> LossStats {
+        crossentropy_forward(&self.logits, &self.targets, self.spec.num_labels)
+    }
+
+    /// Loss backward: dhidden (N, C) is overwritten (zero except the pooled rows);
+    /// dscore += dlogits^T @ pooled. `scale` is 1 / (rows counted in the optimizer step).
+    pub fn backward(&mut self, p: &[F], g: &mut GradView<'_, F>, dhidden: &mut [F], c: usize, scale: f64) -> LossStats {
+        let (l, b) = (self.spec.num_labels, self.pool.len());
+        let stats = crossentropy_forward_backward(&mut self.logits, &self.targets, l, scale);
+        if let Some(ds) = g.get(&self.score) {
+            gemm(ds, l, c, b, View::t(&self.logits, l), View::rows(&self.pooled, c), true);
+        }
+        let mut dpooled = vec![F::zero(); b * c];
+        gemm(&mut dpooled, b, c, l, View::rows(&self.logits, l), View::rows(&p[self.score.clone()], c), false);
+        dhidden.fill(F::zero());
+        for (row, &k) in self.pool.iter().enumerate() {
+            dhidden[k * c..(k + 1) * c].copy_from_slice(&dpooled[row * c..(row + 1) * c]);
+        }
+        stats
+    }
+
+    pub fn targets(&self) -> &[i64] {
+        &self.targets
+    }
+}
