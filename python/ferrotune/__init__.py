@@ -1,6 +1,6 @@
 """ferrotune: fine-tune Hugging Face language models on CPU, with a Rust core and no PyTorch."""
 
-from . import io
+from . import datasets, io, metrics
 from ._core import (
     CheckpointError,
     ConfigError,
@@ -23,7 +23,7 @@ from .callbacks import (
     TrainerControl,
     TrainerState,
 )
-from .data import DataCollatorForLanguageModeling, load_jsonl
+from .data import DataCollatorForLanguageModeling, DataCollatorWithPadding, load_jsonl
 from .generation import GenerationConfig, TextIteratorStreamer, TextStreamer
 from .metrics import EvalPrediction
 from .modeling import CausalLMOutput, Model, ModelConfig
@@ -43,6 +43,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataCollatorForLanguageModeling",
+    "DataCollatorWithPadding",
     "DataError",
     "DefaultFlowCallback",
     "EarlyStoppingCallback",
@@ -76,7 +77,9 @@ __all__ = [
     "get_last_checkpoint",
     "get_peft_model",
     "get_scheduler",
+    "datasets",
     "io",
+    "metrics",
     "load_jsonl",
     "pipeline",
     "plot_history",
