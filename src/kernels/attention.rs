@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+use super::matmul::{gemm_serial, View};
 use super::{Real, SyncPtr};
 
 /// Sizes of one attention call. Query head h reads key/value head h / (NH / NKV)
@@ -57,9 +58,20 @@ fn dot<F: Real>(a: &[F], b: &[F]) -> F {
     a.iter().zip(b).fold(F::zero(), |acc, (&x, &y)| acc + x * y)
 }
 
+/// Copies a (T, HS) block into rows `rs` apart of a buffer shared between tasks.
+///
+/// # Safety
+/// Rows `offset + i * rs .. + HS` must be written by no other task meanwhile.
+unsafe fn scatter_rows<F: Real>(dst: SyncPtr<F>, offset: usize, rs: usize, block: &[F], hs: usize) {
+    for (i, row) in block.chunks_exact(hs).enumerate() {
+        dst.slice_mut(offset + i * rs, hs).copy_from_slice(row);
+    }
+}
+
 /// Forward:
 ///   att (B, NH, T, T) = softmax(q k^T * scale) over allowed keys (0 elsewhere), saved for backward
 ///   out (B, T, NH*HS) = (att * drop) @ v, with `drop` (B, NH, T, T) the attention-dropout mask if any
+/// Each (batch, head) task runs its two products through a single-threaded gemm.
 pub fn attention_forward<F: Real>(
     out: &mut [F],
     att: &mut [F],
@@ -75,46 +87,45 @@ pub fn attention_forward<F: Real>(
     let out_ptr = SyncPtr(out.as_mut_ptr());
     att.par_chunks_mut(t * t).enumerate().for_each(|(bh, att_bh)| {
         let (b, h) = (bh / nh, bh % nh);
-        let row_at = |s: usize, off: usize| &qkv[(b * t + s) * w + off..][..hs];
+        let base = b * t * w;
+        // scores (T, T) = q (T, HS) @ k^T (HS, T) * scale
+        let (q, kt) = (View::strided(&qkv[base + shape.q_off(h)..], w), View::strided_t(&qkv[base + shape.k_off(h)..], w));
+        gemm_serial(att_bh, t, t, t, hs, q, kt, false, scale);
         for tq in 0..t {
             let row = &mut att_bh[tq * t..(tq + 1) * t];
-            let q = row_at(tq, shape.q_off(h));
             let mut max = F::neg_infinity();
-            for s in 0..t {
-                row[s] = if shape.allowed(mask, b, s, tq) {
-                    let x = dot(q, row_at(s, shape.k_off(h))) * scale;
-                    max = max.max(x);
-                    x
+            for (s, x) in row.iter_mut().enumerate() {
+                if shape.allowed(mask, b, s, tq) {
+                    max = max.max(*x);
                 } else {
-                    F::neg_infinity()
-                };
+                    *x = F::neg_infinity();
+                }
             }
             if max == F::neg_infinity() {
                 row.fill(F::one() / F::lit(t as f64));
-            } else {
-                let mut sum = F::zero();
-                for x in row.iter_mut() {
-                    *x = if *x == F::neg_infinity() { F::zero() } else { (*x - max).exp() };
-                    sum += *x;
-                }
-                let inv = F::one() / sum;
-                row.iter_mut().for_each(|x| *x *= inv);
+                continue;
             }
-            // SAFETY: (b, tq, h) addresses a HS-slice of `out` owned by this (b, h) task only.
-            let y = unsafe { out_ptr.slice_mut((b * t + tq) * c + h * hs, hs) };
-            y.fill(F::zero());
-            for s in 0..t {
-                let a = match drop {
-                    Some(d) => row[s] * d[bh * t * t + tq * t + s],
-                    None => row[s],
-                };
-                if a != F::zero() {
-                    for (yi, &vi) in y.iter_mut().zip(row_at(s, shape.v_off(h))) {
-                        *yi += a * vi;
-                    }
-                }
+            let mut sum = F::zero();
+            for x in row.iter_mut() {
+                *x = if *x == F::neg_infinity() { F::zero() } else { (*x - max).exp() };
+                sum += *x;
             }
+            let inv = F::one() / sum;
+            row.iter_mut().for_each(|x| *x *= inv);
         }
+        // y (T, HS) = (att * drop) (T, T) @ v (T, HS)
+        let dropped: Vec<F>;
+        let p = match drop {
+            Some(d) => {
+                dropped = att_bh.iter().zip(&d[bh * t * t..(bh + 1) * t * t]).map(|(&a, &m)| a * m).collect();
+                &dropped[..]
+            }
+            None => &att_bh[..],
+        };
+        let mut y = vec![F::zero(); t * hs];
+        gemm_serial(&mut y, hs, t, hs, t, View::rows(p, t), View::strided(&qkv[base + shape.v_off(h)..], w), false, F::one());
+        // SAFETY: columns h*HS..(h+1)*HS of batch b's rows belong to this task only.
+        unsafe { scatter_rows(out_ptr, b * t * c + h * hs, c, &y, hs) };
     });
 }
 
@@ -133,56 +144,50 @@ pub fn attention_backward<F: Real>(
     let AttnShape { b: nb, t, nh, nkv, hs, .. } = shape;
     let (w, c, group) = (shape.qkv_width(), nh * hs, nh / nkv);
     let scale = F::lit(scale);
-    dqkv.fill(F::zero());
     let dptr = SyncPtr(dqkv.as_mut_ptr());
     (0..nb * nkv).into_par_iter().for_each(|bg| {
         let (b, g) = (bg / nkv, bg % nkv);
-        let at = |s: usize, off: usize| (b * t + s) * w + off;
-        let mut datt = vec![F::zero(); t];
+        let base = b * t * w;
+        let (mut dk, mut dv, mut dq) = (vec![F::zero(); t * hs], vec![F::zero(); t * hs], vec![F::zero(); t * hs]);
+        let (mut dp, mut pd) = (vec![F::zero(); t * t], Vec::new());
         for h in g * group..(g + 1) * group {
             let bh = b * nh + h;
-            let (qo, ko, vo) = (shape.q_off(h), shape.k_off(h), shape.v_off(h));
-            for tq in 0..t {
-                let a_row = &att[bh * t * t + tq * t..][..t];
-                let d_row = drop.map(|d| &d[bh * t * t + tq * t..][..t]);
-                let dy = &dout[(b * t + tq) * c + h * hs..][..hs];
-                // datt = (dy . v) * drop;  dv += (att * drop) dy
-                let mut weighted = F::zero();
-                for s in 0..t {
-                    let a = a_row[s];
-                    if a == F::zero() {
-                        datt[s] = F::zero();
-                        continue;
-                    }
-                    let m = d_row.map_or(F::one(), |d| d[s]);
-                    datt[s] = dot(dy, &qkv[at(s, vo)..][..hs]) * m;
-                    weighted += a * datt[s];
-                    // SAFETY: v-gradient columns of kv head g in batch b belong to this task only.
-                    let dv = unsafe { dptr.slice_mut(at(s, vo), hs) };
-                    for (d, &gy) in dv.iter_mut().zip(dy) {
-                        *d += a * m * gy;
-                    }
+            let a = &att[bh * t * t..(bh + 1) * t * t];
+            let d = drop.map(|d| &d[bh * t * t..(bh + 1) * t * t]);
+            let dy = View::strided(&dout[b * t * c + h * hs..], c);
+            let v = View::strided_t(&qkv[base + shape.v_off(h)..], w);
+            // d(att * drop) (T, T) = dy (T, HS) @ v^T;  dv += (att * drop)^T @ dy
+            gemm_serial(&mut dp, t, t, t, hs, dy, v, false, F::one());
+            let p = match d {
+                Some(d) => {
+                    pd.clear();
+                    pd.extend(a.iter().zip(d).map(|(&x, &m)| x * m));
+                    &pd[..]
                 }
-                // softmax backward, then the q k^T product
-                let q = &qkv[at(tq, qo)..][..hs];
-                // SAFETY: q-gradient slice of (b, tq, h); h belongs to this task's group.
-                let dq = unsafe { dptr.slice_mut(at(tq, qo), hs) };
-                for s in 0..t {
-                    let a = a_row[s];
-                    if a == F::zero() {
-                        continue;
-                    }
-                    let dpre = a * (datt[s] - weighted) * scale;
-                    for (d, &kv) in dq.iter_mut().zip(&qkv[at(s, ko)..][..hs]) {
-                        *d += dpre * kv;
-                    }
-                    // SAFETY: k-gradient slice of (b, s, g), owned by this task.
-                    let dk = unsafe { dptr.slice_mut(at(s, ko), hs) };
-                    for (d, &qv) in dk.iter_mut().zip(q) {
-                        *d += dpre * qv;
-                    }
+                None => a,
+            };
+            gemm_serial(&mut dv, hs, t, hs, t, View::t(p, t), dy, true, F::one());
+            // softmax backward: dscores = att * (datt - sum(att * datt)) * scale
+            for tq in 0..t {
+                let (ar, dr) = (&a[tq * t..(tq + 1) * t], &mut dp[tq * t..(tq + 1) * t]);
+                if let Some(d) = d {
+                    dr.iter_mut().zip(&d[tq * t..(tq + 1) * t]).for_each(|(x, &m)| *x *= m);
+                }
+                let weighted = dot(ar, dr);
+                for (x, &p) in dr.iter_mut().zip(ar) {
+                    *x = p * (*x - weighted) * scale;
                 }
             }
+            // dq (T, HS) = dscores @ k;  dk += dscores^T @ q
+            gemm_serial(&mut dq, hs, t, hs, t, View::rows(&dp, t), View::strided(&qkv[base + shape.k_off(h)..], w), false, F::one());
+            // SAFETY: the q columns of head h in batch b belong to this task only.
+            unsafe { scatter_rows(dptr, base + shape.q_off(h), w, &dq, hs) };
+            gemm_serial(&mut dk, hs, t, hs, t, View::t(&dp, t), View::strided(&qkv[base + shape.q_off(h)..], w), true, F::one());
+        }
+        // SAFETY: the k and v columns of kv head g in batch b belong to this task only.
+        unsafe {
+            scatter_rows(dptr, base + shape.k_off(g * group), w, &dk, hs);
+            scatter_rows(dptr, base + shape.v_off(g * group), w, &dv, hs);
         }
     });
 }

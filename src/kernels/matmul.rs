@@ -55,6 +55,39 @@ pub fn gemm_into<F: Real>(
     accumulate: bool,
     scale: F,
 ) {
+    gemm_with(dst, dst_rs, m, n, k, lhs, rhs, accumulate, scale, Parallelism::Rayon(0));
+}
+
+/// `gemm_into` on the calling thread only, for callers that already split work across
+/// threads (one attention head per task).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial<F: Real>(
+    dst: &mut [F],
+    dst_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: View<F>,
+    rhs: View<F>,
+    accumulate: bool,
+    scale: F,
+) {
+    gemm_with(dst, dst_rs, m, n, k, lhs, rhs, accumulate, scale, Parallelism::None);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_with<F: Real>(
+    dst: &mut [F],
+    dst_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: View<F>,
+    rhs: View<F>,
+    accumulate: bool,
+    scale: F,
+    par: Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -89,7 +122,7 @@ pub fn gemm_into<F: Real>(
             false,
             false,
             false,
-            Parallelism::Rayon(0),
+            par,
         )
     }
 }
