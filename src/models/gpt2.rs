@@ -21,17 +21,17 @@ use crate::io::safetensors::RawTensor;
 use crate::error::Error;
 use crate::generate::{Decoder, DecoderDims, KvCache, Scratch};
 use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape};
-use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats, IGNORE_INDEX};
+use crate::kernels::crossentropy::{crossentropy_forward, LossStats, IGNORE_INDEX};
 use crate::kernels::dropout::dropout_apply;
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::matmul::{gemm, matmul_backward, matmul_forward, View};
 use crate::kernels::Real;
-use crate::models::head::{SeqClsHead, SeqClsSpec};
+use crate::models::head::{loss_backward, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, loss_scale, refresh_mask, Batch, CausalLm, Init, ModelState};
+use crate::models::{add_inplace, refresh_mask, Batch, CausalLm, Init, ModelState};
 
 pub(crate) struct LayerParams {
     pub(crate) ln1_w: Range<usize>,
@@ -420,23 +420,8 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let (p, mut g) = self.state.grad_view();
         let lora = self.lora.as_ref();
         let lay = &self.layout;
-        let stats = match self.cls.as_mut() {
-            Some(h) => {
-                let scale = loss_scale(h.targets(), num_items)?;
-                h.backward(p, &mut g, &mut acts.dln, c, scale)
-            }
-            None => {
-                let scale = loss_scale(&acts.targets, num_items)?;
-                let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, scale);
-                // logits = lnf @ wte^T:  dlnf (N, C) = dlogits @ wte;  dwte += dlogits^T @ lnf
-                let dlogits = &acts.logits;
-                gemm(&mut acts.dln, n, c, v, View::rows(dlogits, v), View::rows(&p[lay.wte.clone()], c), false);
-                if let Some(dwte) = g.get(&lay.wte) {
-                    gemm(dwte, v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
-                }
-                stats
-            }
-        };
+        let (logits, targets) = (&mut acts.logits, &acts.targets);
+        let stats = loss_backward(self.cls.as_mut(), p, &mut g, &lay.wte, logits, targets, num_items, &acts.lnf, &mut acts.dln, (n, c, v))?;
         acts.dres.fill(F::zero());
         {
             let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);

@@ -1,3 +1,6 @@
+//! What sits on the final hidden states: the language-model head (tied or untied) or a
+//! sequence-classification head, and the loss backward of either.
+//!
 //! Sequence classification on top of a causal backbone (transformers'
 //! `GPT2ForSequenceClassification`, `LlamaForSequenceClassification`): a bias-free linear
 //! `score` (L, C) on the final hidden state of each row's last non-padding token, and the
@@ -17,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats};
 use crate::kernels::matmul::{gemm, View};
 use crate::kernels::Real;
-use crate::models::GradView;
+use crate::models::{loss_scale, GradView};
 
 /// What the config asks for on top of the backbone.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,4 +140,32 @@ impl<F: Real> SeqClsHead<F> {
     pub fn targets(&self) -> &[i64] {
         &self.targets
     }
+}
+
+/// The loss backward of whichever head a model has, from its final hidden states (N, C):
+/// dhidden (N, C) is overwritten. For the language-model head, `logits` (N, V) become
+/// dlogits in place, dhidden = dlogits @ head and dhead += dlogits^T @ hidden.
+#[allow(clippy::too_many_arguments)]
+pub fn loss_backward<F: Real>(
+    cls: Option<&mut SeqClsHead<F>>,
+    p: &[F],
+    g: &mut GradView<'_, F>,
+    head: &Range<usize>,
+    logits: &mut [F],
+    targets: &[i64],
+    num_items: Option<f64>,
+    hidden: &[F],
+    dhidden: &mut [F],
+    (n, c, v): (usize, usize, usize),
+) -> Result<LossStats> {
+    if let Some(h) = cls {
+        let scale = loss_scale(h.targets(), num_items)?;
+        return Ok(h.backward(p, g, dhidden, c, scale));
+    }
+    let stats = crossentropy_forward_backward(logits, targets, v, loss_scale(targets, num_items)?);
+    gemm(dhidden, n, c, v, View::rows(logits, v), View::rows(&p[head.clone()], c), false);
+    if let Some(dhead) = g.get(head) {
+        gemm(dhead, v, c, n, View::t(logits, v), View::rows(hidden, c), true);
+    }
+    Ok(stats)
 }

@@ -22,17 +22,17 @@ use crate::error::{Error, Result};
 use crate::generate::{Decoder, DecoderDims, KvCache, Scratch};
 use crate::io::safetensors::RawTensor;
 use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape};
-use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats, IGNORE_INDEX};
+use crate::kernels::crossentropy::{crossentropy_forward, LossStats, IGNORE_INDEX};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::matmul::{gemm, linear_backward_input, linear_backward_weight, linear_forward, View};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_apply, rope_tables};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::kernels::Real;
-use crate::models::head::{SeqClsHead, SeqClsSpec};
+use crate::models::head::{loss_backward, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, loss_scale, Batch, CausalLm, Init, ModelState};
+use crate::models::{add_inplace, Batch, CausalLm, Init, ModelState};
 
 struct LayerParams {
     ln1: Range<usize>,
@@ -443,23 +443,8 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let (p, mut g) = self.state.grad_view();
         let lora = self.lora.as_ref();
         let lay = &self.layout;
-        let stats = match self.cls.as_mut() {
-            Some(h) => {
-                let scale = loss_scale(h.targets(), num_items)?;
-                h.backward(p, &mut g, &mut acts.dln, c, scale)
-            }
-            None => {
-                let scale = loss_scale(&acts.targets, num_items)?;
-                let stats = crossentropy_forward_backward(&mut acts.logits, &acts.targets, v, scale);
-                // logits = lnf @ head^T:  dlnf (N, C) = dlogits @ head;  dhead += dlogits^T @ lnf
-                let dlogits = &acts.logits;
-                gemm(&mut acts.dln, n, c, v, View::rows(dlogits, v), View::rows(&p[lay.head.clone()], c), false);
-                if let Some(dhead) = g.get(&lay.head) {
-                    gemm(dhead, v, c, n, View::t(dlogits, v), View::rows(&acts.lnf, c), true);
-                }
-                stats
-            }
-        };
+        let (logits, targets) = (&mut acts.logits, &acts.targets);
+        let stats = loss_backward(self.cls.as_mut(), p, &mut g, &lay.head, logits, targets, num_items, &acts.lnf, &mut acts.dln, (n, c, v))?;
         acts.dres.fill(F::zero());
         let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
         rmsnorm_backward(&mut acts.dres, g.get(&lay.norm), &acts.dln, last, &p[lay.norm.clone()], &acts.lnf_rstd, c);
