@@ -638,23 +638,7 @@ mod tests {
         let ids = [1i64, 5, 7, 2, 0, 3, 9, 4, 12, 6, 11, 8];
         let mask = [1i64, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1];
         let batch = Batch { ids: &ids, mask: Some(&mask), labels: None, b: 2, t: 6 };
-        m.forward_backward(&batch, None).unwrap();
-        let analytic = m.state_mut().grads_mut().clone();
-        let h = 1e-6;
-        let mut worst = 0.0f64;
-        for k in 0..analytic.len() {
-            let orig = m.state().params[k];
-            let loss_at = |x: f64, m: &mut Llama<f64>| {
-                m.state_mut().params[k] = x;
-                m.forward(&batch).unwrap();
-                let s = m.loss_stats();
-                s.loss_sum / s.count as f64
-            };
-            let num = (loss_at(orig + h, &mut m) - loss_at(orig - h, &mut m)) / (2.0 * h);
-            m.state_mut().params[k] = orig;
-            worst = worst.max((num - analytic[k]).abs());
-        }
-        let scale = analytic.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        let (worst, scale) = crate::models::testing::gradient_error(&mut m, &batch);
         assert!(worst < 1e-7 * scale.max(1.0), "max abs error {worst:e} (grad scale {scale:e})");
     }
 

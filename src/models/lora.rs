@@ -248,24 +248,7 @@ mod tests {
         assert_eq!(slots.len(), 2 * names.len(), "only adapters train");
         let ids = [1i64, 5, 7, 2, 0, 3, 9, 4, 10, 6];
         let batch = Batch { ids: &ids, mask: None, labels: None, b: 2, t: 5 };
-        m.forward_backward(&batch, None).unwrap();
-        let analytic = m.state_mut().grads_mut().clone();
-        let h = 1e-6;
-        let mut worst = 0.0f64;
-        for s in &slots {
-            for (k, pi) in s.params.clone().enumerate() {
-                let orig = m.state().params[pi];
-                let loss_at = |x: f64, m: &mut M| {
-                    m.state_mut().params[pi] = x;
-                    m.forward(&batch).unwrap();
-                    let st = m.loss_stats();
-                    st.loss_sum / st.count as f64
-                };
-                let num = (loss_at(orig + h, &mut m) - loss_at(orig - h, &mut m)) / (2.0 * h);
-                m.state_mut().params[pi] = orig;
-                worst = worst.max((num - analytic[s.grads.start + k]).abs());
-            }
-        }
+        let (worst, _) = crate::models::testing::gradient_error(&mut m, &batch);
         assert!(worst < 1e-7, "max abs error {worst:e}");
 
         // merging gives the same logits and a plain model again

@@ -516,3 +516,33 @@ pub fn from_pretrained(path: &Path) -> Result<BoxedModel> {
     model.load_tensors(load_model_dir(path)?, path)?;
     Ok(model)
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Batch, CausalLm};
+
+    /// One backward, then central differences in f64 for every trainable parameter:
+    /// returns (max |analytic - numeric|, max |analytic|).
+    pub fn gradient_error<M: CausalLm<f64>>(m: &mut M, batch: &Batch<'_>) -> (f64, f64) {
+        m.state_mut().zero_grad();
+        m.forward_backward(batch, None).unwrap();
+        let analytic = m.state_mut().grads_mut().clone();
+        let h = 1e-6;
+        let mut worst = 0.0f64;
+        for slot in m.state().grad_slots() {
+            for (k, pi) in slot.params.clone().enumerate() {
+                let orig = m.state().params[pi];
+                let loss_at = |x: f64, m: &mut M| {
+                    m.state_mut().params[pi] = x;
+                    m.forward(batch).unwrap();
+                    let s = m.loss_stats();
+                    s.loss_sum / s.count as f64
+                };
+                let num = (loss_at(orig + h, m) - loss_at(orig - h, m)) / (2.0 * h);
+                m.state_mut().params[pi] = orig;
+                worst = worst.max((num - analytic[slot.grads.start + k]).abs());
+            }
+        }
+        (worst, analytic.iter().fold(0.0f64, |a, b| a.max(b.abs())))
+    }
+}
