@@ -250,3 +250,15 @@ def test_tokenizer_with_new_tokens_round_trip(tmp_path):
     again = tok2(["<lang_zh>你好<sep>hello", "<lang_en>world<sep>"], padding=True, return_tensors="np")
     np.testing.assert_array_equal(again["input_ids"], batch["input_ids"])
     np.testing.assert_array_equal(model2(again["input_ids"]).logits, model(batch["input_ids"]).logits)
+
+
+def test_resize_a_classifier():
+    if not hasattr(ft.Model, "for_sequence_classification"):
+        pytest.skip("this build has no sequence-classification heads")
+    clf = ft.Model.for_sequence_classification(fixture_dir("gpt2_tiny_a"), num_labels=3, pad_token_id=0, seed=1)
+    x = np.array([[5, 6, 7, 0], [8, 9, 10, 11]])
+    logits = clf(x).logits
+    clf.resize_token_embeddings(104)
+    assert clf.num_labels == 3 and clf.config.vocab_size == 104
+    np.testing.assert_allclose(clf(x).logits, logits, rtol=0, atol=1e-6)
+    assert clf(np.array([[5, 101, 103, 102]])).logits.shape == (1, 3)
