@@ -362,8 +362,8 @@ class Model:
         dropout generator's state are kept. Build the optimizer (or Trainer) after resizing.
         With LoRA, resize first (PEFT's order), then ``get_peft_model`` with the embedding in
         ``modules_to_save`` (``["wte"]`` for GPT-2, ``["embed_tokens", "lm_head"]`` for an
-        untied Llama) so the new rows train and are saved in the adapter file. The copy needs
-        about twice the weights' memory while it runs.
+        untied Llama) so the new rows train and are saved in the adapter file. While it runs, the old
+        weights, a copy and the new model coexist (about 3x the weights' memory).
         """
         if self._core.lora_info() is not None:
             raise InputError(
