@@ -21,6 +21,8 @@ Built in: :class:`DefaultFlowCallback` (when to log/evaluate/save),
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import json
 import math
@@ -112,11 +114,12 @@ class TrainerState:
                 setattr(self, f"{kind}_steps", int(num_steps))
 
 
-class ExportableState:
+class ExportableState(abc.ABC):
     """Mixin for callbacks whose state is saved in ``trainer_state.json`` (``stateful_callbacks``)."""
 
+    @abc.abstractmethod
     def state(self) -> Dict[str, Any]:
-        raise NotImplementedError("You must implement a `state` function to utilize this class.")
+        """The callback's ``{"args": ..., "attributes": ...}`` to save (transformers' schema)."""
 
     @classmethod
     def from_state(cls, state: Dict[str, Any]) -> Any:

@@ -6,6 +6,8 @@ correctly across token boundaries.
 
 from __future__ import annotations
 
+import abc
+
 import copy
 import json
 import os
@@ -167,15 +169,17 @@ class GenerationConfig:
 # ----------------------------------------------------------------------------------------
 
 
-class BaseStreamer:
+class BaseStreamer(abc.ABC):
     """What ``generate(streamer=...)`` calls: ``put`` with the prompt ids first, then with
     every step's new tokens, and ``end`` once generation stops."""
 
+    @abc.abstractmethod
     def put(self, value: Any) -> None:
-        raise NotImplementedError
+        """Receives token ids (the prompt first, then each step's new tokens)."""
 
+    @abc.abstractmethod
     def end(self) -> None:
-        raise NotImplementedError
+        """Called once when generation stops."""
 
 
 def _is_cjk(ch: str) -> bool:
