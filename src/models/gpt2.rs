@@ -21,14 +21,14 @@ use crate::io::safetensors::RawTensor;
 use crate::error::Error;
 use crate::generate::{Decoder, DecoderDims, KvCache, Scratch};
 use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape};
-use crate::kernels::crossentropy::{crossentropy_forward, LossStats, IGNORE_INDEX};
+use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
 use crate::kernels::dropout::dropout_apply;
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::matmul::{gemm, matmul_backward, matmul_forward, View};
 use crate::kernels::Real;
-use crate::models::head::{loss_backward, SeqClsHead, SeqClsSpec};
+use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, refresh_mask, Batch, CausalLm, Init, ModelState};
@@ -394,20 +394,12 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
 
         let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
         layernorm_forward(&mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, last, &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, cfg.layer_norm_epsilon);
-        match self.cls.as_mut() {
-            Some(h) => h.forward(p, &acts.lnf, batch.ids, batch.labels, b, t, c)?,
-            // logits (N, V) = lnf (N, C) @ wte^T (C, V)
-            None => gemm(&mut acts.logits, n, v, c, View::rows(&acts.lnf, c), View::t(&p[lay.wte.clone()], c), false),
-        }
-        Ok(())
+        head_forward(self.cls.as_mut(), p, &lay.wte, &acts.lnf, &mut acts.logits, batch.ids, batch.labels, (b, t, c, v))
     }
 
     fn loss_stats(&self) -> LossStats {
-        if let Some(h) = &self.cls {
-            return h.loss_stats();
-        }
         let a = self.acts.as_ref().expect("forward before loss_stats");
-        crossentropy_forward(&a.logits, &a.targets, self.config.vocab_size)
+        head_loss_stats(self.cls.as_ref(), &a.logits, &a.targets, self.config.vocab_size)
     }
 
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
@@ -576,15 +568,7 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
         }
         // final LayerNorm and the tied lm_head, on every row or on the last one of each batch row
-        let rows = if all_logits { n } else { b };
-        if !all_logits && t > 1 {
-            for row in 0..b {
-                let src = (row * t + t - 1) * c;
-                sc.tmp[row * c..(row + 1) * c].copy_from_slice(&sc.x[src..src + c]);
-            }
-        } else {
-            sc.tmp[..rows * c].copy_from_slice(&sc.x[..rows * c]);
-        }
+        let rows = logit_rows(&sc.x, &mut sc.tmp, b, t, c, all_logits);
         layernorm_forward(&mut sc.ln[..rows * c], &mut sc.mean[..rows], &mut sc.rstd[..rows], &sc.tmp[..rows * c], &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, eps);
         gemm(&mut logits[..rows * v], rows, v, c, View::rows(&sc.ln[..rows * c], c), View::t(wte, c), false);
         cache.len += t;

@@ -169,3 +169,48 @@ pub fn loss_backward<F: Real>(
     }
     Ok(stats)
 }
+
+/// The forward of whichever head a model has, on its final hidden states (N, C): the
+/// (N, V) language-model logits through `head` (V, C), or the classification head.
+#[allow(clippy::too_many_arguments)]
+pub fn head_forward<F: Real>(
+    cls: Option<&mut SeqClsHead<F>>,
+    p: &[F],
+    head: &Range<usize>,
+    hidden: &[F],
+    logits: &mut [F],
+    ids: &[i64],
+    labels: Option<&[i64]>,
+    (b, t, c, v): (usize, usize, usize, usize),
+) -> Result<()> {
+    match cls {
+        Some(h) => h.forward(p, hidden, ids, labels, b, t, c),
+        None => {
+            gemm(logits, b * t, v, c, View::rows(hidden, c), View::t(&p[head.clone()], c), false);
+            Ok(())
+        }
+    }
+}
+
+/// Loss statistics of the last forward of whichever head a model has.
+pub fn head_loss_stats<F: Real>(cls: Option<&SeqClsHead<F>>, logits: &[F], targets: &[i64], v: usize) -> LossStats {
+    match cls {
+        Some(h) => h.loss_stats(),
+        None => crossentropy_forward(logits, targets, v),
+    }
+}
+
+/// Copies the rows a decoding step needs logits for into `out`: all N rows of x (N, C), or
+/// the last position of each of the B rows. Returns how many rows were copied.
+pub fn logit_rows<F: Real>(x: &[F], out: &mut [F], b: usize, t: usize, c: usize, all: bool) -> usize {
+    let rows = if all { b * t } else { b };
+    if all || t == 1 {
+        out[..rows * c].copy_from_slice(&x[..rows * c]);
+    } else {
+        for row in 0..b {
+            let src = (row * t + t - 1) * c;
+            out[row * c..(row + 1) * c].copy_from_slice(&x[src..src + c]);
+        }
+    }
+    rows
+}

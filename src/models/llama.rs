@@ -22,14 +22,14 @@ use crate::error::{Error, Result};
 use crate::generate::{Decoder, DecoderDims, KvCache, Scratch};
 use crate::io::safetensors::RawTensor;
 use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape};
-use crate::kernels::crossentropy::{crossentropy_forward, LossStats, IGNORE_INDEX};
+use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::matmul::{gemm, linear_backward_input, linear_backward_weight, linear_forward, View};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_apply, rope_tables};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::kernels::Real;
-use crate::models::head::{loss_backward, SeqClsHead, SeqClsSpec};
+use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, Batch, CausalLm, Init, ModelState};
@@ -414,20 +414,12 @@ impl<F: Real> CausalLm<F> for Llama<F> {
 
         let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
         rmsnorm_forward(&mut acts.lnf, &mut acts.lnf_rstd, last, &p[lay.norm.clone()], c, eps);
-        match self.cls.as_mut() {
-            Some(h) => h.forward(p, &acts.lnf, batch.ids, batch.labels, b, t, c)?,
-            // logits (N, V) = lnf (N, C) @ head^T (C, V)
-            None => gemm(&mut acts.logits, n, v, c, View::rows(&acts.lnf, c), View::t(&p[lay.head.clone()], c), false),
-        }
-        Ok(())
+        head_forward(self.cls.as_mut(), p, &lay.head, &acts.lnf, &mut acts.logits, batch.ids, batch.labels, (b, t, c, v))
     }
 
     fn loss_stats(&self) -> LossStats {
-        if let Some(h) = &self.cls {
-            return h.loss_stats();
-        }
         let a = self.acts.as_ref().expect("forward before loss_stats");
-        crossentropy_forward(&a.logits, &a.targets, self.config.vocab_size)
+        head_loss_stats(self.cls.as_ref(), &a.logits, &a.targets, self.config.vocab_size)
     }
 
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
@@ -597,15 +589,7 @@ impl<F: Real> Decoder<F> for Llama<F> {
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
         }
         // final RMSNorm and lm_head, on every row or on the last one of each batch row
-        let rows = if all_logits { n } else { b };
-        if !all_logits && t > 1 {
-            for row in 0..b {
-                let src = (row * t + t - 1) * c;
-                sc.tmp[row * c..(row + 1) * c].copy_from_slice(&sc.x[src..src + c]);
-            }
-        } else {
-            sc.tmp[..rows * c].copy_from_slice(&sc.x[..rows * c]);
-        }
+        let rows = logit_rows(&sc.x, &mut sc.tmp, b, t, c, all_logits);
         rmsnorm_forward(&mut sc.ln[..rows * c], &mut sc.rstd[..rows], &sc.tmp[..rows * c], &p[lay.norm.clone()], c, eps);
         gemm(&mut logits[..rows * v], rows, v, c, View::rows(&sc.ln[..rows * c], c), View::t(&p[lay.head.clone()], c), false);
         cache.len += t;
