@@ -129,18 +129,8 @@ fn gemm_with<F: Real>(
 
 /// out (N, OC) = inp (N, C) @ w (C, OC) + bias (OC)
 pub fn matmul_forward<F: Real>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
-    debug_assert_eq!(inp.len(), n * c);
     debug_assert_eq!(w.len(), c * oc);
-    let out = &mut out[..n * oc];
-    match bias {
-        Some(b) => {
-            for row in out.chunks_exact_mut(oc) {
-                row.copy_from_slice(b);
-            }
-            gemm(out, n, oc, c, View::rows(inp, c), View::rows(w, oc), true);
-        }
-        None => gemm(out, n, oc, c, View::rows(inp, c), View::rows(w, oc), false),
-    }
+    affine(out, inp, View::rows(w, oc), bias, n, c, oc);
 }
 
 /// Backward of `matmul_forward`:
@@ -171,13 +161,20 @@ pub fn matmul_backward<F: Real>(
 /// PyTorch's nn.Linear layout, w: (OC, C):  out (N, OC) = inp (N, C) @ w^T + bias (OC)
 pub fn linear_forward<F: Real>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
     debug_assert_eq!(w.len(), oc * c);
+    affine(out, inp, View::t(w, c), bias, n, c, oc);
+}
+
+/// out (N, OC) = inp (N, C) @ w (C, OC, any layout) + bias: the bias is written first and
+/// the product accumulated onto it.
+fn affine<F: Real>(out: &mut [F], inp: &[F], w: View<F>, bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
+    debug_assert_eq!(inp.len(), n * c);
     let out = &mut out[..n * oc];
     if let Some(b) = bias {
         for row in out.chunks_exact_mut(oc) {
             row.copy_from_slice(b);
         }
     }
-    gemm(out, n, oc, c, View::rows(inp, c), View::t(w, c), bias.is_some());
+    gemm(out, n, oc, c, View::rows(inp, c), w, bias.is_some());
 }
 
 /// Input gradient of `linear_forward`: dinp (N, C) = dout (N, OC) @ w   (overwritten)
