@@ -844,6 +844,17 @@ pub fn hf_tensor_name(gguf: &str) -> Option<String> {
 /// this is transformers' `_reverse_permute_weights`:
 /// `w.reshape(n_head, half, 2, ...).swapaxes(1, 2).reshape(w.shape)`.
 pub fn unpermute_qk(data: &[f32], rows: usize, row_len: usize, n_head: usize) -> Vec<f32> {
+    permute_rows(data, rows, row_len, n_head, false)
+}
+
+/// llama.cpp's forward permutation (for tests and for writing GGUF files).
+pub fn permute_qk(data: &[f32], rows: usize, row_len: usize, n_head: usize) -> Vec<f32> {
+    permute_rows(data, rows, row_len, n_head, true)
+}
+
+/// Within each head, row `2j + t` of llama.cpp's layout is row `t * half + j` of Hugging
+/// Face's; `to_gguf` picks the direction.
+fn permute_rows(data: &[f32], rows: usize, row_len: usize, n_head: usize, to_gguf: bool) -> Vec<f32> {
     assert_eq!(data.len(), rows * row_len);
     assert!(n_head > 0 && rows.is_multiple_of(2 * n_head), "{rows} rows do not split into {n_head} heads of even size");
     let hd = rows / n_head;
@@ -852,27 +863,9 @@ pub fn unpermute_qk(data: &[f32], rows: usize, row_len: usize, n_head: usize) ->
     for h in 0..n_head {
         for t in 0..2 {
             for j in 0..half {
-                let dst = h * hd + t * half + j;
-                let src = h * hd + 2 * j + t;
+                let (hf, gg) = (h * hd + t * half + j, h * hd + 2 * j + t);
+                let (dst, src) = if to_gguf { (gg, hf) } else { (hf, gg) };
                 out[dst * row_len..(dst + 1) * row_len].copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
-            }
-        }
-    }
-    out
-}
-
-/// llama.cpp's forward permutation (for tests and for writing GGUF files).
-pub fn permute_qk(data: &[f32], rows: usize, row_len: usize, n_head: usize) -> Vec<f32> {
-    assert_eq!(data.len(), rows * row_len);
-    let hd = rows / n_head;
-    let half = hd / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_head {
-        for t in 0..2 {
-            for j in 0..half {
-                let hf = h * hd + t * half + j;
-                let gg = h * hd + 2 * j + t;
-                out[gg * row_len..(gg + 1) * row_len].copy_from_slice(&data[hf * row_len..(hf + 1) * row_len]);
             }
         }
     }
