@@ -3,18 +3,22 @@
 tokens, greedy. Reports new tokens/s (whole generate call, prefill included), the decode-only
 rate, and how close decoding is to the memory-bandwidth limit (every step reads all weights).
 
-    python benchmarks/bench_generate.py                   # ferrotune (+ transformers if importable)
-    python benchmarks/bench_generate.py --impl transformers   # in an environment with torch
+    python benchmarks/bench_generate.py --torch-python /path/to/venv/bin/python
 
-ferrotune is imported only for --impl ferrotune/both, torch only for transformers/both.
+runs, in alternation for --rounds rounds: ferrotune with float32 weights, ferrotune with
+bfloat16 weights (``generate(..., weights_dtype="bfloat16")``) and, when --torch-python names
+an interpreter with torch + transformers, transformers' ``generate`` (f32, as installed) in a
+subprocess of that interpreter. ``--impl transformers`` is that subprocess's entry point.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 
 import numpy as np
@@ -51,7 +55,7 @@ def bench(run, n_params: int) -> dict:
         "decode_tokens_per_s": 1.0 / decode_per_token,
         "prefill_s": prefill,
         "total_s": total,
-        "weight_bytes_per_token": n_params * 4,
+        "n_params": n_params,
     }
 
 
@@ -61,14 +65,14 @@ def _timed(f) -> float:
     return time.perf_counter() - t0
 
 
-def bench_ferrotune() -> dict:
+def bench_ferrotune(weights_dtype: str) -> dict:
     import ferrotune as ft
 
     model = ft.Model.from_config(CONFIG, seed=0).eval()
     ids = np.random.default_rng(0).integers(0, CONFIG["vocab_size"], size=(1, PROMPT))
 
     def run(n):
-        out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=[])
+        out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=[], weights_dtype=weights_dtype)
         assert out.shape == (1, PROMPT + n)
 
     # weights read per decoded token: every parameter but the position table (one row used)
@@ -97,33 +101,61 @@ def bench_transformers() -> dict:
     return r
 
 
+BYTES = {"ferrotune f32": 4, "ferrotune bf16": 2, "transformers": 4}
+
+
+def run_transformers(python: str) -> dict:
+    p = subprocess.run([python, os.path.abspath(__file__), "--impl", "transformers"], capture_output=True, text=True)
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"transformers run failed:\n{p.stdout}\n{p.stderr}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--impl", choices=["ferrotune", "transformers", "both"], default="both")
+    ap.add_argument("--impl", choices=["ferrotune", "transformers"], default="ferrotune",
+                    help="transformers: run only transformers and print its result as JSON (the subprocess)")
+    ap.add_argument("--torch-python", default=None, help="an interpreter with torch + transformers")
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    if args.impl == "transformers":
+        print("RESULT " + json.dumps(bench_transformers()), flush=True)
+        return
+    import ferrotune as ft
+
     bw = measure_bandwidth()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"measured read bandwidth {bw:.1f} GB/s (numpy gemv/sum over 1 GB)")
-    print(f"GPT-2 124M shape, batch 1, prompt {PROMPT}, {NEW} new tokens, greedy, median of {REPEATS}")
-    impls = ["ferrotune", "transformers"] if args.impl == "both" else [args.impl]
-    results = {}
-    for impl in impls:
-        try:
-            r = bench_ferrotune() if impl == "ferrotune" else bench_transformers()
-        except ImportError as e:
-            print(f"{impl}: skipped ({e})")
-            continue
-        results[impl] = r
-        limit = bw * 1e9 / r["weight_bytes_per_token"]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, kernels: "
+          f"{ft.cpu_isa()}; measured read bandwidth {bw:.1f} GB/s (numpy gemv/sum over 1 GB)")
+    print(f"GPT-2 124M shape, batch 1, prompt {PROMPT}, {NEW} new tokens, greedy; median of {REPEATS} "
+          f"generate calls per round, {args.rounds} rounds in alternation")
+    runs = {
+        "ferrotune f32": lambda: bench_ferrotune("float32"),
+        "ferrotune bf16": lambda: bench_ferrotune("bfloat16"),
+    }
+    if args.torch_python:
+        runs["transformers"] = lambda: run_transformers(args.torch_python)
+    results: dict = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, f in runs.items():
+            results[name].append(f())
+    med = {}
+    for name, rs in results.items():
+        r = {k: statistics.median(x[k] for x in rs) for k in ("new_tokens_per_s", "decode_tokens_per_s", "prefill_s", "total_s")}
+        med[name] = r
+        nbytes = rs[0]["n_params"] * BYTES[name]
+        limit = bw * 1e9 / nbytes
         print(
-            f"{impl:>12}: {r['new_tokens_per_s']:.1f} new tokens/s (generate call {r['total_s']:.2f} s, prefill "
+            f"{name:>15}: {r['new_tokens_per_s']:.1f} new tokens/s (generate call {r['total_s']:.2f} s, prefill "
             f"{r['prefill_s'] * 1e3:.0f} ms); decode {r['decode_tokens_per_s']:.1f} tokens/s = "
             f"{r['decode_tokens_per_s'] / limit:.0%} of the bandwidth limit {limit:.1f} tokens/s "
-            f"({r['weight_bytes_per_token'] / 1e6:.0f} MB of f32 weights per token)"
-            + (f" [{r['versions']}]" if "versions" in r else "")
+            f"({nbytes / 1e6:.0f} MB of weights per token)"
+            + (f" [{rs[0]['versions']}]" if "versions" in rs[0] else "")
         )
-    if len(results) == 2:
-        print(f"speed-up: {results['ferrotune']['new_tokens_per_s'] / results['transformers']['new_tokens_per_s']:.2f}x")
+    if "transformers" in med:
+        base = med["transformers"]["new_tokens_per_s"]
+        for name in ("ferrotune f32", "ferrotune bf16"):
+            print(f"{name} / transformers: {med[name]['new_tokens_per_s'] / base:.2f}x")
 
 
 if __name__ == "__main__":

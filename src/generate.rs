@@ -15,7 +15,14 @@
 //! NH = heads, NKV = key/value heads, HS = head size, QKV = (NH + 2 NKV) HS, A = NH HS,
 //! V = vocab_size, I = MLP width, N = B * T.
 
+use std::ops::Range;
+use std::sync::Arc;
+
+use half::bf16;
+
 use crate::error::{Error, Result};
+use crate::kernels::matmul::{linear_forward, matmul_forward};
+use crate::kernels::matmul_bf16::{matmul_bf16, round_weight};
 use crate::kernels::Real;
 use crate::models::Batch;
 use crate::rng::SplitMix64;
@@ -41,12 +48,20 @@ pub struct DecoderDims {
 pub trait Decoder<F: Real>: Sync {
     fn dims(&self) -> DecoderDims;
 
+    /// The parameter buffer the inference forward reads.
+    fn params(&self) -> &[F];
+
+    /// Every weight matrix the inference forward multiplies by (what bf16 decoding rounds).
+    fn matmul_weights(&self) -> Vec<MatmulWeight>;
+
     /// Inference forward of T new tokens per row over the cache. ids, positions, mask:
     /// (B, T). Writes the logits of every new position (B, T, V) into `logits` when
-    /// `all_logits`, else only the last position of each row (B, V).
+    /// `all_logits`, else only the last position of each row (B, V). Matmuls read `half`
+    /// (bf16 copies of `matmul_weights`) when given, else the f32 parameters.
     #[allow(clippy::too_many_arguments)]
     fn forward_cached(
         &self,
+        half: Option<&HalfWeights>,
         cache: &mut KvCache<F>,
         sc: &mut Scratch<F>,
         ids: &[i64],
@@ -56,6 +71,89 @@ pub trait Decoder<F: Real>: Sync {
         logits: &mut [F],
         all_logits: bool,
     ) -> Result<()>;
+}
+
+/// A weight matrix of the inference forward: its range in the parameter buffer, its
+/// output (N) and input (K) features, and whether it is stored (K, N) (HF Conv1D) rather
+/// than (N, K) (nn.Linear, the lm_head).
+#[derive(Clone, Debug)]
+pub struct MatmulWeight {
+    pub range: Range<usize>,
+    pub n: usize,
+    pub k: usize,
+    pub conv1d: bool,
+}
+
+/// bf16 copies of the matmul weights, each rounded once and stored (N, K) row-major, for
+/// decoding that reads half the bytes per token (kernels/matmul_bf16.rs).
+pub struct HalfWeights {
+    data: Vec<bf16>,
+    /// (start of the parameter range, offset in `data`), sorted by start
+    index: Vec<(usize, usize)>,
+}
+
+impl HalfWeights {
+    pub fn new<F: Real>(params: &[F], weights: &[MatmulWeight]) -> Self {
+        let mut weights = weights.to_vec();
+        weights.sort_by_key(|w| w.range.start);
+        weights.dedup_by_key(|w| w.range.start); // a tied lm_head is the embedding
+        let mut index = Vec::with_capacity(weights.len());
+        let mut data = vec![bf16::ZERO; weights.iter().map(|w| w.range.len()).sum()];
+        let mut off = 0;
+        for w in &weights {
+            assert_eq!(w.range.len(), w.n * w.k, "matmul weight at {} is not ({}, {})", w.range.start, w.n, w.k);
+            round_weight(&mut data[off..off + w.range.len()], &params[w.range.clone()], w.n, w.k, w.conv1d);
+            index.push((w.range.start, off));
+            off += w.range.len();
+        }
+        Self { data, index }
+    }
+
+    /// The (N, K) bf16 copy of the weight at `range`.
+    fn get(&self, range: &Range<usize>) -> &[bf16] {
+        let i = self.index.binary_search_by_key(&range.start, |e| e.0).expect("weight has no bf16 copy");
+        &self.data[self.index[i].1..][..range.len()]
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<bf16>()
+    }
+}
+
+/// The weights one inference forward multiplies by: the parameters, or their bf16 copies.
+pub struct Weights<'a, F> {
+    pub p: &'a [F],
+    pub half: Option<&'a HalfWeights>,
+}
+
+impl<F: Real> Weights<'_, F> {
+    /// out (N, OC) = inp (N, C) @ w + bias, w the Conv1D (C, OC) parameter at `w`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv1d(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
+        match self.half {
+            Some(h) => half_affine(out, inp, h.get(&w), bias, n, c, oc),
+            None => matmul_forward(out, inp, &self.p[w], bias, n, c, oc),
+        }
+    }
+
+    /// out (N, OC) = inp (N, C) @ w^T + bias, w the nn.Linear (OC, C) parameter at `w`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
+        match self.half {
+            Some(h) => half_affine(out, inp, h.get(&w), bias, n, c, oc),
+            None => linear_forward(out, inp, &self.p[w], bias, n, c, oc),
+        }
+    }
+}
+
+/// out (N, OC) = inp (N, C) @ w^T + bias with w (OC, C) bf16.
+fn half_affine<F: Real>(out: &mut [F], inp: &[F], w: &[bf16], bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
+    if let Some(b) = bias {
+        for row in out[..n * oc].chunks_exact_mut(oc) {
+            row.copy_from_slice(b);
+        }
+    }
+    matmul_bf16(out, &inp[..n * c], w, n, oc, c, bias.is_some());
 }
 
 /// Keys and values of every layer, (B, NKV, S, HS) each, plus the key padding mask (B, S).
@@ -405,6 +503,8 @@ pub struct Generation<F: Real> {
     unfinished: Vec<bool>,
     cache: KvCache<F>,
     scratch: Scratch<F>,
+    /// bf16 copies of the weights to decode with (`use_half_weights`)
+    half: Option<Arc<HalfWeights>>,
     logits: Vec<F>,
     rng: SplitMix64,
     work: ProcessorWork,
@@ -454,6 +554,7 @@ impl Generation<f32> {
             unfinished: vec![true; b],
             cache: KvCache::new(&d, b, total),
             scratch: Scratch::new(&d, b * t),
+            half: None,
             logits: vec![0.0; b * d.vocab],
             rng,
             work: ProcessorWork::default(),
@@ -461,6 +562,13 @@ impl Generation<f32> {
             history: Vec::new(),
             params,
         })
+    }
+
+    /// Decode with these bf16 copies of the model's weights (made by `HalfWeights::new` from
+    /// the same model) instead of its f32 parameters; before the first step only.
+    pub fn use_half_weights(&mut self, half: Arc<HalfWeights>) {
+        assert!(self.cache.is_empty(), "use_half_weights after generation started");
+        self.half = Some(half);
     }
 
     fn total(&self) -> usize {
@@ -527,7 +635,7 @@ impl Generation<f32> {
                 self.next_pos[row] = if cum == 0 { 0 } else { pos[row * t + t - 1] } + 1;
             }
             let mask = self.prompt_mask.clone();
-            model.forward_cached(&mut self.cache, &mut self.scratch, &ids, &pos, &mask, t, &mut self.logits, false)?;
+            model.forward_cached(self.half.as_deref(), &mut self.cache, &mut self.scratch, &ids, &pos, &mask, t, &mut self.logits, false)?;
         } else {
             let ids: Vec<i64> = (0..b).map(|r| self.seqs[r * total + self.len - 1]).collect();
             let pos = self.next_pos.clone();
@@ -535,7 +643,7 @@ impl Generation<f32> {
                 *p += 1;
             }
             let ones = vec![1i64; b];
-            model.forward_cached(&mut self.cache, &mut self.scratch, &ids, &pos, &ones, 1, &mut self.logits, false)?;
+            model.forward_cached(self.half.as_deref(), &mut self.cache, &mut self.scratch, &ids, &pos, &ones, 1, &mut self.logits, false)?;
         }
         if self.keep_logits {
             self.history.extend_from_slice(&self.logits[..b * v]);
@@ -598,9 +706,16 @@ mod tests {
     }
 
     /// Prefill of k tokens then one token at a time gives the full forward's logits at every
-    /// position (no padding: both use positions 0..T).
-    fn check_cached_logits<M: CausalLm<f32> + Decoder<f32>>(m: &mut M) {
+    /// position (no padding: both use positions 0..T). With `half`, the parameters are first
+    /// rounded to bf16 values, so the bf16 copies hold exactly the weights of the f32 forward.
+    fn check_cached_logits<M: CausalLm<f32> + Decoder<f32>>(m: &mut M, half: bool) {
         let (b, t, v) = (2, 9, 23);
+        if half {
+            for x in m.state_mut().params.iter_mut() {
+                *x = bf16::from_f32(*x).to_f32();
+            }
+        }
+        let hw = half.then(|| HalfWeights::new(m.params(), &m.matmul_weights()));
         let ids: Vec<i64> = (0..b * t).map(|k| ((k * 7 + 3) % v) as i64).collect();
         m.forward(&Batch { ids: &ids, mask: None, labels: None, b, t }).unwrap();
         let full = m.logits().to_vec();
@@ -613,7 +728,7 @@ mod tests {
             };
             let pos = |from: usize, n: usize| -> Vec<i64> { (0..b).flat_map(|_| (from..from + n).map(|p| p as i64)).collect() };
             let mut out = vec![0.0f32; b * prefill * v];
-            m.forward_cached(&mut cache, &mut sc, &take(0, prefill), &pos(0, prefill), &vec![1; b * prefill], prefill, &mut out, true).unwrap();
+            m.forward_cached(hw.as_ref(), &mut cache, &mut sc, &take(0, prefill), &pos(0, prefill), &vec![1; b * prefill], prefill, &mut out, true).unwrap();
             for r in 0..b {
                 for j in 0..prefill {
                     got[(r * t + j) * v..][..v].copy_from_slice(&out[(r * prefill + j) * v..][..v]);
@@ -621,7 +736,7 @@ mod tests {
             }
             for j in prefill..t {
                 let mut out = vec![0.0f32; b * v];
-                m.forward_cached(&mut cache, &mut sc, &take(j, 1), &pos(j, 1), &[1, 1], 1, &mut out, false).unwrap();
+                m.forward_cached(hw.as_ref(), &mut cache, &mut sc, &take(j, 1), &pos(j, 1), &[1, 1], 1, &mut out, false).unwrap();
                 for r in 0..b {
                     got[(r * t + j) * v..][..v].copy_from_slice(&out[r * v..][..v]);
                 }
@@ -633,10 +748,13 @@ mod tests {
 
     #[test]
     fn cached_logits_match_full_forward() {
-        check_cached_logits(&mut tiny(16));
-        check_cached_logits(&mut tiny_llama(serde_json::json!({})));
-        check_cached_logits(&mut tiny_llama(serde_json::json!({"model_type": "qwen2"})));
-        check_cached_logits(&mut tiny_llama(serde_json::json!({"model_type": "mistral", "sliding_window": 3})));
+        for half in [false, true] {
+            check_cached_logits(&mut tiny(16), half);
+            check_cached_logits(&mut tiny_llama(serde_json::json!({})), half);
+            check_cached_logits(&mut tiny_llama(serde_json::json!({"tie_word_embeddings": false})), half);
+            check_cached_logits(&mut tiny_llama(serde_json::json!({"model_type": "qwen2"})), half);
+            check_cached_logits(&mut tiny_llama(serde_json::json!({"model_type": "mistral", "sliding_window": 3})), half);
+        }
     }
 
     /// A left-padded row generates what the same prompt without padding generates.

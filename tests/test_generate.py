@@ -95,6 +95,43 @@ def test_kv_cache_matches_full_forward_at_every_position(name):
     np.testing.assert_allclose(logits, full[:, t - 1 : t - 1 + steps], rtol=0, atol=1e-5)
 
 
+def _round_to_bf16(a):
+    """float32 -> the nearest bfloat16 value (ties to even), as float32; finite values."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32)
+
+
+@pytest.mark.parametrize("name", ["gpt2_tiny_a", "llama3_rope_untied", "qwen2_tiny"])
+def test_bf16_weights_decode_with_rounded_weights(name):
+    """weights_dtype="bfloat16" decodes with bf16 copies of the weight matrices: on weights
+    that are bf16 values already, its logits are float32's at every step; after the weights
+    change, the copies follow them (they are made again)."""
+    model = load(name)
+    v = model.config.vocab_size
+    prompt = np.random.default_rng(1).integers(0, v - 1, size=(2, 4))
+    kw = dict(max_new_tokens=6, do_sample=True, seed=5, eos_token_id=[], output_logits=True)
+    original = model.state_dict()
+    _, f32 = generate_fn(model, prompt, **kw)
+    _, bf16 = generate_fn(model, prompt, weights_dtype="bfloat16", **kw)
+    # the rounding moves the logits a little: it really is another set of weights
+    assert 0 < np.abs(bf16 - f32).max() < 0.05 * np.abs(f32).max()
+    for scale in (1.0, 1.25):
+        model.load_state_dict({k: _round_to_bf16(a * scale) for k, a in original.items()})
+        _, want = generate_fn(model, prompt, **kw)
+        _, got = generate_fn(model, prompt, weights_dtype="bfloat16", **kw)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_bf16_weights_greedy_reply_and_bad_dtype():
+    model = load("gpt2_tiny_a")
+    prompt = np.array([[5, 9, 2, 17]])
+    out = model.generate(prompt, max_new_tokens=8, weights_dtype="bfloat16")
+    assert out.shape == (1, 12) and (out[:, :4] == prompt).all()
+    with pytest.raises(ValueError, match="weights_dtype"):
+        model.generate(prompt, max_new_tokens=2, weights_dtype="float16")
+
+
 # ---- logits processors --------------------------------------------------------------------
 
 PROC_ARGS = {

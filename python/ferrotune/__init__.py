@@ -11,6 +11,7 @@ from ._core import (
     ShapeError,
     TokenizerError,
     __version__,
+    cpu_isa,
 )
 from .callbacks import (
     DefaultFlowCallback,
@@ -37,6 +38,7 @@ from .trainer import PredictionOutput, Trainer, TrainOutput, get_last_checkpoint
 from .training_args import TrainingArguments
 
 __all__ = [
+    "cpu_isa",
     "AdamW",
     "BatchEncoding",
     "CausalLMOutput",

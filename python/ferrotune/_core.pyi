@@ -27,10 +27,14 @@ __all__ = [
     "read_gguf_tensor_infos",
     "load_gguf_tokenizer",
     "load_gguf",
+    "cpu_isa",
     "__version__",
 ]
 
 __version__: str
+
+def cpu_isa() -> str:
+    """The instruction set ferrotune's kernels use here: "avx512+bf16", "avx512" or "generic"."""
 
 class FerrotuneError(Exception):
     """Base class of every ferrotune error."""
@@ -269,6 +273,7 @@ class Generation:
         pad_token_id: Optional[int],
         seed: int,
         output_logits: bool = False,
+        bf16_weights: bool = False,
     ) -> Generation: ...
     def step(self, max_steps: int) -> _Ids: ...
     def finish_rows(self, rows: Sequence[bool]) -> None: ...

@@ -317,10 +317,14 @@ def generate(
     tokenizer: Any = None,
     streamer: Optional[BaseStreamer] = None,
     output_logits: bool = False,
+    weights_dtype: str = "float32",
     **kwargs: Any,
 ) -> Any:
     """The body of ``Model.generate`` (see there)."""
     from .modeling import _ids
+
+    if weights_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"weights_dtype must be 'float32' or 'bfloat16', got {weights_dtype!r}")
 
     gc = (generation_config or getattr(model, "generation_config", None) or GenerationConfig()).copy()
     unused = gc.update(**kwargs)
@@ -390,6 +394,7 @@ def generate(
         None if pad is None else int(pad),
         int(seed) & (2**64 - 1),
         bool(output_logits),
+        weights_dtype == "bfloat16",
     )
     if streamer is None and not stops:
         gen.step(max_new)  # the whole loop in Rust, one call

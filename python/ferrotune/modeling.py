@@ -475,6 +475,7 @@ class Model:
         streamer: Any = None,
         generation_config: Optional[GenerationConfig] = None,
         max_length: Optional[int] = None,
+        weights_dtype: str = "float32",
     ) -> np.ndarray:
         """Generates continuations like transformers' ``generate``; returns int64 token ids
         (batch * num_return_sequences, prompt + new), prompt included.
@@ -493,6 +494,10 @@ class Model:
           (default: the first eos); generation stops when every row is finished
         - ``stop_strings`` (with ``tokenizer``) end a row once its new text contains one
         - ``streamer``: a ``TextStreamer`` / ``TextIteratorStreamer`` (batch size 1)
+        - ``weights_dtype="bfloat16"``: decode with bf16 copies of the weight matrices (rounded
+          once per call, round-to-nearest-even; activations and sums stay float32). Decoding
+          reads every weight once per token, so this nearly doubles tokens/s on a CPU; logits
+          move by the rounding (~0.4% of a weight), so greedy text can differ from float32's.
         """
         return _generate(
             self,
@@ -514,6 +519,7 @@ class Model:
             pad_token_id=pad_token_id,
             num_return_sequences=num_return_sequences,
             stop_strings=stop_strings,
+            weights_dtype=weights_dtype,
         )
 
     def __repr__(self) -> str:

@@ -17,8 +17,8 @@ use super::model::PyModel;
 
 /// The GPT-2 behind a model: the KV-cached path covers GPT-2 so far.
 fn decoder(m: &PyModel) -> PyFtResult<&dyn Decoder<f32>> {
-    m.inner.as_decoder().ok_or_else(|| {
-        let arch = m.inner.config_value().get("model_type").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    m.model().as_decoder().ok_or_else(|| {
+        let arch = m.model().config_value().get("model_type").and_then(|v| v.as_str()).unwrap_or("?").to_string();
         Error::Input(format!("generate() does not support {arch:?} models")).into()
     })
 }
@@ -36,10 +36,11 @@ pub struct PyGeneration {
 #[allow(clippy::too_many_arguments)]
 #[pymethods]
 impl PyGeneration {
-    /// Validates the arguments, allocates the KV cache (prompt + max_new_tokens positions).
+    /// Validates the arguments, allocates the KV cache (prompt + max_new_tokens positions);
+    /// with `bf16_weights`, decodes with the model's bf16 copies of its weight matrices.
     #[new]
     #[pyo3(signature = (model, input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k, top_p,
-                        min_p, repetition_penalty, eos_token_ids, pad_token_id, seed, output_logits=false))]
+                        min_p, repetition_penalty, eos_token_ids, pad_token_id, seed, output_logits=false, bf16_weights=false))]
     fn new(
         py: Python<'_>,
         model: Py<PyModel>,
@@ -56,6 +57,7 @@ impl PyGeneration {
         pad_token_id: Option<i64>,
         seed: u64,
         output_logits: bool,
+        bf16_weights: bool,
     ) -> PyResult<Self> {
         let (ids, b, t) = ids_2d("input_ids", &input_ids)?;
         let mask = match &attention_mask {
@@ -83,7 +85,14 @@ impl PyGeneration {
         let guard = model.borrow(py);
         let m = decoder(&guard)?;
         let batch = Batch { ids, mask, labels: None, b, t };
-        let inner = detach(py, move || Ok(Generation::new(m, &batch, params, output_logits)?))?;
+        let half = if bf16_weights { Some(guard.half_weights(py)?) } else { None };
+        let inner = detach(py, move || {
+            let mut g = Generation::new(m, &batch, params, output_logits)?;
+            if let Some(h) = half {
+                g.use_half_weights(h);
+            }
+            Ok(g)
+        })?;
         drop(guard);
         Ok(Self { model, inner })
     }
@@ -148,7 +157,7 @@ impl PyGeneration {
     fn logits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let h = self.inner.logits_history();
         let b = self.inner.batch_size();
-        let v = self.model.borrow(py).inner.vocab_size();
+        let v = self.model.borrow(py).model().vocab_size();
         let steps = if b * v == 0 { 0 } else { h.len() / (b * v) };
         let mut out = vec![0f32; h.len()];
         for s in 0..steps {

@@ -31,6 +31,13 @@ pub(crate) fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> PyFtResult<T> 
     }
 }
 
+/// The instruction set ferrotune's own kernels dispatch to on this CPU: "avx512+bf16",
+/// "avx512" or "generic" (forced by FERROTUNE_CPU=generic).
+#[pyfunction]
+fn cpu_isa() -> &'static str {
+    crate::kernels::cpu::isa_name()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
@@ -45,6 +52,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gguf::read_gguf_tensor_infos, m)?)?;
     m.add_function(wrap_pyfunction!(gguf::load_gguf_tokenizer, m)?)?;
     m.add_function(wrap_pyfunction!(gguf::load_gguf, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_isa, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -2,12 +2,14 @@
 //! `ferrotune.Model`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use numpy::{PyReadonlyArray2, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::Error;
+use crate::generate::HalfWeights;
 use crate::models::lora::LoraSpec;
 use crate::models::{attach_lora, from_config, from_pretrained, from_pretrained_as, merge_lora, Batch, BoxedModel};
 use crate::optim::clip::clip_grad_norm;
@@ -18,7 +20,42 @@ use super::errors::PyFtResult;
 
 #[pyclass(name = "CausalLM", module = "ferrotune._core")]
 pub struct PyModel {
-    pub inner: BoxedModel,
+    cell: cell::ModelCell,
+}
+
+mod cell {
+    //! The model and what is derived from its weights, behind accessors: every mutable
+    //! access drops the derived copies, so they can never be stale.
+
+    use std::sync::{Arc, Mutex};
+
+    use crate::generate::HalfWeights;
+    use crate::models::BoxedModel;
+
+    pub struct ModelCell {
+        model: BoxedModel,
+        /// bf16 copies of the weight matrices, made by the first bf16 generate call
+        half: Mutex<Option<Arc<HalfWeights>>>,
+    }
+
+    impl ModelCell {
+        pub fn new(model: BoxedModel) -> Self {
+            Self { model, half: Mutex::new(None) }
+        }
+        pub fn model(&self) -> &BoxedModel {
+            &self.model
+        }
+        pub fn model_mut(&mut self) -> &mut BoxedModel {
+            *self.half.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+            &mut self.model
+        }
+        /// The bf16 copies, made now when there are none; None for a model that cannot decode.
+        pub fn half_weights(&self) -> Option<Arc<HalfWeights>> {
+            let d = self.model.as_decoder()?;
+            let mut half = self.half.lock().unwrap_or_else(|e| e.into_inner());
+            Some(half.get_or_insert_with(|| Arc::new(HalfWeights::new(d.params(), &d.matmul_weights()))).clone())
+        }
+    }
 }
 
 type Ids<'py> = PyReadonlyArray2<'py, i64>;
@@ -46,13 +83,31 @@ fn batch<'a>(ids: &'a Ids<'_>, mask: &'a Option<Ids<'_>>, labels: &'a Option<Ids
     Ok(Batch { ids, mask: mask.map(|m| m.0), labels: labels.map(|l| l.0), b, t })
 }
 
+impl PyModel {
+    pub fn model(&self) -> &BoxedModel {
+        self.cell.model()
+    }
+    /// Mutable access; drops the derived bf16 copies of the weights.
+    pub fn model_mut(&mut self) -> &mut BoxedModel {
+        self.cell.model_mut()
+    }
+    /// bf16 copies of the weights for decoding, made (GIL released) at the first call after
+    /// the weights last changed.
+    pub fn half_weights(&self, py: Python<'_>) -> PyResult<Arc<HalfWeights>> {
+        let cell = &self.cell;
+        detach(py, move || {
+            cell.half_weights().ok_or_else(|| Error::Input("this model has no KV-cached decoder".into()).into())
+        })
+    }
+}
+
 #[pymethods]
 impl PyModel {
     /// Loads a Hugging Face model directory (config.json + safetensors weights).
     #[staticmethod]
     fn from_pretrained(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let inner = detach(py, move || Ok(from_pretrained(&path)?))?;
-        Ok(Self { inner })
+        Ok(Self { cell: cell::ModelCell::new(inner) })
     }
 
     /// A freshly initialised model from a config.json string.
@@ -63,7 +118,7 @@ impl PyModel {
         let value: serde_json::Value = serde_json::from_str(config_json)
             .map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Config(format!("invalid config JSON: {e}")))))?;
         let inner = detach(py, move || Ok(from_pretrained_as(&path, value, seed)?))?;
-        Ok(Self { inner })
+        Ok(Self { cell: cell::ModelCell::new(inner) })
     }
 
     #[staticmethod]
@@ -71,17 +126,17 @@ impl PyModel {
         let value: serde_json::Value = serde_json::from_str(config_json)
             .map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Config(format!("invalid config JSON: {e}")))))?;
         let inner = detach(py, move || Ok(from_config(value, seed)?))?;
-        Ok(Self { inner })
+        Ok(Self { cell: cell::ModelCell::new(inner) })
     }
 
     /// L for a model with a sequence-classification head, else None.
     #[getter]
     fn num_labels(&self) -> Option<usize> {
-        self.inner.num_labels()
+        self.cell.model().num_labels()
     }
 
     fn config_json(&self) -> String {
-        serde_json::to_string(&self.inner.config_value()).expect("config serialises")
+        serde_json::to_string(&self.cell.model().config_value()).expect("config serialises")
     }
 
     /// (loss or None, (B, T, V) float32 logits or None).
@@ -94,14 +149,14 @@ impl PyModel {
         labels: Option<Ids<'py>>,
         return_logits: bool,
     ) -> PyResult<(Option<f64>, Option<Bound<'py, PyAny>>)> {
-        let batch = batch(&input_ids, &attention_mask, &labels, self.inner.num_labels().is_some())?;
+        let batch = batch(&input_ids, &attention_mask, &labels, self.cell.model().num_labels().is_some())?;
         let has_labels = labels.is_some();
         let (b, t) = (batch.b, batch.t);
-        let shape = match self.inner.num_labels() {
+        let shape = match self.cell.model().num_labels() {
             Some(l) => vec![b, l],
-            None => vec![b, t, self.inner.vocab_size()],
+            None => vec![b, t, self.cell.model().vocab_size()],
         };
-        let model = &mut self.inner;
+        let model = self.cell.model_mut();
         let (loss, logits) = detach(py, move || {
             model.forward(&batch)?;
             let loss = has_labels.then(|| {
@@ -123,8 +178,8 @@ impl PyModel {
         attention_mask: Option<Ids<'_>>,
         labels: Option<Ids<'_>>,
     ) -> PyResult<(f64, usize, usize)> {
-        let batch = batch(&input_ids, &attention_mask, &labels, self.inner.num_labels().is_some())?;
-        let model = &mut self.inner;
+        let batch = batch(&input_ids, &attention_mask, &labels, self.cell.model().num_labels().is_some())?;
+        let model = self.cell.model_mut();
         detach(py, move || {
             model.forward(&batch)?;
             let s = model.loss_stats();
@@ -142,8 +197,8 @@ impl PyModel {
         labels: Option<Ids<'_>>,
         num_items_in_batch: Option<f64>,
     ) -> PyResult<(f64, usize)> {
-        let batch = batch(&input_ids, &attention_mask, &labels, self.inner.num_labels().is_some())?;
-        let model = &mut self.inner;
+        let batch = batch(&input_ids, &attention_mask, &labels, self.cell.model().num_labels().is_some())?;
+        let model = self.cell.model_mut();
         detach(py, move || {
             let s = model.forward_backward(&batch, num_items_in_batch)?;
             Ok((s.loss_sum, s.count))
@@ -151,28 +206,28 @@ impl PyModel {
     }
 
     fn zero_grad(&mut self) {
-        self.inner.state_mut().zero_grad();
+        self.cell.model_mut().state_mut().zero_grad();
     }
 
     fn clip_grad_norm(&mut self, py: Python<'_>, max_norm: f64) -> PyResult<f64> {
-        let model = &mut self.inner;
+        let model = self.cell.model_mut();
         detach(py, move || Ok(clip_grad_norm(model.state_mut().grads_mut(), max_norm)))
     }
 
     /// [(name, shape)] of every parameter, in storage order.
     fn param_info(&self) -> Vec<(String, Vec<usize>)> {
-        self.inner.state().table.infos().iter().map(|i| (i.name.clone(), i.shape.clone())).collect()
+        self.cell.model().state().table.infos().iter().map(|i| (i.name.clone(), i.shape.clone())).collect()
     }
 
     #[pyo3(signature = (trainable_only=false))]
     fn num_parameters(&self, trainable_only: bool) -> usize {
-        let state = self.inner.state();
+        let state = self.cell.model().state();
         if trainable_only { state.trainable_total() } else { state.table.total() }
     }
 
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        let state = self.inner.state();
+        let state = self.cell.model().state();
         for i in state.table.infos() {
             d.set_item(&i.name, to_numpy(py, state.params[i.range.clone()].to_vec(), &i.shape)?)?;
         }
@@ -181,9 +236,9 @@ impl PyModel {
 
     /// {name: gradient} of the trainable parameters.
     fn gradients<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let slots = self.inner.state().grad_slots();
-        let infos = self.inner.state().table.infos().to_vec();
-        let g = self.inner.state_mut().grads_mut();
+        let slots = self.cell.model().state().grad_slots();
+        let infos = self.cell.model().state().table.infos().to_vec();
+        let g = self.cell.model_mut().state_mut().grads_mut();
         let d = PyDict::new(py);
         for slot in slots {
             let i = &infos[slot.index];
@@ -195,39 +250,39 @@ impl PyModel {
     /// Freezes (False) or unfreezes (True) the named parameters; unknown names are an error
     /// and nothing changes then.
     fn set_trainable(&mut self, names: Vec<String>, trainable: bool) -> PyResult<()> {
-        let table = &self.inner.state().table;
+        let table = &self.cell.model().state().table;
         let mut idx = Vec::with_capacity(names.len());
         for n in &names {
             let i = table.infos().iter().position(|p| &p.name == n);
             idx.push(i.ok_or_else(|| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Input(format!("no parameter named {n:?}")))))?);
         }
         for i in idx {
-            self.inner.state_mut().set_trainable(i, trainable);
+            self.cell.model_mut().state_mut().set_trainable(i, trainable);
         }
         Ok(())
     }
 
     /// [(module name, in_features, out_features)] of the linear modules LoRA can adapt.
     fn lora_modules(&self) -> Vec<(String, usize, usize)> {
-        self.inner.lora_modules().1.into_iter().map(|m| (m.name, m.in_f, m.out_f)).collect()
+        self.cell.model().lora_modules().1.into_iter().map(|m| (m.name, m.in_f, m.out_f)).collect()
     }
 
     /// Adds LoRA adapters to the named modules; every other parameter is frozen.
     fn add_lora(&mut self, modules: Vec<String>, r: usize, alpha: f64, dropout: f64, use_rslora: bool, seed: u64) -> PyResult<()> {
         let spec = LoraSpec { r, alpha, dropout, use_rslora };
-        attach_lora(self.inner.as_mut(), &modules, spec, seed).map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(e)))
+        attach_lora(self.cell.model_mut().as_mut(), &modules, spec, seed).map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(e)))
     }
 
     /// Folds the adapters into the base weights and removes them.
     fn merge_lora(&mut self, py: Python<'_>) -> PyResult<()> {
-        let model = &mut self.inner;
+        let model = self.cell.model_mut();
         detach(py, move || Ok(merge_lora(model.as_mut())?))
     }
 
     /// (r, alpha, dropout, use_rslora, [adapted module names]) or None.
     #[allow(clippy::type_complexity)]
     fn lora_info(&self) -> Option<(usize, f64, f64, bool, Vec<String>)> {
-        self.inner.lora().map(|l| {
+        self.cell.model().lora().map(|l| {
             let s = &l.spec;
             (s.r, s.alpha, s.dropout, s.use_rslora, l.sites().map(|x| x.module.name.clone()).collect())
         })
@@ -235,13 +290,13 @@ impl PyModel {
 
     /// Names of the trainable parameters, in storage order.
     fn trainable_names(&self) -> Vec<String> {
-        let state = self.inner.state();
+        let state = self.cell.model().state();
         state.grad_slots().into_iter().map(|s| state.table.infos()[s.index].name.clone()).collect()
     }
 
     /// Copies float32 arrays into the named parameters (shapes checked; all-or-nothing).
     fn load_state_dict(&mut self, tensors: Vec<(String, PyReadonlyArrayDyn<'_, f32>)>, strict: bool) -> PyResult<()> {
-        let table = self.inner.state().table.clone();
+        let table = self.cell.model().state().table.clone();
         let mut updates = Vec::with_capacity(tensors.len());
         for (name, arr) in &tensors {
             let (data, shape) = f32_nd(name, arr)?;
@@ -256,7 +311,7 @@ impl PyModel {
                 return Err(super::errors::PyFerrotuneErr::from(Error::MissingTensor { name: missing.name.clone(), path: None }).into());
             }
         }
-        let params = &mut self.inner.state_mut().params;
+        let params = &mut self.cell.model_mut().state_mut().params;
         for (range, data) in updates {
             params[range].copy_from_slice(data);
         }
@@ -265,26 +320,26 @@ impl PyModel {
 
     #[getter]
     fn training(&self) -> bool {
-        self.inner.state().training
+        self.cell.model().state().training
     }
 
     #[setter]
     fn set_training(&mut self, training: bool) {
-        self.inner.state_mut().training = training;
+        self.cell.model_mut().state_mut().training = training;
     }
 
     #[getter]
     fn rng_state(&self) -> u64 {
-        self.inner.state().rng.state()
+        self.cell.model().state().rng.state()
     }
 
     #[setter]
     fn set_rng_state(&mut self, state: u64) {
-        self.inner.state_mut().rng.set_state(state);
+        self.cell.model_mut().state_mut().rng.set_state(state);
     }
 
     fn save_pretrained(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let model = &self.inner;
+        let model = self.cell.model();
         detach(py, move || Ok(model.save_pretrained(&path)?))
     }
 }

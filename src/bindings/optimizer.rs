@@ -38,7 +38,7 @@ impl PyAdamW {
     ) -> PyResult<Self> {
         let config = AdamWConfig { lr, beta1, beta2, eps, weight_decay };
         let m = model.borrow();
-        let state = m.inner.state();
+        let state = m.model().state();
         let inner = AdamW::new(config, &state.table, &state.grad_slots(), &no_decay).map_err(err)?;
         let grad_version = state.grad_version();
         drop(m);
@@ -47,12 +47,12 @@ impl PyAdamW {
 
     fn step(&mut self, py: Python<'_>) -> PyResult<()> {
         let mut model = self.model.borrow_mut(py);
-        if model.inner.state().grad_version() != self.grad_version {
+        if model.model().state().grad_version() != self.grad_version {
             return Err(err(Error::Input(
                 "the model's trainable parameters changed (freeze/unfreeze/adapters) since this optimizer was built; build a new one".into(),
             )));
         }
-        let (params, grads) = model.inner.state_mut().params_and_grads();
+        let (params, grads) = model.model_mut().state_mut().params_and_grads();
         let opt = &mut self.inner;
         detach(py, move || {
             opt.step(params, grads);
@@ -82,7 +82,7 @@ impl PyAdamW {
     /// (step, [(name, exp_avg, exp_avg_sq)])
     fn moments<'py>(&self, py: Python<'py>) -> PyResult<(u64, Vec<(String, Bound<'py, PyAny>, Bound<'py, PyAny>)>)> {
         let model = self.model.borrow(py);
-        let state = model.inner.state();
+        let state = model.model().state();
         let mut out = Vec::new();
         for slot in state.grad_slots() {
             let i = &state.table.infos()[slot.index];
@@ -101,7 +101,7 @@ impl PyAdamW {
         moments: Vec<(String, PyReadonlyArrayDyn<'_, f32>, PyReadonlyArrayDyn<'_, f32>)>,
     ) -> PyResult<()> {
         let model = self.model.borrow(py);
-        let state = model.inner.state();
+        let state = model.model().state();
         let table = &state.table;
         let slots = state.grad_slots();
         let mut staged = Vec::new();

@@ -11,12 +11,14 @@
 //! against finite differences in f64 (tests at the bottom of each file).
 
 pub mod attention;
+pub mod cpu;
 pub mod crossentropy;
 pub mod dropout;
 pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod matmul_bf16;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
@@ -31,9 +33,26 @@ pub trait Real:
     fn lit(x: f64) -> Self {
         Self::from_f64(x).unwrap()
     }
+    /// The slice as f32 when Self is f32 (SIMD kernels written for f32 only).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
-impl Real for f32 {}
-impl Real for f64 {}
+impl Real for f32 {
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
+    }
+}
+impl Real for f64 {
+    fn as_f32(_: &[f64]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
+    }
+}
 
 /// A raw pointer that may cross threads. Used only where parallel workers write provably
 /// disjoint parts of one buffer (e.g. one attention head each).

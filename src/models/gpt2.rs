@@ -19,14 +19,14 @@ use crate::config::Gpt2Config;
 use crate::error::Result;
 use crate::io::safetensors::RawTensor;
 use crate::error::Error;
-use crate::generate::{Decoder, DecoderDims, KvCache, Scratch};
+use crate::generate::{Decoder, DecoderDims, HalfWeights, KvCache, MatmulWeight, Scratch, Weights};
 use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape};
 use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
 use crate::kernels::dropout::dropout_apply;
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
-use crate::kernels::matmul::{gemm, matmul_backward, matmul_forward, View};
+use crate::kernels::matmul::{matmul_backward, matmul_forward};
 use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule};
@@ -499,8 +499,23 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
         }
     }
 
+    fn params(&self) -> &[F] {
+        &self.state.params
+    }
+
+    fn matmul_weights(&self) -> Vec<MatmulWeight> {
+        let (c, i, v) = (self.config.n_embd, self.config.inner(), self.config.vocab_size);
+        let conv = |range: &Range<usize>, k, n| MatmulWeight { range: range.clone(), n, k, conv1d: true };
+        let mut w: Vec<MatmulWeight> = (self.layout.layers.iter())
+            .flat_map(|lp| [conv(&lp.attn_w, c, 3 * c), conv(&lp.proj_w, c, c), conv(&lp.fc_w, c, i), conv(&lp.fcproj_w, i, c)])
+            .collect();
+        w.push(MatmulWeight { range: self.layout.wte.clone(), n: v, k: c, conv1d: false });
+        w
+    }
+
     fn forward_cached(
         &self,
+        half: Option<&HalfWeights>,
         cache: &mut KvCache<F>,
         sc: &mut Scratch<F>,
         ids: &[i64],
@@ -519,6 +534,7 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
         }
         assert!(n <= sc.rows, "scratch sized for {} rows, {n} requested", sc.rows);
         let (p, lay) = (&self.state.params, &self.layout);
+        let w = Weights { p, half };
         let (wte, wpe) = (&p[lay.wte.clone()], &p[lay.wpe.clone()]);
         // x (N, C) = wte[id] + wpe[position]
         for (r, xr) in sc.x[..n * c].chunks_exact_mut(c).enumerate() {
@@ -543,25 +559,25 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
         let shape = AttnShape::mha(b, t, c, nh);
         for (l, lp) in lay.layers.iter().enumerate() {
             layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, eps);
-            matmul_forward(&mut sc.qkv, &sc.ln[..n * c], &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
+            w.conv1d(&mut sc.qkv, &sc.ln[..n * c], lp.attn_w.clone(), Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
             if let Some(lo) = &self.lora {
                 lo.apply(l * LORA_PER_LAYER + C_ATTN, p, &sc.ln[..n * c], &mut sc.qkv, n);
             }
             // append this call's keys and values: qkv (B, T, 3C) -> cache (B, NH, S, HS)
             cache.append(l, &sc.qkv, t, 3 * c, c, 2 * c);
             attention_cached_forward(&mut sc.atty[..n * c], &sc.qkv[..n * 3 * c], &cache.k[l], &cache.v[l], &cache.key_mask, shape, past, cap, scales[l]);
-            matmul_forward(&mut sc.tmp, &sc.atty[..n * c], &p[lp.proj_w.clone()], Some(&p[lp.proj_b.clone()]), n, c, c);
+            w.conv1d(&mut sc.tmp, &sc.atty[..n * c], lp.proj_w.clone(), Some(&p[lp.proj_b.clone()]), n, c, c);
             if let Some(lo) = &self.lora {
                 lo.apply(l * LORA_PER_LAYER + ATTN_PROJ, p, &sc.atty[..n * c], &mut sc.tmp, n);
             }
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
             layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, eps);
-            matmul_forward(&mut sc.fch, &sc.ln[..n * c], &p[lp.fc_w.clone()], Some(&p[lp.fc_b.clone()]), n, c, i);
+            w.conv1d(&mut sc.fch, &sc.ln[..n * c], lp.fc_w.clone(), Some(&p[lp.fc_b.clone()]), n, c, i);
             if let Some(lo) = &self.lora {
                 lo.apply(l * LORA_PER_LAYER + C_FC, p, &sc.ln[..n * c], &mut sc.fch, n);
             }
             gelu_forward(&mut sc.fchg[..n * i], &sc.fch[..n * i]);
-            matmul_forward(&mut sc.tmp, &sc.fchg[..n * i], &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
+            w.conv1d(&mut sc.tmp, &sc.fchg[..n * i], lp.fcproj_w.clone(), Some(&p[lp.fcproj_b.clone()]), n, i, c);
             if let Some(lo) = &self.lora {
                 lo.apply(l * LORA_PER_LAYER + MLP_PROJ, p, &sc.fchg[..n * i], &mut sc.tmp, n);
             }
@@ -570,7 +586,7 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
         // final LayerNorm and the tied lm_head, on every row or on the last one of each batch row
         let rows = logit_rows(&sc.x, &mut sc.tmp, b, t, c, all_logits);
         layernorm_forward(&mut sc.ln[..rows * c], &mut sc.mean[..rows], &mut sc.rstd[..rows], &sc.tmp[..rows * c], &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, eps);
-        gemm(&mut logits[..rows * v], rows, v, c, View::rows(&sc.ln[..rows * c], c), View::t(wte, c), false);
+        w.linear(logits, &sc.ln[..rows * c], lay.wte.clone(), None, rows, c, v);
         cache.len += t;
         Ok(())
     }

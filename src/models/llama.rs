@@ -19,12 +19,12 @@ use serde_json::Value;
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::generate::{Decoder, DecoderDims, KvCache, Scratch};
+use crate::generate::{Decoder, DecoderDims, HalfWeights, KvCache, MatmulWeight, Scratch, Weights};
 use crate::io::safetensors::RawTensor;
 use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape};
 use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
-use crate::kernels::matmul::{gemm, linear_backward_input, linear_backward_weight, linear_forward, View};
+use crate::kernels::matmul::{linear_backward_input, linear_backward_weight, linear_forward};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_apply, rope_tables};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
@@ -518,8 +518,24 @@ impl<F: Real> Decoder<F> for Llama<F> {
         }
     }
 
+    fn params(&self) -> &[F] {
+        &self.state.params
+    }
+
+    fn matmul_weights(&self) -> Vec<MatmulWeight> {
+        let d = self.dims();
+        let (c, i) = (d.c, d.mlp_act);
+        let lin = |range: &Range<usize>, n, k| MatmulWeight { range: range.clone(), n, k, conv1d: false };
+        let mut w: Vec<MatmulWeight> = (self.layout.layers.iter())
+            .flat_map(|lp| [lin(&lp.qkv_w, d.qkv, c), lin(&lp.o_w, c, d.a), lin(&lp.gu_w, 2 * i, c), lin(&lp.down_w, c, i)])
+            .collect();
+        w.push(lin(&self.layout.head, d.vocab, c));
+        w
+    }
+
     fn forward_cached(
         &self,
+        half: Option<&HalfWeights>,
         cache: &mut KvCache<F>,
         sc: &mut Scratch<F>,
         ids: &[i64],
@@ -542,6 +558,7 @@ impl<F: Real> Decoder<F> for Llama<F> {
             (sc.cos, sc.sin) = rope_tables(&cfg.inv_freq(), cap);
         }
         let (p, lay) = (&self.state.params, &self.layout);
+        let w = Weights { p, half };
         let embed = &p[lay.embed.clone()];
         let mut pos = Vec::with_capacity(n);
         for (r, xr) in sc.x[..n * c].chunks_exact_mut(c).enumerate() {
@@ -559,7 +576,7 @@ impl<F: Real> Decoder<F> for Llama<F> {
         let scale = 1.0 / (hs as f64).sqrt();
         for (l, lp) in lay.layers.iter().enumerate() {
             rmsnorm_forward(&mut sc.ln[..n * c], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1.clone()], c, eps);
-            linear_forward(&mut sc.qkv, &sc.ln[..n * c], &p[lp.qkv_w.clone()], lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
+            w.linear(&mut sc.qkv, &sc.ln[..n * c], lp.qkv_w.clone(), lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
             if let Some(lo) = &self.lora {
                 for k in Q..O {
                     lo.apply(l * LORA_PER_LAYER + k, p, &sc.ln[..n * c], &mut sc.qkv, n);
@@ -569,20 +586,20 @@ impl<F: Real> Decoder<F> for Llama<F> {
             cache.append(l, &sc.qkv, t, qkv, a, a + d.nkv * hs);
             let shape = self.attn_shape(b, t, l);
             attention_cached_forward(&mut sc.atty[..n * a], &sc.qkv[..n * qkv], &cache.k[l], &cache.v[l], &cache.key_mask, shape, past, cap, scale);
-            linear_forward(&mut sc.tmp, &sc.atty[..n * a], &p[lp.o_w.clone()], lp.o_b.clone().map(|r| &p[r]), n, a, c);
+            w.linear(&mut sc.tmp, &sc.atty[..n * a], lp.o_w.clone(), lp.o_b.clone().map(|r| &p[r]), n, a, c);
             if let Some(lo) = &self.lora {
                 lo.apply(l * LORA_PER_LAYER + O, p, &sc.atty[..n * a], &mut sc.tmp, n);
             }
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
             rmsnorm_forward(&mut sc.ln[..n * c], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln2.clone()], c, eps);
-            linear_forward(&mut sc.fch, &sc.ln[..n * c], &p[lp.gu_w.clone()], None, n, c, 2 * i);
+            w.linear(&mut sc.fch, &sc.ln[..n * c], lp.gu_w.clone(), None, n, c, 2 * i);
             if let Some(lo) = &self.lora {
                 for k in GATE..DOWN {
                     lo.apply(l * LORA_PER_LAYER + k, p, &sc.ln[..n * c], &mut sc.fch, n);
                 }
             }
             swiglu_forward(&mut sc.fchg[..n * i], &sc.fch[..n * 2 * i], i);
-            linear_forward(&mut sc.tmp, &sc.fchg[..n * i], &p[lp.down_w.clone()], None, n, i, c);
+            w.linear(&mut sc.tmp, &sc.fchg[..n * i], lp.down_w.clone(), None, n, i, c);
             if let Some(lo) = &self.lora {
                 lo.apply(l * LORA_PER_LAYER + DOWN, p, &sc.fchg[..n * i], &mut sc.tmp, n);
             }
@@ -591,7 +608,7 @@ impl<F: Real> Decoder<F> for Llama<F> {
         // final RMSNorm and lm_head, on every row or on the last one of each batch row
         let rows = logit_rows(&sc.x, &mut sc.tmp, b, t, c, all_logits);
         rmsnorm_forward(&mut sc.ln[..rows * c], &mut sc.rstd[..rows], &sc.tmp[..rows * c], &p[lay.norm.clone()], c, eps);
-        gemm(&mut logits[..rows * v], rows, v, c, View::rows(&sc.ln[..rows * c], c), View::t(&p[lay.head.clone()], c), false);
+        w.linear(logits, &sc.ln[..rows * c], lay.head.clone(), None, rows, c, v);
         cache.len += t;
         Ok(())
     }
