@@ -7,8 +7,9 @@ rate, and how close decoding is to the memory-bandwidth limit (every step reads 
 
 runs, in alternation for --rounds rounds: ferrotune with float32 weights, ferrotune with
 bfloat16 weights (``generate(..., weights_dtype="bfloat16")``) and, when --torch-python names
-an interpreter with torch + transformers, transformers' ``generate`` (f32, as installed) in a
-subprocess of that interpreter. ``--impl transformers`` is that subprocess's entry point.
+an interpreter with torch + transformers, transformers' ``generate`` as installed, with the
+model in float32 and cast to bfloat16, each in a subprocess of that interpreter
+(``--impl transformers`` is that subprocess's entry point).
 """
 
 from __future__ import annotations
@@ -80,13 +81,13 @@ def bench_ferrotune(weights_dtype: str) -> dict:
     return bench(run, n)
 
 
-def bench_transformers() -> dict:
+def bench_transformers(dtype: str) -> dict:
     import torch
     import transformers
 
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(**{k: v for k, v in CONFIG.items() if k != "model_type"})
-    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model = transformers.GPT2LMHeadModel(cfg).eval().to(getattr(torch, dtype))
     ids = torch.from_numpy(np.random.default_rng(0).integers(0, CONFIG["vocab_size"], size=(1, PROMPT)))
 
     def run(n):
@@ -101,11 +102,12 @@ def bench_transformers() -> dict:
     return r
 
 
-BYTES = {"ferrotune f32": 4, "ferrotune bf16": 2, "transformers": 4}
+BYTES = {"ferrotune f32": 4, "ferrotune bf16": 2, "transformers": 4, "transformers bf16": 2}
 
 
-def run_transformers(python: str) -> dict:
-    p = subprocess.run([python, os.path.abspath(__file__), "--impl", "transformers"], capture_output=True, text=True)
+def run_transformers(python: str, dtype: str) -> dict:
+    cmd = [python, os.path.abspath(__file__), "--impl", "transformers", "--torch-dtype", dtype]
+    p = subprocess.run(cmd, capture_output=True, text=True)
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -117,10 +119,12 @@ def main() -> None:
     ap.add_argument("--impl", choices=["ferrotune", "transformers"], default="ferrotune",
                     help="transformers: run only transformers and print its result as JSON (the subprocess)")
     ap.add_argument("--torch-python", default=None, help="an interpreter with torch + transformers")
+    ap.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="with --impl transformers: the dtype the model is cast to")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     if args.impl == "transformers":
-        print("RESULT " + json.dumps(bench_transformers()), flush=True)
+        print("RESULT " + json.dumps(bench_transformers(args.torch_dtype)), flush=True)
         return
     import ferrotune as ft
 
@@ -134,7 +138,8 @@ def main() -> None:
         "ferrotune bf16": lambda: bench_ferrotune("bfloat16"),
     }
     if args.torch_python:
-        runs["transformers"] = lambda: run_transformers(args.torch_python)
+        runs["transformers"] = lambda: run_transformers(args.torch_python, "float32")
+        runs["transformers bf16"] = lambda: run_transformers(args.torch_python, "bfloat16")
     results: dict = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, f in runs.items():
@@ -155,7 +160,9 @@ def main() -> None:
     if "transformers" in med:
         base = med["transformers"]["new_tokens_per_s"]
         for name in ("ferrotune f32", "ferrotune bf16"):
-            print(f"{name} / transformers: {med[name]['new_tokens_per_s'] / base:.2f}x")
+            print(f"{name} / transformers (f32, as installed): {med[name]['new_tokens_per_s'] / base:.2f}x")
+        print(f"ferrotune bf16 / transformers bf16: "
+              f"{med['ferrotune bf16']['new_tokens_per_s'] / med['transformers bf16']['new_tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

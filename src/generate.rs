@@ -22,7 +22,7 @@ use half::bf16;
 
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{linear_forward, matmul_forward};
-use crate::kernels::matmul_bf16::{matmul_bf16, round_weight};
+use crate::kernels::matvec::{matmul_kn, matmul_nk, round_weight};
 use crate::kernels::Real;
 use crate::models::Batch;
 use crate::rng::SplitMix64;
@@ -85,7 +85,7 @@ pub struct MatmulWeight {
 }
 
 /// bf16 copies of the matmul weights, each rounded once and stored (N, K) row-major, for
-/// decoding that reads half the bytes per token (kernels/matmul_bf16.rs).
+/// decoding that reads half the bytes per token (kernels/matvec.rs).
 pub struct HalfWeights {
     data: Vec<bf16>,
     /// (start of the parameter range, offset in `data`), sorted by start
@@ -126,12 +126,23 @@ pub struct Weights<'a, F> {
     pub half: Option<&'a HalfWeights>,
 }
 
+/// Up to this many rows (a decoding step of a small batch), f32 products go through the
+/// memory-bound kernels of kernels/matvec.rs instead of the blocked GEMM (which they beat
+/// there by streaming weights with prefetch). They sum in f32, so f64 models keep the GEMM.
+const SKINNY_ROWS: usize = 4;
+
+fn skinny<F: Real>(inp: &[F], n: usize) -> bool {
+    n <= SKINNY_ROWS && F::as_f32(inp).is_some()
+}
+
 impl<F: Real> Weights<'_, F> {
     /// out (N, OC) = inp (N, C) @ w + bias, w the Conv1D (C, OC) parameter at `w`.
     #[allow(clippy::too_many_arguments)]
     pub fn conv1d(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
+        let inp = &inp[..n * c];
         match self.half {
-            Some(h) => half_affine(out, inp, h.get(&w), bias, n, c, oc),
+            Some(h) => bias_then(out, bias, n, oc, |out, acc| matmul_nk(out, inp, h.get(&w), n, oc, c, acc)),
+            None if skinny(inp, n) => bias_then(out, bias, n, oc, |out, acc| matmul_kn(out, inp, &self.p[w], n, oc, c, acc)),
             None => matmul_forward(out, inp, &self.p[w], bias, n, c, oc),
         }
     }
@@ -139,21 +150,23 @@ impl<F: Real> Weights<'_, F> {
     /// out (N, OC) = inp (N, C) @ w^T + bias, w the nn.Linear (OC, C) parameter at `w`.
     #[allow(clippy::too_many_arguments)]
     pub fn linear(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
+        let inp = &inp[..n * c];
         match self.half {
-            Some(h) => half_affine(out, inp, h.get(&w), bias, n, c, oc),
+            Some(h) => bias_then(out, bias, n, oc, |out, acc| matmul_nk(out, inp, h.get(&w), n, oc, c, acc)),
+            None if skinny(inp, n) => bias_then(out, bias, n, oc, |out, acc| matmul_nk(out, inp, &self.p[w], n, oc, c, acc)),
             None => linear_forward(out, inp, &self.p[w], bias, n, c, oc),
         }
     }
 }
 
-/// out (N, OC) = inp (N, C) @ w^T + bias with w (OC, C) bf16.
-fn half_affine<F: Real>(out: &mut [F], inp: &[F], w: &[bf16], bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
+/// out (N, OC) = bias rows, then `product(out, accumulate = bias given)`.
+fn bias_then<F: Real>(out: &mut [F], bias: Option<&[F]>, n: usize, oc: usize, product: impl FnOnce(&mut [F], bool)) {
     if let Some(b) = bias {
         for row in out[..n * oc].chunks_exact_mut(oc) {
             row.copy_from_slice(b);
         }
     }
-    matmul_bf16(out, &inp[..n * c], w, n, oc, c, bias.is_some());
+    product(out, bias.is_some());
 }
 
 /// Keys and values of every layer, (B, NKV, S, HS) each, plus the key padding mask (B, S).

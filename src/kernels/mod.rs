@@ -18,7 +18,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
-pub mod matmul_bf16;
+pub mod matvec;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
@@ -27,7 +27,7 @@ use num_traits::{Float, FromPrimitive, NumAssign};
 
 /// The float types our kernels run in.
 pub trait Real:
-    Float + FromPrimitive + NumAssign + Default + Send + Sync + std::fmt::Debug + std::iter::Sum + 'static
+    Float + FromPrimitive + NumAssign + Default + Send + Sync + std::fmt::Debug + std::iter::Sum + matvec::Weight + 'static
 {
     #[inline(always)]
     fn lit(x: f64) -> Self {

@@ -1,0 +1,434 @@
+//! Matrix products of the decoding path: a few rows of activations times large weight
+//! matrices, bound by the memory bus (a decoding step reads every weight once per token).
+//!
+//! - `matmul_nk`: x (M, K) @ w^T with w (N, K) row-major, in f32 or bf16. Every output is a
+//!   dot product over one contiguous weight row, and a parallel task streams whole rows.
+//! - `matmul_kn`: x (M, K) @ w with w (K, N) row-major f32 (HF Conv1D), column blocks of w
+//!   walked row by row.
+//! - `round_weight`: bf16 copies of weights (round to nearest even, like
+//!   `half::bf16::from_f32`), transposing Conv1D weights to (N, K) on the way, so that
+//!   bf16 decoding reads half the bytes of f32. A bf16 weight widens to f32 exactly (a
+//!   16-bit shift); activations are never rounded and products accumulate in f32.
+//!
+//! The AVX-512 paths prefetch the next rows in software: the row streams of a tile are short
+//! (a few KB) and the hardware prefetcher does not pick them up; without it a core reads
+//! ~10 GB/s instead of ~50. Shapes: M = rows of x, K = input features, N = output features.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::cpu::{isa, Isa};
+use super::{Real, SyncPtr};
+
+/// Output rows of W handled by one parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+/// f32 -> bf16, round to nearest even (NaN stays NaN): `half::bf16::from_f32` written
+/// branch-free so that the loops below vectorise.
+#[inline(always)]
+fn round(x: f32) -> bf16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
+    let nan = ((b >> 16) as u16) | 0x40;
+    bf16::from_bits(if x.is_nan() { nan } else { rounded })
+}
+
+/// dst (N, K) = src rounded to bf16, where src is (N, K) row-major, or (K, N) row-major
+/// when `transpose` (HF Conv1D weights).
+pub fn round_weight<F: Real>(dst: &mut [bf16], src: &[F], n: usize, k: usize, transpose: bool) {
+    assert!(
+        dst.len() == n * k && src.len() == n * k,
+        "round_weight: {} and {} elements for ({n}, {k})",
+        dst.len(),
+        src.len()
+    );
+    let f = |v: F| v.widen();
+    dst.par_chunks_mut(k * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, rows)| {
+            let n0 = task * ROWS_PER_TASK;
+            if transpose {
+                // blocks of 32 source rows: their cache lines stay in L1 while the task's output
+                // rows are written 32 contiguous elements at a time
+                const KB: usize = 32;
+                let nrows = rows.len() / k;
+                for kb in (0..k).step_by(KB) {
+                    let ke = (kb + KB).min(k);
+                    for i in 0..nrows {
+                        for (kk, d) in (kb..ke).zip(&mut rows[i * k + kb..i * k + ke]) {
+                            *d = round(f(src[kk * n + n0 + i]));
+                        }
+                    }
+                }
+            } else {
+                for (d, &s) in rows.iter_mut().zip(&src[n0 * k..]) {
+                    *d = round(f(s));
+                }
+            }
+        });
+}
+
+/// A weight element the kernels read: f32, or bf16 widened to f32.
+pub trait Weight: Copy + Send + Sync + 'static {
+    /// The weight as f32 (exact for bf16 and f32).
+    fn widen(self) -> f32;
+    /// 16 weights at p (fewer when `mask` clears lanes) as f32 lanes.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL must be present; the unmasked lanes must be readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_maskz_loadu_ps(mask, p)
+    }
+}
+
+impl Weight for f64 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self as f32
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f64, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let lo = _mm512_cvtpd_ps(_mm512_maskz_loadu_pd(mask as u8, p));
+        let hi = _mm512_cvtpd_ps(_mm512_maskz_loadu_pd((mask >> 8) as u8, p.add(8)));
+        _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi)
+    }
+}
+
+impl Weight for bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const bf16, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let h = _mm256_maskz_loadu_epi16(mask, p as *const i16);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+}
+
+/// out (M, N) = x (M, K) @ w^T, w (N, K) row-major; `+=` when `accumulate`.
+pub fn matmul_nk<F: Real, W: Weight>(out: &mut [F], x: &[F], w: &[W], m: usize, n: usize, k: usize, accumulate: bool) {
+    matmul_nk_on(isa(), out, x, w, m, n, k, accumulate)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_nk_on<F: Real, W: Weight>(isa: Isa, out: &mut [F], x: &[F], w: &[W], m: usize, n: usize, k: usize, accumulate: bool) {
+    assert!(
+        out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
+        "matmul_nk: buffers too small for ({m}, {k}) @ ({n}, {k})^T"
+    );
+    let dst = SyncPtr(out.as_mut_ptr());
+    (0..n.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|task| {
+        let (o0, o1) = (task * ROWS_PER_TASK, ((task + 1) * ROWS_PER_TASK).min(n));
+        // SAFETY: the task writes only columns [o0, o1) of out, which no other task touches;
+        // out holds M*N elements (asserted above).
+        let out = unsafe { dst.slice_mut(0, m * n) };
+        #[cfg(target_arch = "x86_64")]
+        if let (Isa::Avx512 { .. }, Some(xf), Some(of)) = (isa, F::as_f32(x), F::as_f32_mut(out)) {
+            // SAFETY: the CPU has AVX-512 F/BW/VL (checked by `isa`); bounds asserted above.
+            unsafe { avx512::nk_cols(of, xf, w, m, n, k, o0, o1, accumulate) };
+            return;
+        }
+        for o in o0..o1 {
+            let wr = &w[o * k..(o + 1) * k];
+            for r in 0..m {
+                let s = dot(&x[r * k..(r + 1) * k], wr);
+                store(&mut out[r * n + o], s, accumulate);
+            }
+        }
+    });
+}
+
+/// out (M, N) = x (M, K) @ w, w (K, N) row-major; `+=` when `accumulate`.
+pub fn matmul_kn<F: Real>(out: &mut [F], x: &[F], w: &[F], m: usize, n: usize, k: usize, accumulate: bool) {
+    matmul_kn_on(isa(), out, x, w, m, n, k, accumulate)
+}
+
+/// Output columns handled by one parallel task of `matmul_kn` (4 AVX-512 vectors).
+const COLS_PER_TASK: usize = 64;
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_kn_on<F: Real>(isa: Isa, out: &mut [F], x: &[F], w: &[F], m: usize, n: usize, k: usize, accumulate: bool) {
+    assert!(
+        out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
+        "matmul_kn: buffers too small for ({m}, {k}) @ ({k}, {n})"
+    );
+    let dst = SyncPtr(out.as_mut_ptr());
+    (0..n.div_ceil(COLS_PER_TASK)).into_par_iter().for_each(|task| {
+        let (o0, o1) = (task * COLS_PER_TASK, ((task + 1) * COLS_PER_TASK).min(n));
+        // SAFETY: as in matmul_nk_on: disjoint columns per task, sizes asserted.
+        let out = unsafe { dst.slice_mut(0, m * n) };
+        #[cfg(target_arch = "x86_64")]
+        if let (Isa::Avx512 { .. }, Some(xf), Some(wf), Some(of)) = (isa, F::as_f32(x), F::as_f32(w), F::as_f32_mut(out)) {
+            // SAFETY: AVX-512 present (checked by `isa`); bounds asserted above.
+            unsafe { avx512::kn_cols(of, xf, wf, m, n, k, o0, o1, accumulate) };
+            return;
+        }
+        let mut acc = vec![0.0f32; o1 - o0];
+        for r in 0..m {
+            acc.fill(0.0);
+            for kk in 0..k {
+                let xv = x[r * k + kk].widen();
+                for (a, wv) in acc.iter_mut().zip(&w[kk * n + o0..kk * n + o1]) {
+                    *a += xv * wv.widen();
+                }
+            }
+            for (o, a) in (o0..o1).zip(&acc) {
+                store(&mut out[r * n + o], *a, accumulate);
+            }
+        }
+    });
+}
+
+/// f32 dot product of an activation row and a weight row, 8 partial sums.
+fn dot<F: Real, W: Weight>(x: &[F], w: &[W]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
+    let (xt, wt) = (xc.remainder(), wc.remainder());
+    for (xs, ws) in xc.zip(wc) {
+        for j in 0..8 {
+            acc[j] += xs[j].widen() * ws[j].widen();
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (xv, wv) in xt.iter().zip(wt) {
+        s += xv.widen() * wv.widen();
+    }
+    s
+}
+
+#[inline(always)]
+fn store<F: Real>(d: &mut F, s: f32, accumulate: bool) {
+    let s = F::from_f32(s).unwrap_or_else(F::nan);
+    *d = if accumulate { *d + s } else { s };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Weight;
+
+    #[inline(always)]
+    fn lanes(left: usize) -> __mmask16 {
+        if left >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << left) - 1
+        }
+    }
+
+    /// out[r, o..o+OR] for r in r0..r0+MR: MR x OR dot products of length K over 16-lane
+    /// f32 accumulators, reduced at the end.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn nk_tile<W: Weight, const MR: usize, const OR: usize>(
+        out: &mut [f32],
+        x: &[f32],
+        w: &[W],
+        n: usize,
+        k: usize,
+        r0: usize,
+        o: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); OR]; MR];
+        let (xp, wp) = (x.as_ptr().add(r0 * k), w.as_ptr().add(o * k));
+        let mut kk = 0;
+        while kk < k {
+            let mask = lanes(k - kk);
+            let mut wv = [_mm512_setzero_ps(); OR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = W::load16(wp.add(j * k + kk), mask);
+                // the same place in the next tile's rows (a prefetch past the end is harmless)
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((OR + j) * k + kk) as *const i8);
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let xv = _mm512_maskz_loadu_ps(mask, xp.add(r * k + kk));
+                for j in 0..OR {
+                    acc_r[j] = _mm512_fmadd_ps(xv, wv[j], acc_r[j]);
+                }
+            }
+            kk += 16;
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (j, a) in acc_r.iter().enumerate() {
+                let s = _mm512_reduce_add_ps(*a);
+                let d = &mut out[(r0 + r) * n + o + j];
+                *d = if accumulate { *d + s } else { s };
+            }
+        }
+    }
+
+    /// Columns [o0, o1) of out (M, N) = x (M, K) @ w^T, w (N, K).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn nk_cols<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
+        const MR: usize = 4;
+        const OR: usize = 4;
+        let mut r = 0;
+        while r < m {
+            let full = m - r >= MR;
+            let mut o = o0;
+            while o < o1 {
+                let wide = o1 - o >= OR;
+                match (full, wide) {
+                    (true, true) => nk_tile::<W, MR, OR>(out, x, w, n, k, r, o, acc),
+                    (true, false) => nk_tile::<W, MR, 1>(out, x, w, n, k, r, o, acc),
+                    (false, true) => nk_tile::<W, 1, OR>(out, x, w, n, k, r, o, acc),
+                    (false, false) => nk_tile::<W, 1, 1>(out, x, w, n, k, r, o, acc),
+                }
+                o += if wide { OR } else { 1 };
+            }
+            r += if full { MR } else { 1 };
+        }
+    }
+
+    /// out[r0..r0+MR, o0..o0+16 NV] of x @ w with w (K, N): one row segment of w per step,
+    /// broadcast x[r, k] times it into MR x NV accumulators.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kn_tile<const MR: usize, const NV: usize>(
+        out: &mut [f32],
+        x: &[f32],
+        w: &[f32],
+        n: usize,
+        k: usize,
+        r0: usize,
+        o0: usize,
+        o1: usize,
+        accumulate: bool,
+    ) {
+        let masks: [__mmask16; NV] = std::array::from_fn(|j| lanes((o1 - o0).saturating_sub(16 * j)));
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let (xp, wp) = (x.as_ptr().add(r0 * k), w.as_ptr().add(o0));
+        // rows of w ahead of the one in use (the column block is 256 B of each row)
+        const AHEAD: usize = 8;
+        for kk in 0..k {
+            let row = wp.add(kk * n);
+            let mut wv = [_mm512_setzero_ps(); NV];
+            for j in 0..NV {
+                wv[j] = _mm512_maskz_loadu_ps(masks[j], row.add(16 * j));
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(AHEAD * n + 16 * j) as *const i8);
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*xp.add(r * k + kk));
+                for j in 0..NV {
+                    acc_r[j] = _mm512_fmadd_ps(xv, wv[j], acc_r[j]);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            let dst = out.as_mut_ptr().add((r0 + r) * n + o0);
+            for j in 0..NV {
+                let mut v = acc_r[j];
+                if accumulate {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[j], dst.add(16 * j)));
+                }
+                _mm512_mask_storeu_ps(dst.add(16 * j), masks[j], v);
+            }
+        }
+    }
+
+    /// Columns [o0, o1) (at most 64) of out (M, N) = x (M, K) @ w, w (K, N).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kn_cols(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
+        debug_assert!(o1 - o0 <= 64);
+        let mut r = 0;
+        while r < m {
+            if m - r >= 4 {
+                kn_tile::<4, 4>(out, x, w, n, k, r, o0, o1, acc);
+                r += 4;
+            } else {
+                kn_tile::<1, 4>(out, x, w, n, k, r, o0, o1, acc);
+                r += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(n: usize, rng: &mut crate::rng::SplitMix64) -> Vec<f32> {
+        (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect()
+    }
+
+    /// Checks out = init (+)= x @ w (via `run`) against f64 sums of `w_at(o, kk)`.
+    fn check(name: &str, m: usize, n: usize, k: usize, x: &[f32], w_at: impl Fn(usize, usize) -> f64, run: impl Fn(Isa, &mut [f32], bool)) {
+        for (isa, accumulate) in [(isa(), false), (isa(), true), (Isa::Generic, false), (Isa::Generic, true)] {
+            let mut out = vec![1.0f32; m * n];
+            run(isa, &mut out, accumulate);
+            for (i, &o) in out.iter().enumerate() {
+                let (r, c) = (i / n, i % n);
+                let want = f64::from(u8::from(accumulate)) + (0..k).map(|kk| x[r * k + kk] as f64 * w_at(c, kk)).sum::<f64>();
+                assert!((o as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "{name} {isa:?} ({m},{n},{k}) [{i}]: {o} vs {want}");
+            }
+        }
+    }
+
+    /// Every tile kind, K tails, M and N not multiples of the tile sizes.
+    const SHAPES: [(usize, usize, usize); 6] = [(1, 1, 1), (1, 67, 37), (3, 5, 16), (5, 130, 33), (9, 131, 100), (2, 64, 20)];
+
+    #[test]
+    fn nk_matches_f64_reference() {
+        let mut rng = crate::rng::SplitMix64::new(7);
+        for &(m, n, k) in &SHAPES {
+            let (x, wf) = (rand(m * k, &mut rng), rand(n * k, &mut rng));
+            let mut wh = vec![bf16::ZERO; n * k];
+            round_weight(&mut wh, &wf, n, k, false);
+            check("bf16", m, n, k, &x, |o, kk| wh[o * k + kk].to_f64(), |isa, out, acc| matmul_nk_on(isa, out, &x, &wh, m, n, k, acc));
+            check("f32", m, n, k, &x, |o, kk| wf[o * k + kk] as f64, |isa, out, acc| matmul_nk_on(isa, out, &x, &wf, m, n, k, acc));
+        }
+    }
+
+    #[test]
+    fn kn_matches_f64_reference() {
+        let mut rng = crate::rng::SplitMix64::new(8);
+        for &(m, n, k) in &SHAPES {
+            let (x, w) = (rand(m * k, &mut rng), rand(k * n, &mut rng)); // w (K, N)
+            check("kn", m, n, k, &x, |o, kk| w[kk * n + o] as f64, |isa, out, acc| matmul_kn_on(isa, out, &x, &w, m, n, k, acc));
+        }
+    }
+
+    #[test]
+    fn rounding_equals_half() {
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let specials = [0.0, -0.0, 1.0, f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+        let xs = specials.into_iter().chain((0..10_000).map(|_| f32::from_bits(rng.next_u64() as u32)));
+        for x in xs {
+            let (a, b) = (round(x), bf16::from_f32(x));
+            assert!(a == b || (a.is_nan() && b.is_nan()), "{x:e}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn transposed_rounding_equals_rounding_the_transpose() {
+        let (n, k) = (70, 37);
+        let src: Vec<f32> = (0..n * k).map(|i| i as f32 * 0.37 - 20.0).collect(); // (K, N)
+        let mut t = vec![bf16::ZERO; n * k];
+        round_weight(&mut t, &src, n, k, true);
+        for o in 0..n {
+            for kk in 0..k {
+                assert_eq!(t[o * k + kk], bf16::from_f32(src[kk * n + o]));
+            }
+        }
+    }
+}
