@@ -13,8 +13,9 @@
 
 use rayon::prelude::*;
 
+use super::cpu::simd;
 use super::matmul::{gemm_serial, View};
-use super::{Real, SyncPtr};
+use super::{lane_dot, lane_sum, Real, SyncPtr};
 
 /// Sizes of one attention call. Query head h reads key/value head h / (NH / NKV)
 /// (grouped-query attention; NKV = NH is plain multi-head attention).
@@ -53,11 +54,6 @@ impl AttnShape {
     }
 }
 
-#[inline]
-fn dot<F: Real>(a: &[F], b: &[F]) -> F {
-    a.iter().zip(b).fold(F::zero(), |acc, (&x, &y)| acc + x * y)
-}
-
 /// Copies a (T, HS) block into rows `rs` apart of a buffer shared between tasks.
 ///
 /// # Safety
@@ -85,7 +81,7 @@ pub fn attention_forward<F: Real>(
     let (w, c) = (shape.qkv_width(), nh * hs);
     let scale = F::lit(scale);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    att.par_chunks_mut(t * t).enumerate().for_each(|(bh, att_bh)| {
+    att.par_chunks_mut(t * t).enumerate().for_each(|(bh, att_bh)| simd(#[inline(always)] || {
         let (b, h) = (bh / nh, bh % nh);
         let base = b * t * w;
         // scores (T, T) = q (T, HS) @ k^T (HS, T) * scale
@@ -105,12 +101,10 @@ pub fn attention_forward<F: Real>(
                 row.fill(F::one() / F::lit(t as f64));
                 continue;
             }
-            let mut sum = F::zero();
             for x in row.iter_mut() {
-                *x = if *x == F::neg_infinity() { F::zero() } else { (*x - max).exp() };
-                sum += *x;
+                *x = (*x - max).vexp(); // exp(-inf) = 0 for the masked keys
             }
-            let inv = F::one() / sum;
+            let inv = F::one() / lane_sum(row);
             row.iter_mut().for_each(|x| *x *= inv);
         }
         // y (T, HS) = (att * drop) (T, T) @ v (T, HS)
@@ -126,7 +120,7 @@ pub fn attention_forward<F: Real>(
         gemm_serial(&mut y, hs, t, hs, t, View::rows(p, t), View::strided(&qkv[base + shape.v_off(h)..], w), false, F::one());
         // SAFETY: columns h*HS..(h+1)*HS of batch b's rows belong to this task only.
         unsafe { scatter_rows(out_ptr, b * t * c + h * hs, c, &y, hs) };
-    });
+    }));
 }
 
 /// Backward: dqkv (B, T, (NH + 2 NKV) HS) is overwritten with the gradients of q, k and v.
@@ -145,7 +139,7 @@ pub fn attention_backward<F: Real>(
     let (w, c, group) = (shape.qkv_width(), nh * hs, nh / nkv);
     let scale = F::lit(scale);
     let dptr = SyncPtr(dqkv.as_mut_ptr());
-    (0..nb * nkv).into_par_iter().for_each(|bg| {
+    (0..nb * nkv).into_par_iter().for_each(|bg| simd(#[inline(always)] || {
         let (b, g) = (bg / nkv, bg % nkv);
         let base = b * t * w;
         let (mut dk, mut dv, mut dq) = (vec![F::zero(); t * hs], vec![F::zero(); t * hs], vec![F::zero(); t * hs]);
@@ -173,7 +167,7 @@ pub fn attention_backward<F: Real>(
                 if let Some(d) = d {
                     dr.iter_mut().zip(&d[tq * t..(tq + 1) * t]).for_each(|(x, &m)| *x *= m);
                 }
-                let weighted = dot(ar, dr);
+                let weighted = lane_dot(ar, dr);
                 for (x, &p) in dr.iter_mut().zip(ar) {
                     *x = p * (*x - weighted) * scale;
                 }
@@ -189,7 +183,7 @@ pub fn attention_backward<F: Real>(
             scatter_rows(dptr, base + shape.k_off(g * group), w, &dk, hs);
             scatter_rows(dptr, base + shape.v_off(g * group), w, &dv, hs);
         }
-    });
+    }));
 }
 
 /// Inference attention over a key/value cache (no backward: generation only).
@@ -216,7 +210,7 @@ pub fn attention_cached_forward<F: Real>(
     let total = past + t;
     let scale = F::lit(scale);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    (0..nb * nh).into_par_iter().for_each(|bh| {
+    (0..nb * nh).into_par_iter().for_each(|bh| simd(#[inline(always)] || {
         let (b, h) = (bh / nh, bh % nh);
         let kvh = b * nkv + h / group;
         let kb = &kc[kvh * cap * hs..(kvh * cap + total) * hs];
@@ -229,7 +223,7 @@ pub fn attention_cached_forward<F: Real>(
             let mut max = F::neg_infinity();
             for s in 0..=tq {
                 row[s] = if km[s] != 0 && window.is_none_or(|wd| tq - s < wd) {
-                    let x = dot(q, &kb[s * hs..(s + 1) * hs]) * scale;
+                    let x = lane_dot(q, &kb[s * hs..(s + 1) * hs]) * scale;
                     max = max.max(x);
                     x
                 } else {
@@ -240,12 +234,10 @@ pub fn attention_cached_forward<F: Real>(
                 row.fill(F::one() / F::lit(total as f64));
                 total
             } else {
-                let mut sum = F::zero();
                 for x in row[..=tq].iter_mut() {
-                    *x = if *x == F::neg_infinity() { F::zero() } else { (*x - max).exp() };
-                    sum += *x;
+                    *x = (*x - max).vexp(); // exp(-inf) = 0 for the masked keys
                 }
-                let inv = F::one() / sum;
+                let inv = F::one() / lane_sum(&row[..=tq]);
                 row[..=tq].iter_mut().for_each(|x| *x *= inv);
                 tq + 1
             };
@@ -260,7 +252,7 @@ pub fn attention_cached_forward<F: Real>(
                 }
             }
         }
-    });
+    }));
 }
 
 #[cfg(test)]

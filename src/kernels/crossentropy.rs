@@ -3,7 +3,8 @@
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::cpu::simd;
+use super::{lane_sum, lane_sum_by, Real};
 
 pub const IGNORE_INDEX: i64 = -100;
 
@@ -27,8 +28,8 @@ fn sum_in_order(rows: Vec<LossStats>) -> LossStats {
     rows.into_iter().fold(LossStats::default(), |a, b| a + b)
 }
 
-/// log-sum-exp and argmax of one row.
-fn row_lse_argmax<F: Real>(row: &[F]) -> (F, usize) {
+/// Max and argmax of one row.
+fn row_max<F: Real>(row: &[F]) -> (F, usize) {
     let (mut max, mut arg) = (F::neg_infinity(), 0);
     for (i, &x) in row.iter().enumerate() {
         if x > max {
@@ -36,8 +37,7 @@ fn row_lse_argmax<F: Real>(row: &[F]) -> (F, usize) {
             arg = i;
         }
     }
-    let sum = row.iter().map(|&x| (x - max).exp()).sum::<F>();
-    (max + sum.ln(), arg)
+    (max, arg)
 }
 
 /// Loss statistics of logits (N, V) against targets (N); logits are not modified.
@@ -49,9 +49,12 @@ pub fn crossentropy_forward<F: Real>(logits: &[F], targets: &[i64], v: usize) ->
             if t == IGNORE_INDEX {
                 return LossStats::default();
             }
-            let (lse, arg) = row_lse_argmax(row);
-            let loss = (lse - row[t as usize]).to_f64().unwrap();
-            LossStats { loss_sum: loss, count: 1, correct: (arg == t as usize) as usize }
+            simd(#[inline(always)] || {
+                let (max, arg) = row_max(row);
+                let lse = max + lane_sum_by(row, |x| (x - max).vexp()).ln();
+                let loss = (lse - row[t as usize]).to_f64().unwrap();
+                LossStats { loss_sum: loss, count: 1, correct: (arg == t as usize) as usize }
+            })
         })
         .collect();
     sum_in_order(rows)
@@ -71,13 +74,22 @@ pub fn crossentropy_forward_backward<F: Real>(logits: &mut [F], targets: &[i64],
                 return LossStats::default();
             }
             let t = t as usize;
-            let (lse, arg) = row_lse_argmax(row);
-            let loss = (lse - row[t]).to_f64().unwrap();
-            for x in row.iter_mut() {
-                *x = (*x - lse).exp() * scale;
-            }
-            row[t] -= scale;
-            LossStats { loss_sum: loss, count: 1, correct: (arg == t) as usize }
+            simd(#[inline(always)] || {
+                let (max, arg) = row_max(row);
+                let target = row[t];
+                // one exp per logit: e = exp(x - max) in place, then scale * e / sum(e)
+                for x in row.iter_mut() {
+                    *x = (*x - max).vexp();
+                }
+                let sum = lane_sum(row);
+                let loss = (max + sum.ln() - target).to_f64().unwrap();
+                let k = scale / sum;
+                for x in row.iter_mut() {
+                    *x *= k;
+                }
+                row[t] -= scale;
+                LossStats { loss_sum: loss, count: 1, correct: (arg == t) as usize }
+            })
         })
         .collect();
     sum_in_order(rows)

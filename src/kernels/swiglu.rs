@@ -8,7 +8,7 @@ use super::Real;
 
 #[inline]
 fn sigmoid<F: Real>(x: F) -> F {
-    F::one() / (F::one() + (-x).exp())
+    F::one() / (F::one() + (-x).vexp())
 }
 
 /// out (N, I) = silu(gu[:, :I]) * gu[:, I:]   with gu (N, 2I)
