@@ -58,7 +58,7 @@ def test_defaults_are_transformers(tmp_path):
     "kwargs",
     [
         {"fp16": True},
-        {"bf16": True},
+        {"bf16_full_eval": True},
         {"deepspeed": "ds_config.json"},
         {"fsdp": "full_shard"},
         {"torch_compile": True},

@@ -33,12 +33,15 @@ from .optimizer import AdamW
 from .peft import LoraConfig, PeftModel, get_peft_model
 from .pipelines import TextGenerationPipeline, pipeline
 from .plotting import plot_history
+from .precision import get_float32_matmul_precision, set_float32_matmul_precision
 from .tokenizer import BatchEncoding, Tokenizer
 from .trainer import PredictionOutput, Trainer, TrainOutput, get_last_checkpoint
 from .training_args import TrainingArguments
 
 __all__ = [
     "cpu_isa",
+    "get_float32_matmul_precision",
+    "set_float32_matmul_precision",
     "AdamW",
     "BatchEncoding",
     "CausalLMOutput",

@@ -28,6 +28,8 @@ __all__ = [
     "load_gguf_tokenizer",
     "load_gguf",
     "cpu_isa",
+    "set_bf16_products",
+    "bf16_products",
     "__version__",
 ]
 
@@ -35,6 +37,12 @@ __version__: str
 
 def cpu_isa() -> str:
     """The instruction set ferrotune's kernels use here: "avx512+bf16", "avx512" or "generic"."""
+
+def set_bf16_products(on: bool) -> bool:
+    """Lets large f32 products run with bf16 operands; False (nothing changed) without AVX512_BF16."""
+
+def bf16_products() -> bool:
+    """Whether large f32 products run with bf16 operands now."""
 
 class FerrotuneError(Exception):
     """Base class of every ferrotune error."""

@@ -74,6 +74,7 @@ from .data import (
     prepare_dataset,
 )
 from .optimization import LRScheduler, get_scheduler
+from .precision import bf16_products
 from .training_args import TrainingArguments
 
 __all__ = [
@@ -567,7 +568,15 @@ class Trainer:
 
         Ctrl-C stops at a step boundary (see the module docs) and re-raises KeyboardInterrupt.
         ``training_loss`` is the mean step loss of the steps run in this call (as transformers).
+        With ``args.bf16`` the whole run (its evaluations included) uses bf16 products
+        (``ferrotune.precision``); the precision before the call is restored afterwards.
         """
+        if self.args.bf16:
+            with bf16_products():
+                return self._train(resume_from_checkpoint)
+        return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint: Union[None, bool, str, os.PathLike]) -> TrainOutput:
         args = self.args
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint

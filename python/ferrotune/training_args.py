@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Union
 
-from ._core import ConfigError
+from ._core import ConfigError, cpu_isa
 from .optimization import SCHEDULER_TYPES, _UNSUPPORTED_TYPES, _scheduler_name
+from .precision import bf16_available
 
 __all__ = ["TrainingArguments", "IntervalStrategy", "SaveStrategy", "SUPPORTED_REPORT_TO"]
 
@@ -53,9 +54,8 @@ _SUPPORTED_OPTIM = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw")
 # name -> (allowed value(s), why).  A field set to something else raises ConfigError.
 _UNSUPPORTED: Dict[str, tuple] = {
     "fp16": ((False,), "fp16 mixed precision is not supported on CPU; ferrotune trains in float32"),
-    "bf16": ((False,), "bf16 mixed precision is not supported yet; ferrotune trains in float32"),
     "fp16_full_eval": ((False,), "fp16 evaluation is not supported; ferrotune evaluates in float32"),
-    "bf16_full_eval": ((False,), "bf16 evaluation is not supported yet; ferrotune evaluates in float32"),
+    "bf16_full_eval": ((False,), "bf16 evaluation is not supported; use bf16=True (mixed precision) instead"),
     "half_precision_backend": (("auto",), "half precision is not supported"),
     "tf32": ((None, False), "tf32 is a CUDA setting; ferrotune runs on CPU"),
     "deepspeed": ((None, ""), "DeepSpeed is not supported (ferrotune trains on one machine, without torch)"),
@@ -229,9 +229,10 @@ class TrainingArguments:
     use_cpu: bool = False
     no_cuda: bool = False
 
+    # bf16 mixed precision: products with bf16 operands and f32 sums (ferrotune.precision)
+    bf16: bool = False
     # accepted names that must stay at their defaults (see _UNSUPPORTED)
     fp16: bool = False
-    bf16: bool = False
     fp16_full_eval: bool = False
     bf16_full_eval: bool = False
     half_precision_backend: str = "auto"
@@ -271,6 +272,11 @@ class TrainingArguments:
             value = getattr(self, name)
             if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
                 raise ConfigError(f"TrainingArguments({name}={value!r}) is not supported: {why}")
+        if self.bf16 and not bf16_available():
+            raise ConfigError(
+                f"TrainingArguments(bf16=True) needs a CPU with AVX512_BF16; this one runs {cpu_isa()!r} kernels "
+                "(FERROTUNE_CPU=generic also disables it): train in float32 (bf16=False)"
+            )
 
         if self.evaluation_strategy is not None:
             warnings.warn(

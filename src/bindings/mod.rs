@@ -38,6 +38,19 @@ fn cpu_isa() -> &'static str {
     crate::kernels::cpu::isa_name()
 }
 
+/// Lets (or stops) large f32 products run with bf16 operands and f32 sums; returns false,
+/// changing nothing, on a CPU without AVX512_BF16.
+#[pyfunction]
+fn set_bf16_products(on: bool) -> bool {
+    crate::kernels::matmul::set_bf16_products(on)
+}
+
+/// Whether large f32 products run with bf16 operands now.
+#[pyfunction]
+fn bf16_products() -> bool {
+    crate::kernels::matmul::bf16_products()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
@@ -53,6 +66,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gguf::load_gguf_tokenizer, m)?)?;
     m.add_function(wrap_pyfunction!(gguf::load_gguf, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(set_bf16_products, m)?)?;
+    m.add_function(wrap_pyfunction!(bf16_products, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

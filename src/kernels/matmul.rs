@@ -4,9 +4,33 @@
 //! Weights use Hugging Face's Conv1D layout, w: (C, OC), so `out = inp @ w + bias`.
 //! The tied lm_head uses the embedding (V, C) transposed through strides.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use gemm::Parallelism;
 
+use super::matmul_bf16::{available as bf16_available, gemm_bf16};
 use super::Real;
+
+/// Whether large f32 products run as bf16 products (operands rounded to bf16, f32 sums):
+/// mixed-precision training, PyTorch's `set_float32_matmul_precision("medium")`.
+static BF16_PRODUCTS: AtomicBool = AtomicBool::new(false);
+
+/// Products with a side shorter than this stay f32 (LoRA's rank-r products, tiny models).
+const BF16_MIN_SIDE: usize = 16;
+
+/// Lets (or stops) f32 products with every side >= 16 that are split across threads run in
+/// bf16 (`matmul_bf16`). Returns false, changing nothing, when the CPU has no AVX512_BF16.
+pub fn set_bf16_products(on: bool) -> bool {
+    if on && !bf16_available() {
+        return false;
+    }
+    BF16_PRODUCTS.store(on, Ordering::Relaxed);
+    true
+}
+
+pub fn bf16_products() -> bool {
+    BF16_PRODUCTS.load(Ordering::Relaxed)
+}
 
 /// A row-major or strided matrix operand: element (i, j) is at `ptr + i*rs + j*cs`.
 #[derive(Clone, Copy)]
@@ -33,7 +57,22 @@ impl<F> View<F> {
     pub fn t(data: &[F], cols: usize) -> Self {
         Self { ptr: data.as_ptr(), rs: 1, cs: cols as isize }
     }
+    /// (pointer, row stride, column stride), for packing routines that read runs directly.
+    pub(crate) fn raw(&self) -> (*const F, isize, isize) {
+        (self.ptr, self.rs, self.cs)
+    }
+    /// The same view over f32 when F is f32.
+    fn f32_view(self) -> Option<View<f32>>
+    where
+        F: 'static,
+    {
+        (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()).then_some(View { ptr: self.ptr as *const f32, rs: self.rs, cs: self.cs })
+    }
 }
+
+// SAFETY: a View is a read-only window into a slice that outlives the product using it.
+unsafe impl<F: Sync> Send for View<F> {}
+unsafe impl<F: Sync> Sync for View<F> {}
 
 /// dst (M, N) row-major `=` (or `+=` when `accumulate`) lhs (M, K) @ rhs (K, N).
 pub fn gemm<F: Real>(dst: &mut [F], m: usize, n: usize, k: usize, lhs: View<F>, rhs: View<F>, accumulate: bool) {
@@ -99,6 +138,12 @@ fn gemm_with<F: Real>(
             }
         }
         return;
+    }
+    if matches!(par, Parallelism::Rayon(_)) && m.min(n).min(k) >= BF16_MIN_SIDE && bf16_products() {
+        if let (Some(lhs), Some(rhs)) = (lhs.f32_view(), rhs.f32_view()) {
+            let d = F::as_f32_mut(dst).expect("F is f32");
+            return gemm_bf16(d, dst_rs, m, n, k, lhs, rhs, accumulate, scale.to_f32().unwrap_or(f32::NAN));
+        }
     }
     // SAFETY: the callers pass views over slices holding at least the (M, K) and (K, N)
     // elements addressed by the strides; dst holds the (M, N) block (checked above).

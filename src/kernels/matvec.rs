@@ -26,7 +26,7 @@ const ROWS_PER_TASK: usize = 64;
 /// f32 -> bf16, round to nearest even (NaN stays NaN): `half::bf16::from_f32` written
 /// branch-free so that the loops below vectorise.
 #[inline(always)]
-fn round(x: f32) -> bf16 {
+pub(crate) fn round(x: f32) -> bf16 {
     let b = x.to_bits();
     let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
     let nan = ((b >> 16) as u16) | 0x40;
