@@ -17,7 +17,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{isa, Isa};
+use super::cpu::{isa, simd, Isa};
 use super::matmul::View;
 use super::matvec::round;
 use super::SyncPtr;
@@ -129,18 +129,21 @@ impl Operand {
 unsafe fn pack(x: Operand, len: usize, k: usize, w: usize) -> Vec<u32> {
     let kp = k.div_ceil(2);
     let mut out = vec![0u32; len.div_ceil(w) * kp * w];
-    out.par_chunks_mut(kp * w).enumerate().for_each(|(p, panel)| {
+    out.par_chunks_mut(kp * w).enumerate().for_each(|(p, panel)| simd(#[inline(always)] || {
         let (i0, rows) = (p * w, w.min(len - p * w));
         if x.sk == 1 {
-            // each row is a contiguous run along K: pairs are adjacent elements
+            // each row is a contiguous run along K: round it into pairs, then scatter them
+            let mut pairs = vec![0u32; kp];
             for i in 0..rows {
                 let run = x.run(i0 + i, 0, k, true);
-                let (pairs, tail) = run.split_at(k - k % 2);
-                for (j, pr) in pairs.chunks_exact(2).enumerate() {
-                    panel[j * w + i] = pair(pr[0], pr[1]);
+                for (d, pr) in pairs.iter_mut().zip(run.chunks_exact(2)) {
+                    *d = pair(pr[0], pr[1]);
                 }
-                if let Some(&last) = tail.first() {
-                    panel[(kp - 1) * w + i] = pair(last, 0.0);
+                if k % 2 == 1 {
+                    pairs[kp - 1] = pair(run[k - 1], 0.0);
+                }
+                for (j, &v) in pairs.iter().enumerate() {
+                    panel[j * w + i] = v;
                 }
             }
         } else if x.si == 1 {
@@ -167,7 +170,7 @@ unsafe fn pack(x: Operand, len: usize, k: usize, w: usize) -> Vec<u32> {
                 }
             }
         }
-    });
+    }));
     out
 }
 
