@@ -387,8 +387,8 @@ pub trait CausalLm<F: Real>: Send + Sync {
 
     /// The linear modules LoRA can adapt, and how many slots the architecture numbers.
     fn lora_modules(&self) -> (usize, Vec<lora::LoraModule>);
-    fn lora(&self) -> Option<&lora::Lora<F>>;
-    fn set_lora(&mut self, lora: Option<lora::Lora<F>>);
+    fn lora(&self) -> Option<&lora::Lora>;
+    fn set_lora(&mut self, lora: Option<lora::Lora>);
 
     /// Copies checkpoint tensors (transformers' names) into the parameters.
     fn load_tensors(&mut self, tensors: BTreeMap<String, RawTensor>, source: &Path) -> Result<()>;
