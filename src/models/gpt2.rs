@@ -31,7 +31,7 @@ use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, refresh_mask, Batch, CausalLm, Init, ModelState};
+use crate::models::{add_inplace, held, refresh_mask, Batch, CausalLm, Init, ModelState};
 use crate::rng::SplitMix64;
 
 pub(crate) struct LayerParams {
@@ -130,18 +130,31 @@ impl<F: Real> LayerActs<F> {
             lora: (0..LORA_PER_LAYER).map(|_| SiteActs::default()).collect(),
         }
     }
+
+    fn bytes(&self) -> usize {
+        let bufs = [&self.ln1, &self.ln1_mean, &self.ln1_rstd, &self.qkv, &self.atty, &self.att, &self.att_drop, &self.proj_drop,
+            &self.res2, &self.ln2, &self.ln2_mean, &self.ln2_rstd, &self.fch, &self.fch_gelu, &self.fc_drop];
+        held(&bufs) + self.lora.iter().map(SiteActs::bytes).sum::<usize>()
+    }
 }
 
 /// All activations for one (B, T), plus the gradient scratch buffers of the backward.
+/// Without gradient checkpointing every block keeps its own `LayerActs`. With it there is
+/// one set: the forward overwrites it block after block, and the backward refills it right
+/// before each block's backward by running that block's forward again, from the block's
+/// input (kept in `res`) and the dropout generator's state as the block started (`rng_at`),
+/// so every dropout mask is drawn again identically.
 struct Acts<F> {
     b: usize,
     t: usize,
+    checkpointing: bool,
     ids: Vec<i64>,          // (N)
     targets: Vec<i64>,      // (N) next-token labels, -100 where ignored
     encoded: Vec<F>,        // (N, C)
     embd_drop: Vec<F>,      // (N, C), empty without embedding dropout
-    layers: Vec<LayerActs<F>>,
-    res: Vec<Vec<F>>, // L x (N, C) the residual stream after each block
+    layers: Vec<LayerActs<F>>, // one per block, or the one set of gradient checkpointing
+    res: Vec<Vec<F>>,          // L x (N, C) the residual stream after each block
+    rng_at: Vec<u64>,          // (L) the dropout generator's state as each block starts
     lnf: Vec<F>,      // (N, C)
     lnf_mean: Vec<F>, // (N)
     lnf_rstd: Vec<F>, // (N)
@@ -158,18 +171,21 @@ struct Acts<F> {
 
 impl<F: Real> Acts<F> {
     /// `lm`: whether the (N, V) logits of the language-model head are needed.
-    fn new(cfg: &Gpt2Config, b: usize, t: usize, lm: bool) -> Self {
+    fn new(cfg: &Gpt2Config, b: usize, t: usize, lm: bool, checkpointing: bool) -> Self {
         let (n, c, i, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.vocab_size);
         let z = |len: usize| vec![F::zero(); len];
+        let sets = if checkpointing { 1 } else { cfg.n_layer };
         Acts {
             b,
             t,
+            checkpointing,
             ids: vec![0; n],
             targets: vec![IGNORE_INDEX; n],
             encoded: z(n * c),
             embd_drop: Vec::new(),
-            layers: (0..cfg.n_layer).map(|_| LayerActs::new(cfg, b, t)).collect(),
+            layers: (0..sets).map(|_| LayerActs::new(cfg, b, t)).collect(),
             res: (0..cfg.n_layer).map(|_| z(n * c)).collect(),
+            rng_at: vec![0; cfg.n_layer],
             lnf: z(n * c),
             lnf_mean: z(n),
             lnf_rstd: z(n),
@@ -182,6 +198,18 @@ impl<F: Real> Acts<F> {
             dfch: z(n * i),
             dfchg: z(n * i),
         }
+    }
+
+    /// Which set of `layers` block l uses.
+    fn layer_slot(&self, l: usize) -> usize {
+        if self.checkpointing { 0 } else { l }
+    }
+
+    fn bytes(&self) -> usize {
+        let bufs = [&self.encoded, &self.embd_drop, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits];
+        let scratch = [&self.dres, &self.dtmp, &self.dln, &self.datty, &self.dqkv, &self.dfch, &self.dfchg];
+        held(&bufs) + held(&scratch) + held(&[&self.ids, &self.targets]) + held(&[&self.rng_at])
+            + self.layers.iter().map(LayerActs::bytes).sum::<usize>() + self.res.iter().map(|r| held(&[r])).sum::<usize>()
     }
 }
 
@@ -393,10 +421,10 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         if let (Some(h), Some(l)) = (&self.cls, batch.labels) {
             h.validate_labels(l, batch.b)?;
         }
-        let (b, t) = (batch.b, batch.t);
-        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
+        let (b, t, ckpt) = (batch.b, batch.t, self.state.checkpointing);
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.checkpointing == ckpt) {
             self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none()));
+            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none(), ckpt));
         }
         let scales = self.attn_scales();
         let cfg = &self.config;
@@ -417,9 +445,11 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
 
         let shape = AttnShape::mha(b, t, c, nh);
         for (l, lp) in lay.layers.iter().enumerate() {
+            acts.rng_at[l] = rng.state();
+            let k = acts.layer_slot(l);
             let (done, rest) = acts.res.split_at_mut(l);
             let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
-            block_forward(cfg, lp, l, p, lora, &mut acts.layers[l], inp, &mut rest[0], batch.mask, shape, scales[l], train, rng);
+            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], inp, &mut rest[0], batch.mask, shape, scales[l], train, rng);
         }
 
         let last = acts.res.last().unwrap_or(&acts.encoded);
@@ -432,6 +462,10 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         head_loss_stats(self.cls.as_ref(), &a.logits, &a.targets, self.config.vocab_size)
     }
 
+    fn activation_bytes(&self) -> usize {
+        self.acts.as_ref().map_or(0, Acts::bytes) + self.cls.as_ref().map_or(0, SeqClsHead::bytes)
+    }
+
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
         self.forward(batch)?;
         let scales = self.attn_scales();
@@ -439,6 +473,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let (b, t) = (acts.b, acts.t);
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
+        let train = self.state.training;
         let (p, mut g) = self.state.grad_view();
         let lora = self.lora.as_ref();
         let lay = &self.layout;
@@ -454,8 +489,18 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let shape = AttnShape::mha(b, t, c, nh);
         for l in (0..cfg.n_layer).rev() {
             let lp = &lay.layers[l];
-            let la = &acts.layers[l];
-            let residual = if l == 0 { &acts.encoded } else { &acts.res[l - 1] };
+            let k = acts.layer_slot(l);
+            let (done, rest) = acts.res.split_at_mut(l);
+            let residual = if l == 0 { &acts.encoded } else { &done[l - 1] };
+            let la = &mut acts.layers[k];
+            // gradient checkpointing: the block's forward again, with the dropout generator as
+            // it stood then (the last block's activations are still there from the forward);
+            // it rewrites the block's output, whose last reader, block l + 1, is done
+            if acts.checkpointing && l + 1 < cfg.n_layer {
+                let mut rng = SplitMix64::new(acts.rng_at[l]);
+                block_forward(cfg, lp, l, p, lora, la, residual, &mut rest[0], batch.mask, shape, scales[l], train, &mut rng);
+            }
+            let la = &*la;
 
             // out = res2 + drop(fcproj): the residual gradient passes through; the branch gets it masked
             acts.dtmp.copy_from_slice(&acts.dres);
@@ -626,6 +671,8 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::attach_lora;
+    use crate::models::lora::LoraSpec;
 
     fn tiny_config(pdrop: f64) -> Gpt2Config {
         Gpt2Config::from_value(serde_json::json!({
@@ -682,6 +729,44 @@ mod tests {
         m.state_mut().training = true;
         m.forward(&batch).unwrap();
         assert_ne!(a, m.logits(), "train mode applies dropout");
+    }
+
+    /// Gradient checkpointing changes nothing but memory, with dropout everywhere, padding
+    /// and LoRA adapters with their own dropout: block activations take one block's room.
+    #[test]
+    fn checkpointing_gives_identical_gradients_in_one_block_of_memory() {
+        let mut cfg = tiny_config(0.1);
+        cfg.n_layer = 3;
+        let (b, t, n, c, i, nh) = (2, 8, 16, 6, 24, 2);
+        let ids: Vec<i64> = (0..16).map(|i| (i * 7 % 11) as i64).collect();
+        let mask: Vec<i64> = (0..16).map(|k| i64::from(k != 8 && k != 9)).collect();
+        let batch = Batch { ids: &ids, mask: Some(&mask), labels: None, b, t };
+        let mut m = Gpt2::<f32>::from_config(cfg, 1).unwrap();
+        let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
+        // a block's buffers with dropout: 9 (N, C), 2 (N, I), 4 (N), 2 (B, NH, T, T)
+        let block = 9 * n * c + 2 * n * i + 4 * n + 2 * b * nh * t * t;
+        assert_eq!(full - ckpt, 2 * block * 4, "two of three blocks' activations are not kept");
+
+        let names: Vec<String> = m.lora_modules().1.iter().map(|x| x.name.clone()).collect();
+        attach_lora(&mut m, &names, LoraSpec { r: 2, alpha: 4.0, dropout: 0.1, use_rslora: false }, 2).unwrap();
+        crate::models::testing::randomise_lora_b(&mut m);
+        let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
+        // and the adapters': 4 (N, R) products, dropout masks of 3 (N, C) and 1 (N, I) inputs
+        let lora = 4 * n * 2 + 3 * n * c + n * i;
+        assert_eq!(full - ckpt, 2 * (block + lora) * 4);
+    }
+
+    #[test]
+    fn checkpointing_gives_identical_gradients_with_a_classification_head() {
+        let mut v = tiny_config(0.1).to_value();
+        v["architectures"] = serde_json::json!(["GPT2ForSequenceClassification"]);
+        v["num_labels"] = 3.into();
+        v["pad_token_id"] = 0.into();
+        let mut m = Gpt2::<f32>::from_config(Gpt2Config::from_value(v).unwrap(), 1).unwrap();
+        let ids = [3i64, 5, 7, 2, 0, 0, 9, 4, 10, 6, 1, 0];
+        let labels = [2i64, 0];
+        let batch = Batch { ids: &ids, mask: None, labels: Some(&labels), b: 2, t: 6 };
+        crate::models::testing::checkpointing_is_exact(&mut m, &batch);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, Batch, CausalLm, Init, ModelState};
+use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState};
 use crate::rng::SplitMix64;
 
 struct LayerParams {
@@ -138,19 +138,32 @@ impl<F: Real> LayerActs<F> {
             lora: (0..LORA_PER_LAYER).map(|_| SiteActs::default()).collect(),
         }
     }
+
+    fn bytes(&self) -> usize {
+        let bufs = [&self.ln1, &self.ln1_rstd, &self.qkv, &self.atty, &self.att, &self.res2, &self.ln2, &self.ln2_rstd, &self.gu, &self.h];
+        held(&bufs) + self.lora.iter().map(SiteActs::bytes).sum::<usize>()
+    }
 }
 
+/// All activations for one (B, T), plus the gradient scratch buffers of the backward.
+/// Without gradient checkpointing every block keeps its own `LayerActs`. With it there is
+/// one set: the forward overwrites it block after block, and the backward refills it right
+/// before each block's backward by running that block's forward again, from the block's
+/// input (kept in `res`) and the dropout generator's state as the block started (`rng_at`,
+/// for LoRA dropout), so every dropout mask is drawn again identically.
 struct Acts<F> {
     b: usize,
     t: usize,
+    checkpointing: bool,
     ids: Vec<i64>,
     targets: Vec<i64>,
     positions: Vec<usize>, // (N)
     cos: Vec<F>,           // (T, HS/2)
     sin: Vec<F>,           // (T, HS/2)
     encoded: Vec<F>,       // (N, C)
-    layers: Vec<LayerActs<F>>,
-    res: Vec<Vec<F>>, // L x (N, C) the residual stream after each block
+    layers: Vec<LayerActs<F>>, // one per block, or the one set of gradient checkpointing
+    res: Vec<Vec<F>>,          // L x (N, C) the residual stream after each block
+    rng_at: Vec<u64>,          // (L) the dropout generator's state as each block starts
     lnf: Vec<F>,      // (N, C)
     lnf_rstd: Vec<F>, // (N)
     logits: Vec<F>,   // (N, V), turned into dlogits in place by the backward
@@ -165,15 +178,17 @@ struct Acts<F> {
 
 impl<F: Real> Acts<F> {
     /// `lm`: whether the (N, V) logits of the language-model head are needed.
-    fn new(cfg: &LlamaConfig, b: usize, t: usize, lm: bool) -> Self {
+    fn new(cfg: &LlamaConfig, b: usize, t: usize, lm: bool, checkpointing: bool) -> Self {
         let (n, c, i, v) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (nh, hs) = (cfg.num_attention_heads, cfg.head_dim);
         let (a, qkv) = (nh * hs, (nh + 2 * cfg.num_key_value_heads) * hs);
         let z = |len: usize| vec![F::zero(); len];
         let (cos, sin) = rope_tables(&cfg.inv_freq(), t);
+        let sets = if checkpointing { 1 } else { cfg.num_hidden_layers };
         Acts {
             b,
             t,
+            checkpointing,
             ids: vec![0; n],
             targets: vec![IGNORE_INDEX; n],
             // transformers' plain forward: positions 0..T on every row, padded or not
@@ -181,8 +196,9 @@ impl<F: Real> Acts<F> {
             cos,
             sin,
             encoded: z(n * c),
-            layers: (0..cfg.num_hidden_layers).map(|_| LayerActs::new(cfg, b, t)).collect(),
+            layers: (0..sets).map(|_| LayerActs::new(cfg, b, t)).collect(),
             res: (0..cfg.num_hidden_layers).map(|_| z(n * c)).collect(),
+            rng_at: vec![0; cfg.num_hidden_layers],
             lnf: z(n * c),
             lnf_rstd: z(n),
             logits: if lm { z(n * v) } else { Vec::new() },
@@ -193,6 +209,18 @@ impl<F: Real> Acts<F> {
             dh: z(n * i),
             dgu: z(n * 2 * i),
         }
+    }
+
+    /// Which set of `layers` block l uses.
+    fn layer_slot(&self, l: usize) -> usize {
+        if self.checkpointing { 0 } else { l }
+    }
+
+    fn bytes(&self) -> usize {
+        let bufs = [&self.cos, &self.sin, &self.encoded, &self.lnf, &self.lnf_rstd, &self.logits];
+        let scratch = [&self.dres, &self.dln, &self.datty, &self.dqkv, &self.dh, &self.dgu];
+        held(&bufs) + held(&scratch) + held(&[&self.ids, &self.targets]) + held(&[&self.positions]) + held(&[&self.rng_at])
+            + self.layers.iter().map(LayerActs::bytes).sum::<usize>() + self.res.iter().map(|r| held(&[r])).sum::<usize>()
     }
 }
 
@@ -426,10 +454,10 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         if let (Some(h), Some(l)) = (&self.cls, batch.labels) {
             h.validate_labels(l, batch.b)?;
         }
-        let (b, t) = (batch.b, batch.t);
-        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
+        let (b, t, ckpt) = (batch.b, batch.t, self.state.checkpointing);
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.checkpointing == ckpt) {
             self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none()));
+            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none(), ckpt));
         }
         let shapes: Vec<AttnShape> = (0..self.config.num_hidden_layers).map(|l| self.attn_shape(b, t, l)).collect();
         let cfg = &self.config;
@@ -447,9 +475,11 @@ impl<F: Real> CausalLm<F> for Llama<F> {
 
         let rope = Rope { cos: &acts.cos, sin: &acts.sin, positions: &acts.positions };
         for (l, lp) in lay.layers.iter().enumerate() {
+            acts.rng_at[l] = rng.state();
+            let k = acts.layer_slot(l);
             let (done, rest) = acts.res.split_at_mut(l);
             let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
-            block_forward(cfg, lp, l, p, lora, &mut acts.layers[l], inp, &mut rest[0], batch.mask, shapes[l], &rope, train, rng);
+            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], inp, &mut rest[0], batch.mask, shapes[l], &rope, train, rng);
         }
 
         let last = acts.res.last().unwrap_or(&acts.encoded);
@@ -462,6 +492,10 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         head_loss_stats(self.cls.as_ref(), &a.logits, &a.targets, self.config.vocab_size)
     }
 
+    fn activation_bytes(&self) -> usize {
+        self.acts.as_ref().map_or(0, Acts::bytes) + self.cls.as_ref().map_or(0, SeqClsHead::bytes)
+    }
+
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
         self.forward(batch)?;
         let (b, t) = (batch.b, batch.t);
@@ -472,6 +506,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let (rot_heads, qkv) = (cfg.num_attention_heads + cfg.num_key_value_heads, shapes[0].qkv_width());
         let scale = 1.0 / (hs as f64).sqrt();
         let acts = self.acts.as_mut().expect("forward allocated activations");
+        let train = self.state.training;
         let (p, mut g) = self.state.grad_view();
         let lora = self.lora.as_ref();
         let lay = &self.layout;
@@ -481,9 +516,21 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let last = acts.res.last().unwrap_or(&acts.encoded);
         rmsnorm_backward(&mut acts.dres, g.get(&lay.norm), &acts.dln, last, &p[lay.norm.clone()], &acts.lnf_rstd, c);
 
+        let rope = Rope { cos: &acts.cos, sin: &acts.sin, positions: &acts.positions };
         for l in (0..cfg.num_hidden_layers).rev() {
-            let (lp, la) = (&lay.layers[l], &acts.layers[l]);
-            let residual = if l == 0 { &acts.encoded } else { &acts.res[l - 1] };
+            let lp = &lay.layers[l];
+            let k = acts.layer_slot(l);
+            let (done, rest) = acts.res.split_at_mut(l);
+            let residual = if l == 0 { &acts.encoded } else { &done[l - 1] };
+            let la = &mut acts.layers[k];
+            // gradient checkpointing: the block's forward again, with the dropout generator as
+            // it stood then (the last block's activations are still there from the forward);
+            // it rewrites the block's output, whose last reader, block l + 1, is done
+            if acts.checkpointing && l + 1 < cfg.num_hidden_layers {
+                let mut rng = SplitMix64::new(acts.rng_at[l]);
+                block_forward(cfg, lp, l, p, lora, la, residual, &mut rest[0], batch.mask, shapes[l], &rope, train, &mut rng);
+            }
+            let la = &*la;
 
             // out = res2 + down_proj(swiglu(gate_up_proj(rmsnorm(res2))))
             linear_backward_input(&mut acts.dh, &acts.dres, &p[lp.down_w.clone()], n, i, c);
@@ -657,6 +704,8 @@ impl<F: Real> Decoder<F> for Llama<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::attach_lora;
+    use crate::models::lora::LoraSpec;
 
     fn config(extra: Value) -> LlamaConfig {
         let mut v = serde_json::json!({
@@ -699,6 +748,30 @@ mod tests {
             "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                 "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 4}
         })));
+    }
+
+    /// Gradient checkpointing changes nothing but memory: grouped-query attention, a sliding
+    /// window, padding, and LoRA adapters with dropout; block activations take one block's room.
+    #[test]
+    fn checkpointing_gives_identical_gradients_in_one_block_of_memory() {
+        let cfg = config(serde_json::json!({"model_type": "mistral", "sliding_window": 3, "num_hidden_layers": 3}));
+        let (b, t, n, c, i, nh, qkv) = (2, 6, 12, 8, 10, 4, 16);
+        let mut m = Llama::<f32>::from_config(cfg, 1).unwrap();
+        let ids = [1i64, 5, 7, 2, 0, 3, 9, 4, 12, 6, 11, 8];
+        let mask = [1i64, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1];
+        let batch = Batch { ids: &ids, mask: Some(&mask), labels: None, b, t };
+        let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
+        // a block's buffers: 4 (N, C) (A = C here), 1 (N, QKV), 3 (N, I), 2 (N), 1 (B, NH, T, T)
+        let block = 4 * n * c + n * qkv + 3 * n * i + 2 * n + b * nh * t * t;
+        assert_eq!(full - ckpt, 2 * block * 4, "two of three blocks' activations are not kept");
+
+        let names: Vec<String> = m.lora_modules().1.iter().map(|x| x.name.clone()).collect();
+        attach_lora(&mut m, &names, LoraSpec { r: 2, alpha: 4.0, dropout: 0.1, use_rslora: false }, 2).unwrap();
+        crate::models::testing::randomise_lora_b(&mut m);
+        let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
+        // and the adapters': 7 (N, R) products, dropout masks of 6 (N, C) and 1 (N, I) inputs
+        let lora = 7 * n * 2 + 6 * n * c + n * i;
+        assert_eq!(full - ckpt, 2 * (block + lora) * 4);
     }
 
     #[test]

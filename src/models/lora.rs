@@ -76,11 +76,18 @@ pub struct LoraSite {
 }
 
 /// What one adapter's forward saves for its backward. The architectures keep these with
-/// the other activations of a layer.
+/// the other activations of a layer (so gradient checkpointing recomputes them too).
 #[derive(Default)]
 pub struct SiteActs<F> {
     tmp: Vec<F>,  // (N, R) = dropout(x) @ A^T
     mask: Vec<F>, // (N, IN) dropout mask, empty without dropout
+}
+
+impl<F> SiteActs<F> {
+    /// Bytes held by the buffers.
+    pub fn bytes(&self) -> usize {
+        (self.tmp.capacity() + self.mask.capacity()) * std::mem::size_of::<F>()
+    }
 }
 
 pub struct Lora {
