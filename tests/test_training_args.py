@@ -63,7 +63,7 @@ def test_defaults_are_transformers(tmp_path):
         {"fsdp": "full_shard"},
         {"torch_compile": True},
         {"tf32": True},
-        {"gradient_checkpointing": True},
+        {"gradient_checkpointing": "yes"},
         {"push_to_hub": True},
         {"local_rank": 0},
         {"dataloader_num_workers": 2},

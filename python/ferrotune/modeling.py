@@ -358,8 +358,8 @@ class Model:
         generator seeded with ``seed``: reproducible, but it cannot equal torch's draw (the
         mean and covariance are the same; the samples differ from the mean by ~1e-5).
 
-        Training state carries over: frozen parameters stay frozen, train/eval mode and the
-        dropout generator's state are kept. Build the optimizer (or Trainer) after resizing.
+        Training state carries over: frozen parameters stay frozen, train/eval mode, gradient
+        checkpointing and the dropout generator's state are kept. Build the optimizer (or Trainer) after resizing.
         With LoRA, resize first (PEFT's order), then ``get_peft_model`` with the embedding in
         ``modules_to_save`` (``["wte"]`` for GPT-2, ``["embed_tokens", "lm_head"]`` for an
         untied Llama) so the new rows train and are saved in the adapter file. While it runs, the old
@@ -411,6 +411,7 @@ class Model:
             core.set_trainable(frozen, False)
         core.training = self._core.training
         core.rng_state = self._core.rng_state
+        core.gradient_checkpointing = self._core.gradient_checkpointing
         self._core = core
         self._vocab_resized = True
         return new_num
@@ -428,6 +429,35 @@ class Model:
     @property
     def training(self) -> bool:
         return self._core.training
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[Mapping[str, Any]] = None) -> None:
+        """Gradient checkpointing (activation recomputation), as in transformers: the forward
+        keeps only each block's input, and the backward runs each block's forward again (with
+        the same dropout masks) right before that block's backward. Gradients are the same
+        bit for bit; the per-block activations (attention probabilities, MLP hidden states,
+        ...) take one block's memory instead of every block's (see ``activation_bytes``), at
+        the cost of running every block but the last forward twice per training step.
+        ``gradient_checkpointing_kwargs`` is accepted for compatibility (``use_reentrant`` is a
+        torch detail that changes nothing here). ``resize_token_embeddings`` keeps the setting."""
+        if gradient_checkpointing_kwargs is not None and not isinstance(gradient_checkpointing_kwargs, Mapping):
+            raise InputError(f"gradient_checkpointing_kwargs must be a dict or None, got {gradient_checkpointing_kwargs!r}")
+        self._core.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keeps every block's activations again (the default)."""
+        self._core.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self._core.gradient_checkpointing
+
+    def activation_bytes(self) -> int:
+        """Bytes held by the activation buffers of the last forward (0 before the first): what
+        the backward reads, adapters' and the classification head's included, plus the
+        backward's gradient scratch. Parameters, gradients and optimizer state are not counted.
+        The buffers are kept between steps and reallocated when the batch shape changes or
+        gradient checkpointing is switched."""
+        return self._core.activation_bytes()
 
     def get_rng_state(self) -> int:
         """The dropout random generator's state (save it to resume a run exactly)."""

@@ -594,6 +594,10 @@ class Trainer:
 
         if self.train_dataset is None:
             raise DataError("Trainer.train needs a train_dataset")
+        if args.gradient_checkpointing:
+            if not hasattr(self.model, "gradient_checkpointing_enable"):
+                raise ConfigError(f"gradient_checkpointing=True, but {type(self.model).__name__} has no gradient_checkpointing_enable()")
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
         os.makedirs(args.output_dir, exist_ok=True)
         self._remove_stale_tmp_dirs()
         feats = self._features(self.train_dataset)

@@ -64,8 +64,6 @@ _UNSUPPORTED: Dict[str, tuple] = {
     "torch_compile": ((False,), "torch.compile does not apply: ferrotune has no PyTorch"),
     "torch_compile_backend": ((None,), "torch.compile does not apply: ferrotune has no PyTorch"),
     "torch_compile_mode": ((None,), "torch.compile does not apply: ferrotune has no PyTorch"),
-    "gradient_checkpointing": ((None, False), "gradient checkpointing is not implemented yet"),
-    "gradient_checkpointing_kwargs": ((None,), "gradient checkpointing is not implemented yet"),
     "use_liger_kernel": ((False,), "Liger kernels are CUDA/torch kernels"),
     "neftune_noise_alpha": ((None,), "NEFTune noise is not implemented"),
     "label_smoothing_factor": ((0, 0.0), "label smoothing is not implemented"),
@@ -131,6 +129,11 @@ class TrainingArguments:
         warmup_ratio (used when ``warmup_steps`` is 0), gradient_accumulation_steps (1),
         num_train_epochs (3.0), max_steps (-1; when > 0 it overrides ``num_train_epochs``),
         per_device_train_batch_size (8), per_device_eval_batch_size (8).
+        gradient_checkpointing (False): ``Trainer.train()`` calls the model's
+        ``gradient_checkpointing_enable(gradient_checkpointing_kwargs)``: the backward recomputes
+        each block's activations instead of keeping them all (same gradients, less memory, the
+        blocks' forward run twice per step). ``gradient_checkpointing_kwargs`` (None or a dict such as
+        ``{"use_reentrant": False}``) is accepted and changes nothing.
 
     Data:
         seed (42), data_seed (None: use ``seed``) seed the shuffling of the training set,
@@ -162,6 +165,8 @@ class TrainingArguments:
     per_device_eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     eval_accumulation_steps: Optional[int] = None
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: Optional[Union[Dict[str, Any], str]] = None
 
     # optimizer and schedule
     learning_rate: float = 5e-5
@@ -243,8 +248,6 @@ class TrainingArguments:
     torch_compile: bool = False
     torch_compile_backend: Optional[str] = None
     torch_compile_mode: Optional[str] = None
-    gradient_checkpointing: Optional[bool] = None
-    gradient_checkpointing_kwargs: Optional[Dict[str, Any]] = None
     use_liger_kernel: bool = False
     neftune_noise_alpha: Optional[float] = None
     label_smoothing_factor: float = 0.0
@@ -314,6 +317,17 @@ class TrainingArguments:
             self.lr_scheduler_kwargs = {}
         if not isinstance(self.lr_scheduler_kwargs, dict):
             raise ConfigError(f"lr_scheduler_kwargs must be a dict, got {self.lr_scheduler_kwargs!r}")
+
+        if not (self.gradient_checkpointing is None or isinstance(self.gradient_checkpointing, bool)):
+            raise ConfigError(f"gradient_checkpointing must be a bool, got {self.gradient_checkpointing!r}")
+        self.gradient_checkpointing = bool(self.gradient_checkpointing)
+        if isinstance(self.gradient_checkpointing_kwargs, str):
+            try:
+                self.gradient_checkpointing_kwargs = json.loads(self.gradient_checkpointing_kwargs)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"gradient_checkpointing_kwargs is not valid JSON: {e}") from None
+        if self.gradient_checkpointing_kwargs is not None and not isinstance(self.gradient_checkpointing_kwargs, dict):
+            raise ConfigError(f"gradient_checkpointing_kwargs must be a dict or None, got {self.gradient_checkpointing_kwargs!r}")
 
         optim = str(getattr(self.optim, "value", self.optim)).lower()
         if optim not in _SUPPORTED_OPTIM:

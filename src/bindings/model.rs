@@ -328,6 +328,23 @@ impl PyModel {
         self.cell.model_mut().state_mut().training = training;
     }
 
+    /// Gradient checkpointing: the forward keeps each block's input only and the backward
+    /// recomputes each block right before its backward (same gradients, less memory).
+    #[getter]
+    fn gradient_checkpointing(&self) -> bool {
+        self.cell.model().state().checkpointing
+    }
+
+    #[setter]
+    fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.cell.model_mut().state_mut().checkpointing = on;
+    }
+
+    /// Bytes held by the activation buffers of the last forward (and the backward's scratch).
+    fn activation_bytes(&self) -> usize {
+        self.cell.model().activation_bytes()
+    }
+
     #[getter]
     fn rng_state(&self) -> u64 {
         self.cell.model().state().rng.state()

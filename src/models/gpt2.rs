@@ -29,9 +29,10 @@ use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::matmul::{matmul_backward, matmul_forward};
 use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, SeqClsHead, SeqClsSpec};
-use crate::models::lora::{Lora, LoraModule};
+use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, refresh_mask, Batch, CausalLm, Init, ModelState};
+use crate::models::{add_inplace, held, refresh_mask, Batch, CausalLm, Init, ModelState};
+use crate::rng::SplitMix64;
 
 pub(crate) struct LayerParams {
     pub(crate) ln1_w: Range<usize>,
@@ -87,7 +88,6 @@ impl Layout {
 }
 
 /// Activations of one block, saved by the forward for the backward.
-#[derive(Default)]
 struct LayerActs<F> {
     ln1: Vec<F>,       // (N, C)
     ln1_mean: Vec<F>,  // (N)
@@ -104,18 +104,57 @@ struct LayerActs<F> {
     fch: Vec<F>,       // (N, I)
     fch_gelu: Vec<F>,  // (N, I)
     fc_drop: Vec<F>,   // (N, C), empty without residual dropout
-    res3: Vec<F>,      // (N, C) residual after the MLP
+    lora: Vec<SiteActs<F>>, // (LORA_PER_LAYER) what the block's adapters save
+}
+
+impl<F: Real> LayerActs<F> {
+    fn new(cfg: &Gpt2Config, b: usize, t: usize) -> Self {
+        let (n, c, i, nh) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head);
+        let z = |len: usize| vec![F::zero(); len];
+        LayerActs {
+            ln1: z(n * c),
+            ln1_mean: z(n),
+            ln1_rstd: z(n),
+            qkv: z(n * 3 * c),
+            atty: z(n * c),
+            att: z(b * nh * t * t),
+            att_drop: Vec::new(),
+            proj_drop: Vec::new(),
+            res2: z(n * c),
+            ln2: z(n * c),
+            ln2_mean: z(n),
+            ln2_rstd: z(n),
+            fch: z(n * i),
+            fch_gelu: z(n * i),
+            fc_drop: Vec::new(),
+            lora: (0..LORA_PER_LAYER).map(|_| SiteActs::default()).collect(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let bufs = [&self.ln1, &self.ln1_mean, &self.ln1_rstd, &self.qkv, &self.atty, &self.att, &self.att_drop, &self.proj_drop,
+            &self.res2, &self.ln2, &self.ln2_mean, &self.ln2_rstd, &self.fch, &self.fch_gelu, &self.fc_drop];
+        held(&bufs) + self.lora.iter().map(SiteActs::bytes).sum::<usize>()
+    }
 }
 
 /// All activations for one (B, T), plus the gradient scratch buffers of the backward.
+/// Without gradient checkpointing every block keeps its own `LayerActs`. With it there is
+/// one set: the forward overwrites it block after block, and the backward refills it right
+/// before each block's backward by running that block's forward again, from the block's
+/// input (kept in `res`) and the dropout generator's state as the block started (`rng_at`),
+/// so every dropout mask is drawn again identically.
 struct Acts<F> {
     b: usize,
     t: usize,
+    checkpointing: bool,
     ids: Vec<i64>,          // (N)
     targets: Vec<i64>,      // (N) next-token labels, -100 where ignored
     encoded: Vec<F>,        // (N, C)
     embd_drop: Vec<F>,      // (N, C), empty without embedding dropout
-    layers: Vec<LayerActs<F>>,
+    layers: Vec<LayerActs<F>>, // one per block, or the one set of gradient checkpointing
+    res: Vec<Vec<F>>,          // L x (N, C) the residual stream after each block
+    rng_at: Vec<u64>,          // (L) the dropout generator's state as each block starts
     lnf: Vec<F>,      // (N, C)
     lnf_mean: Vec<F>, // (N)
     lnf_rstd: Vec<F>, // (N)
@@ -132,37 +171,21 @@ struct Acts<F> {
 
 impl<F: Real> Acts<F> {
     /// `lm`: whether the (N, V) logits of the language-model head are needed.
-    fn new(cfg: &Gpt2Config, b: usize, t: usize, lm: bool) -> Self {
-        let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
+    fn new(cfg: &Gpt2Config, b: usize, t: usize, lm: bool, checkpointing: bool) -> Self {
+        let (n, c, i, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.vocab_size);
         let z = |len: usize| vec![F::zero(); len];
-        let layers = (0..cfg.n_layer)
-            .map(|_| LayerActs {
-                ln1: z(n * c),
-                ln1_mean: z(n),
-                ln1_rstd: z(n),
-                qkv: z(n * 3 * c),
-                atty: z(n * c),
-                att: z(b * nh * t * t),
-                att_drop: Vec::new(),
-                proj_drop: Vec::new(),
-                res2: z(n * c),
-                ln2: z(n * c),
-                ln2_mean: z(n),
-                ln2_rstd: z(n),
-                fch: z(n * i),
-                fch_gelu: z(n * i),
-                fc_drop: Vec::new(),
-                res3: z(n * c),
-            })
-            .collect();
+        let sets = if checkpointing { 1 } else { cfg.n_layer };
         Acts {
             b,
             t,
+            checkpointing,
             ids: vec![0; n],
             targets: vec![IGNORE_INDEX; n],
             encoded: z(n * c),
             embd_drop: Vec::new(),
-            layers,
+            layers: (0..sets).map(|_| LayerActs::new(cfg, b, t)).collect(),
+            res: (0..cfg.n_layer).map(|_| z(n * c)).collect(),
+            rng_at: vec![0; cfg.n_layer],
             lnf: z(n * c),
             lnf_mean: z(n),
             lnf_rstd: z(n),
@@ -176,6 +199,71 @@ impl<F: Real> Acts<F> {
             dfchg: z(n * i),
         }
     }
+
+    /// Which set of `layers` block l uses.
+    fn layer_slot(&self, l: usize) -> usize {
+        if self.checkpointing { 0 } else { l }
+    }
+
+    fn bytes(&self) -> usize {
+        let bufs = [&self.encoded, &self.embd_drop, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits];
+        let scratch = [&self.dres, &self.dtmp, &self.dln, &self.datty, &self.dqkv, &self.dfch, &self.dfchg];
+        held(&bufs) + held(&scratch) + held(&[&self.ids, &self.targets]) + held(&[&self.rng_at])
+            + self.layers.iter().map(LayerActs::bytes).sum::<usize>() + self.res.iter().map(|r| held(&[r])).sum::<usize>()
+    }
+}
+
+/// One block's forward: `out` (N, C) = the residual stream after block l, from `inp` (N, C)
+/// before it; `la` gets what the block's backward needs. The dropout masks are drawn from
+/// `rng` in a fixed order, so a second run from the same generator state draws them again.
+#[allow(clippy::too_many_arguments)]
+fn block_forward<F: Real>(
+    cfg: &Gpt2Config,
+    lp: &LayerParams,
+    l: usize,
+    p: &[F],
+    lora: Option<&Lora>,
+    la: &mut LayerActs<F>,
+    inp: &[F],
+    out: &mut [F],
+    mask: Option<&[i64]>,
+    shape: AttnShape,
+    scale: f64,
+    train: bool,
+    rng: &mut SplitMix64,
+) {
+    let (b, t, nh) = (shape.b, shape.t, shape.nh);
+    let (n, c, i) = (b * t, cfg.n_embd, cfg.inner());
+    layernorm_forward(&mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, inp, &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, cfg.layer_norm_epsilon);
+    matmul_forward(&mut la.qkv, &la.ln1, &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
+    if let Some(lo) = lora {
+        lo.forward(l * LORA_PER_LAYER + C_ATTN, &mut la.lora[C_ATTN], p, &la.ln1, &mut la.qkv, n, train, rng);
+    }
+    refresh_mask(&mut la.att_drop, b * nh * t * t, cfg.attn_pdrop, train, rng);
+    attention_forward(&mut la.atty, &mut la.att, &la.qkv, mask, drop_opt(&la.att_drop), shape, scale);
+    // res2 = inp + dropout(atty @ Wproj + b)
+    matmul_forward(&mut la.res2, &la.atty, &p[lp.proj_w.clone()], Some(&p[lp.proj_b.clone()]), n, c, c);
+    if let Some(lo) = lora {
+        lo.forward(l * LORA_PER_LAYER + ATTN_PROJ, &mut la.lora[ATTN_PROJ], p, &la.atty, &mut la.res2, n, train, rng);
+    }
+    refresh_mask(&mut la.proj_drop, n * c, cfg.resid_pdrop, train, rng);
+    dropout_apply(&mut la.res2, &la.proj_drop);
+    add_inplace(&mut la.res2, inp);
+
+    layernorm_forward(&mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, cfg.layer_norm_epsilon);
+    matmul_forward(&mut la.fch, &la.ln2, &p[lp.fc_w.clone()], Some(&p[lp.fc_b.clone()]), n, c, i);
+    if let Some(lo) = lora {
+        lo.forward(l * LORA_PER_LAYER + C_FC, &mut la.lora[C_FC], p, &la.ln2, &mut la.fch, n, train, rng);
+    }
+    gelu_forward(&mut la.fch_gelu, &la.fch);
+    // out = res2 + dropout(gelu(fch) @ Wfcproj + b)
+    matmul_forward(out, &la.fch_gelu, &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
+    if let Some(lo) = lora {
+        lo.forward(l * LORA_PER_LAYER + MLP_PROJ, &mut la.lora[MLP_PROJ], p, &la.fch_gelu, out, n, train, rng);
+    }
+    refresh_mask(&mut la.fc_drop, n * c, cfg.resid_pdrop, train, rng);
+    dropout_apply(out, &la.fc_drop);
+    add_inplace(out, &la.res2);
 }
 
 fn drop_opt<F>(mask: &[F]) -> Option<&[F]> {
@@ -191,7 +279,7 @@ const MLP_PROJ: usize = 3;
 
 pub struct Gpt2<F: Real> {
     pub config: Gpt2Config,
-    lora: Option<Lora<F>>,
+    lora: Option<Lora>,
     /// A sequence-classification head instead of the language-model head.
     cls: Option<SeqClsHead<F>>,
     pub(crate) state: ModelState<F>,
@@ -291,12 +379,13 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         (self.config.n_layer * LORA_PER_LAYER, out)
     }
 
-    fn lora(&self) -> Option<&Lora<F>> {
+    fn lora(&self) -> Option<&Lora> {
         self.lora.as_ref()
     }
 
-    fn set_lora(&mut self, lora: Option<Lora<F>>) {
+    fn set_lora(&mut self, lora: Option<Lora>) {
         self.lora = lora;
+        self.acts = None; // they hold what the previous adapters saved
     }
 
     /// Checkpoint names with or without the `transformer.` prefix; the tied `lm_head.weight`
@@ -332,17 +421,17 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         if let (Some(h), Some(l)) = (&self.cls, batch.labels) {
             h.validate_labels(l, batch.b)?;
         }
-        let (b, t) = (batch.b, batch.t);
-        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
+        let (b, t, ckpt) = (batch.b, batch.t, self.state.checkpointing);
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.checkpointing == ckpt) {
             self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none()));
+            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none(), ckpt));
         }
         let scales = self.attn_scales();
         let cfg = &self.config;
-        let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
+        let (n, c, nh, v) = (b * t, cfg.n_embd, cfg.n_head, cfg.vocab_size);
         let acts = self.acts.as_mut().expect("allocated above");
         let (p, lay, rng) = (&self.state.params, &self.layout, &mut self.state.rng);
-        let mut lora = self.lora.as_mut();
+        let lora = self.lora.as_ref();
         let train = self.state.training;
 
         acts.ids.copy_from_slice(batch.ids);
@@ -356,43 +445,14 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
 
         let shape = AttnShape::mha(b, t, c, nh);
         for (l, lp) in lay.layers.iter().enumerate() {
-            let (prev, rest) = acts.layers.split_at_mut(l);
-            let la = &mut rest[0];
-            let residual = if l == 0 { &acts.encoded } else { &prev[l - 1].res3 };
-
-            layernorm_forward(&mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, residual, &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, cfg.layer_norm_epsilon);
-            matmul_forward(&mut la.qkv, &la.ln1, &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
-            if let Some(lo) = lora.as_deref_mut() {
-                lo.forward(l * LORA_PER_LAYER + C_ATTN, p, &la.ln1, &mut la.qkv, n, train, rng);
-            }
-            refresh_mask(&mut la.att_drop, b * nh * t * t, cfg.attn_pdrop, train, rng);
-            attention_forward(&mut la.atty, &mut la.att, &la.qkv, batch.mask, drop_opt(&la.att_drop), shape, scales[l]);
-            // res2 = residual + dropout(atty @ Wproj + b)
-            matmul_forward(&mut la.res2, &la.atty, &p[lp.proj_w.clone()], Some(&p[lp.proj_b.clone()]), n, c, c);
-            if let Some(lo) = lora.as_deref_mut() {
-                lo.forward(l * LORA_PER_LAYER + ATTN_PROJ, p, &la.atty, &mut la.res2, n, train, rng);
-            }
-            refresh_mask(&mut la.proj_drop, n * c, cfg.resid_pdrop, train, rng);
-            dropout_apply(&mut la.res2, &la.proj_drop);
-            add_inplace(&mut la.res2, residual);
-
-            layernorm_forward(&mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, cfg.layer_norm_epsilon);
-            matmul_forward(&mut la.fch, &la.ln2, &p[lp.fc_w.clone()], Some(&p[lp.fc_b.clone()]), n, c, i);
-            if let Some(lo) = lora.as_deref_mut() {
-                lo.forward(l * LORA_PER_LAYER + C_FC, p, &la.ln2, &mut la.fch, n, train, rng);
-            }
-            gelu_forward(&mut la.fch_gelu, &la.fch);
-            // res3 = res2 + dropout(gelu(fch) @ Wfcproj + b)
-            matmul_forward(&mut la.res3, &la.fch_gelu, &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
-            if let Some(lo) = lora.as_deref_mut() {
-                lo.forward(l * LORA_PER_LAYER + MLP_PROJ, p, &la.fch_gelu, &mut la.res3, n, train, rng);
-            }
-            refresh_mask(&mut la.fc_drop, n * c, cfg.resid_pdrop, train, rng);
-            dropout_apply(&mut la.res3, &la.fc_drop);
-            add_inplace(&mut la.res3, &la.res2);
+            acts.rng_at[l] = rng.state();
+            let k = acts.layer_slot(l);
+            let (done, rest) = acts.res.split_at_mut(l);
+            let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
+            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], inp, &mut rest[0], batch.mask, shape, scales[l], train, rng);
         }
 
-        let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
+        let last = acts.res.last().unwrap_or(&acts.encoded);
         layernorm_forward(&mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, last, &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, cfg.layer_norm_epsilon);
         head_forward(self.cls.as_mut(), p, &lay.wte, &acts.lnf, &mut acts.logits, batch.ids, batch.labels, (b, t, c, v))
     }
@@ -402,6 +462,10 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         head_loss_stats(self.cls.as_ref(), &a.logits, &a.targets, self.config.vocab_size)
     }
 
+    fn activation_bytes(&self) -> usize {
+        self.acts.as_ref().map_or(0, Acts::bytes) + self.cls.as_ref().map_or(0, SeqClsHead::bytes)
+    }
+
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
         self.forward(batch)?;
         let scales = self.attn_scales();
@@ -409,6 +473,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let (b, t) = (acts.b, acts.t);
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
+        let train = self.state.training;
         let (p, mut g) = self.state.grad_view();
         let lora = self.lora.as_ref();
         let lay = &self.layout;
@@ -416,7 +481,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let stats = loss_backward(self.cls.as_mut(), p, &mut g, &lay.wte, logits, targets, num_items, &acts.lnf, &mut acts.dln, (n, c, v))?;
         acts.dres.fill(F::zero());
         {
-            let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
+            let last = acts.res.last().unwrap_or(&acts.encoded);
             let (dw, db) = g.pair(&lay.lnf_w, &lay.lnf_b);
             layernorm_backward(&mut acts.dres, dw, db, &acts.dln, last, &p[lay.lnf_w.clone()], &acts.lnf_mean, &acts.lnf_rstd, c);
         }
@@ -424,10 +489,20 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let shape = AttnShape::mha(b, t, c, nh);
         for l in (0..cfg.n_layer).rev() {
             let lp = &lay.layers[l];
-            let la = &acts.layers[l];
-            let residual = if l == 0 { &acts.encoded } else { &acts.layers[l - 1].res3 };
+            let k = acts.layer_slot(l);
+            let (done, rest) = acts.res.split_at_mut(l);
+            let residual = if l == 0 { &acts.encoded } else { &done[l - 1] };
+            let la = &mut acts.layers[k];
+            // gradient checkpointing: the block's forward again, with the dropout generator as
+            // it stood then (the last block's activations are still there from the forward);
+            // it rewrites the block's output, whose last reader, block l + 1, is done
+            if acts.checkpointing && l + 1 < cfg.n_layer {
+                let mut rng = SplitMix64::new(acts.rng_at[l]);
+                block_forward(cfg, lp, l, p, lora, la, residual, &mut rest[0], batch.mask, shape, scales[l], train, &mut rng);
+            }
+            let la = &*la;
 
-            // res3 = res2 + drop(fcproj): the residual gradient passes through; the branch gets it masked
+            // out = res2 + drop(fcproj): the residual gradient passes through; the branch gets it masked
             acts.dtmp.copy_from_slice(&acts.dres);
             dropout_apply(&mut acts.dtmp, &la.fc_drop);
             {
@@ -435,7 +510,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
                 matmul_backward(&mut acts.dfchg, dw, db, &acts.dtmp, &la.fch_gelu, &p[lp.fcproj_w.clone()], n, i, c);
             }
             if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + MLP_PROJ, p, &mut g, &la.fch_gelu, &acts.dtmp, &mut acts.dfchg, n);
+                lo.backward(l * LORA_PER_LAYER + MLP_PROJ, &la.lora[MLP_PROJ], p, &mut g, &la.fch_gelu, &acts.dtmp, &mut acts.dfchg, n);
             }
             gelu_backward(&mut acts.dfch, &la.fch, &acts.dfchg);
             {
@@ -443,7 +518,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
                 matmul_backward(&mut acts.dln, dw, db, &acts.dfch, &la.ln2, &p[lp.fc_w.clone()], n, c, i);
             }
             if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + C_FC, p, &mut g, &la.ln2, &acts.dfch, &mut acts.dln, n);
+                lo.backward(l * LORA_PER_LAYER + C_FC, &la.lora[C_FC], p, &mut g, &la.ln2, &acts.dfch, &mut acts.dln, n);
             }
             {
                 let (dw, db) = g.pair(&lp.ln2_w, &lp.ln2_b);
@@ -458,7 +533,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
                 matmul_backward(&mut acts.datty, dw, db, &acts.dtmp, &la.atty, &p[lp.proj_w.clone()], n, c, c);
             }
             if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + ATTN_PROJ, p, &mut g, &la.atty, &acts.dtmp, &mut acts.datty, n);
+                lo.backward(l * LORA_PER_LAYER + ATTN_PROJ, &la.lora[ATTN_PROJ], p, &mut g, &la.atty, &acts.dtmp, &mut acts.datty, n);
             }
             attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att, drop_opt(&la.att_drop), shape, scales[l]);
             {
@@ -466,7 +541,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
                 matmul_backward(&mut acts.dln, dw, db, &acts.dqkv, &la.ln1, &p[lp.attn_w.clone()], n, c, 3 * c);
             }
             if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + C_ATTN, p, &mut g, &la.ln1, &acts.dqkv, &mut acts.dln, n);
+                lo.backward(l * LORA_PER_LAYER + C_ATTN, &la.lora[C_ATTN], p, &mut g, &la.ln1, &acts.dqkv, &mut acts.dln, n);
             }
             {
                 let (dw, db) = g.pair(&lp.ln1_w, &lp.ln1_b);
@@ -596,7 +671,8 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::SplitMix64;
+    use crate::models::attach_lora;
+    use crate::models::lora::LoraSpec;
 
     fn tiny_config(pdrop: f64) -> Gpt2Config {
         Gpt2Config::from_value(serde_json::json!({
@@ -653,6 +729,44 @@ mod tests {
         m.state_mut().training = true;
         m.forward(&batch).unwrap();
         assert_ne!(a, m.logits(), "train mode applies dropout");
+    }
+
+    /// Gradient checkpointing changes nothing but memory, with dropout everywhere, padding
+    /// and LoRA adapters with their own dropout: block activations take one block's room.
+    #[test]
+    fn checkpointing_gives_identical_gradients_in_one_block_of_memory() {
+        let mut cfg = tiny_config(0.1);
+        cfg.n_layer = 3;
+        let (b, t, n, c, i, nh) = (2, 8, 16, 6, 24, 2);
+        let ids: Vec<i64> = (0..16).map(|i| (i * 7 % 11) as i64).collect();
+        let mask: Vec<i64> = (0..16).map(|k| i64::from(k != 8 && k != 9)).collect();
+        let batch = Batch { ids: &ids, mask: Some(&mask), labels: None, b, t };
+        let mut m = Gpt2::<f32>::from_config(cfg, 1).unwrap();
+        let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
+        // a block's buffers with dropout: 9 (N, C), 2 (N, I), 4 (N), 2 (B, NH, T, T)
+        let block = 9 * n * c + 2 * n * i + 4 * n + 2 * b * nh * t * t;
+        assert_eq!(full - ckpt, 2 * block * 4, "two of three blocks' activations are not kept");
+
+        let names: Vec<String> = m.lora_modules().1.iter().map(|x| x.name.clone()).collect();
+        attach_lora(&mut m, &names, LoraSpec { r: 2, alpha: 4.0, dropout: 0.1, use_rslora: false }, 2).unwrap();
+        crate::models::testing::randomise_lora_b(&mut m);
+        let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
+        // and the adapters': 4 (N, R) products, dropout masks of 3 (N, C) and 1 (N, I) inputs
+        let lora = 4 * n * 2 + 3 * n * c + n * i;
+        assert_eq!(full - ckpt, 2 * (block + lora) * 4);
+    }
+
+    #[test]
+    fn checkpointing_gives_identical_gradients_with_a_classification_head() {
+        let mut v = tiny_config(0.1).to_value();
+        v["architectures"] = serde_json::json!(["GPT2ForSequenceClassification"]);
+        v["num_labels"] = 3.into();
+        v["pad_token_id"] = 0.into();
+        let mut m = Gpt2::<f32>::from_config(Gpt2Config::from_value(v).unwrap(), 1).unwrap();
+        let ids = [3i64, 5, 7, 2, 0, 0, 9, 4, 10, 6, 1, 0];
+        let labels = [2i64, 0];
+        let batch = Batch { ids: &ids, mask: None, labels: Some(&labels), b: 2, t: 6 };
+        crate::models::testing::checkpointing_is_exact(&mut m, &batch);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats};
 use crate::kernels::matmul::{gemm, View};
 use crate::kernels::Real;
-use crate::models::{loss_scale, GradView};
+use crate::models::{held, loss_scale, GradView};
 
 /// What the config asks for on top of the backbone.
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +139,11 @@ impl<F: Real> SeqClsHead<F> {
 
     pub fn targets(&self) -> &[i64] {
         &self.targets
+    }
+
+    /// Bytes held by what the forward saved.
+    pub fn bytes(&self) -> usize {
+        held(&[&self.pool]) + held(&[&self.pooled, &self.logits]) + held(&[&self.targets])
     }
 }
 

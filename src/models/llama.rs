@@ -30,9 +30,10 @@ use crate::kernels::rope::{rope_apply, rope_tables};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, SeqClsHead, SeqClsSpec};
-use crate::models::lora::{Lora, LoraModule};
+use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, Batch, CausalLm, Init, ModelState};
+use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState};
+use crate::rng::SplitMix64;
 
 struct LayerParams {
     ln1: Range<usize>,
@@ -115,19 +116,54 @@ struct LayerActs<F> {
     ln2_rstd: Vec<F>, // (N)
     gu: Vec<F>,       // (N, 2I)
     h: Vec<F>,        // (N, I)
-    res3: Vec<F>,     // (N, C) residual after the MLP
+    lora: Vec<SiteActs<F>>, // (LORA_PER_LAYER) what the block's adapters save
 }
 
+impl<F: Real> LayerActs<F> {
+    fn new(cfg: &LlamaConfig, b: usize, t: usize) -> Self {
+        let (n, c, i, nh, hs) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim);
+        let (a, qkv) = (nh * hs, (nh + 2 * cfg.num_key_value_heads) * hs);
+        let z = |len: usize| vec![F::zero(); len];
+        LayerActs {
+            ln1: z(n * c),
+            ln1_rstd: z(n),
+            qkv: z(n * qkv),
+            atty: z(n * a),
+            att: z(b * nh * t * t),
+            res2: z(n * c),
+            ln2: z(n * c),
+            ln2_rstd: z(n),
+            gu: z(n * 2 * i),
+            h: z(n * i),
+            lora: (0..LORA_PER_LAYER).map(|_| SiteActs::default()).collect(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let bufs = [&self.ln1, &self.ln1_rstd, &self.qkv, &self.atty, &self.att, &self.res2, &self.ln2, &self.ln2_rstd, &self.gu, &self.h];
+        held(&bufs) + self.lora.iter().map(SiteActs::bytes).sum::<usize>()
+    }
+}
+
+/// All activations for one (B, T), plus the gradient scratch buffers of the backward.
+/// Without gradient checkpointing every block keeps its own `LayerActs`. With it there is
+/// one set: the forward overwrites it block after block, and the backward refills it right
+/// before each block's backward by running that block's forward again, from the block's
+/// input (kept in `res`) and the dropout generator's state as the block started (`rng_at`,
+/// for LoRA dropout), so every dropout mask is drawn again identically.
 struct Acts<F> {
     b: usize,
     t: usize,
+    checkpointing: bool,
     ids: Vec<i64>,
     targets: Vec<i64>,
     positions: Vec<usize>, // (N)
     cos: Vec<F>,           // (T, HS/2)
     sin: Vec<F>,           // (T, HS/2)
     encoded: Vec<F>,       // (N, C)
-    layers: Vec<LayerActs<F>>,
+    layers: Vec<LayerActs<F>>, // one per block, or the one set of gradient checkpointing
+    res: Vec<Vec<F>>,          // L x (N, C) the residual stream after each block
+    rng_at: Vec<u64>,          // (L) the dropout generator's state as each block starts
     lnf: Vec<F>,      // (N, C)
     lnf_rstd: Vec<F>, // (N)
     logits: Vec<F>,   // (N, V), turned into dlogits in place by the backward
@@ -142,15 +178,17 @@ struct Acts<F> {
 
 impl<F: Real> Acts<F> {
     /// `lm`: whether the (N, V) logits of the language-model head are needed.
-    fn new(cfg: &LlamaConfig, b: usize, t: usize, lm: bool) -> Self {
+    fn new(cfg: &LlamaConfig, b: usize, t: usize, lm: bool, checkpointing: bool) -> Self {
         let (n, c, i, v) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (nh, hs) = (cfg.num_attention_heads, cfg.head_dim);
         let (a, qkv) = (nh * hs, (nh + 2 * cfg.num_key_value_heads) * hs);
         let z = |len: usize| vec![F::zero(); len];
         let (cos, sin) = rope_tables(&cfg.inv_freq(), t);
+        let sets = if checkpointing { 1 } else { cfg.num_hidden_layers };
         Acts {
             b,
             t,
+            checkpointing,
             ids: vec![0; n],
             targets: vec![IGNORE_INDEX; n],
             // transformers' plain forward: positions 0..T on every row, padded or not
@@ -158,21 +196,9 @@ impl<F: Real> Acts<F> {
             cos,
             sin,
             encoded: z(n * c),
-            layers: (0..cfg.num_hidden_layers)
-                .map(|_| LayerActs {
-                    ln1: z(n * c),
-                    ln1_rstd: z(n),
-                    qkv: z(n * qkv),
-                    atty: z(n * a),
-                    att: z(b * nh * t * t),
-                    res2: z(n * c),
-                    ln2: z(n * c),
-                    ln2_rstd: z(n),
-                    gu: z(n * 2 * i),
-                    h: z(n * i),
-                    res3: z(n * c),
-                })
-                .collect(),
+            layers: (0..sets).map(|_| LayerActs::new(cfg, b, t)).collect(),
+            res: (0..cfg.num_hidden_layers).map(|_| z(n * c)).collect(),
+            rng_at: vec![0; cfg.num_hidden_layers],
             lnf: z(n * c),
             lnf_rstd: z(n),
             logits: if lm { z(n * v) } else { Vec::new() },
@@ -184,6 +210,80 @@ impl<F: Real> Acts<F> {
             dgu: z(n * 2 * i),
         }
     }
+
+    /// Which set of `layers` block l uses.
+    fn layer_slot(&self, l: usize) -> usize {
+        if self.checkpointing { 0 } else { l }
+    }
+
+    fn bytes(&self) -> usize {
+        let bufs = [&self.cos, &self.sin, &self.encoded, &self.lnf, &self.lnf_rstd, &self.logits];
+        let scratch = [&self.dres, &self.dln, &self.datty, &self.dqkv, &self.dh, &self.dgu];
+        held(&bufs) + held(&scratch) + held(&[&self.ids, &self.targets]) + held(&[&self.positions]) + held(&[&self.rng_at])
+            + self.layers.iter().map(LayerActs::bytes).sum::<usize>() + self.res.iter().map(|r| held(&[r])).sum::<usize>()
+    }
+}
+
+/// The rotary tables and each row's position.
+struct Rope<'a, F> {
+    cos: &'a [F],
+    sin: &'a [F],
+    positions: &'a [usize],
+}
+
+/// One block's forward: `out` (N, C) = the residual stream after block l, from `inp` (N, C)
+/// before it; `la` gets what the block's backward needs. LoRA's dropout masks are drawn
+/// from `rng` in a fixed order, so a second run from the same generator state draws them
+/// again.
+#[allow(clippy::too_many_arguments)]
+fn block_forward<F: Real>(
+    cfg: &LlamaConfig,
+    lp: &LayerParams,
+    l: usize,
+    p: &[F],
+    lora: Option<&Lora>,
+    la: &mut LayerActs<F>,
+    inp: &[F],
+    out: &mut [F],
+    mask: Option<&[i64]>,
+    shape: AttnShape,
+    rope: &Rope<'_, F>,
+    train: bool,
+    rng: &mut SplitMix64,
+) {
+    let (n, c, i, hs, eps) = (shape.b * shape.t, cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.rms_norm_eps);
+    let (a, qkv, rot_heads) = (shape.nh * hs, shape.qkv_width(), shape.nh + shape.nkv);
+    let scale = 1.0 / (hs as f64).sqrt();
+    rmsnorm_forward(&mut la.ln1, &mut la.ln1_rstd, inp, &p[lp.ln1.clone()], c, eps);
+    linear_forward(&mut la.qkv, &la.ln1, &p[lp.qkv_w.clone()], lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
+    if let Some(lo) = lora {
+        for k in Q..O {
+            lo.forward(l * LORA_PER_LAYER + k, &mut la.lora[k], p, &la.ln1, &mut la.qkv, n, train, rng);
+        }
+    }
+    rope_apply(&mut la.qkv, rope.cos, rope.sin, rope.positions, rot_heads, hs, qkv, false);
+    attention_forward(&mut la.atty, &mut la.att, &la.qkv, mask, None, shape, scale);
+    // res2 = inp + o_proj(atty)
+    linear_forward(&mut la.res2, &la.atty, &p[lp.o_w.clone()], lp.o_b.clone().map(|r| &p[r]), n, a, c);
+    if let Some(lo) = lora {
+        lo.forward(l * LORA_PER_LAYER + O, &mut la.lora[O], p, &la.atty, &mut la.res2, n, train, rng);
+    }
+    add_inplace(&mut la.res2, inp);
+
+    rmsnorm_forward(&mut la.ln2, &mut la.ln2_rstd, &la.res2, &p[lp.ln2.clone()], c, eps);
+    linear_forward(&mut la.gu, &la.ln2, &p[lp.gu_w.clone()], None, n, c, 2 * i);
+    if let Some(lo) = lora {
+        for k in GATE..DOWN {
+            lo.forward(l * LORA_PER_LAYER + k, &mut la.lora[k], p, &la.ln2, &mut la.gu, n, train, rng);
+        }
+    }
+    swiglu_forward(&mut la.h, &la.gu, i);
+    // out = res2 + down_proj(h)
+    linear_forward(out, &la.h, &p[lp.down_w.clone()], None, n, i, c);
+    if let Some(lo) = lora {
+        lo.forward(l * LORA_PER_LAYER + DOWN, &mut la.lora[DOWN], p, &la.h, out, n, train, rng);
+    }
+    add_inplace(out, &la.res2);
 }
 
 /// LoRA slots of each block: q, k, v, o, gate, up, down projections.
@@ -204,7 +304,7 @@ const DOWN: usize = 6;
 
 pub struct Llama<F: Real> {
     pub config: LlamaConfig,
-    lora: Option<Lora<F>>,
+    lora: Option<Lora>,
     /// A sequence-classification head instead of the language-model head.
     cls: Option<SeqClsHead<F>>,
     state: ModelState<F>,
@@ -333,12 +433,13 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         (self.config.num_hidden_layers * LORA_PER_LAYER, out)
     }
 
-    fn lora(&self) -> Option<&Lora<F>> {
+    fn lora(&self) -> Option<&Lora> {
         self.lora.as_ref()
     }
 
-    fn set_lora(&mut self, lora: Option<Lora<F>>) {
+    fn set_lora(&mut self, lora: Option<Lora>) {
         self.lora = lora;
+        self.acts = None; // they hold what the previous adapters saved
     }
 
     fn logits(&self) -> &[F] {
@@ -353,21 +454,18 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         if let (Some(h), Some(l)) = (&self.cls, batch.labels) {
             h.validate_labels(l, batch.b)?;
         }
-        let (b, t) = (batch.b, batch.t);
-        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
+        let (b, t, ckpt) = (batch.b, batch.t, self.state.checkpointing);
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.checkpointing == ckpt) {
             self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none()));
+            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none(), ckpt));
         }
         let shapes: Vec<AttnShape> = (0..self.config.num_hidden_layers).map(|l| self.attn_shape(b, t, l)).collect();
         let cfg = &self.config;
-        let (n, c, i, v, hs) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim);
-        let (a, eps) = (cfg.num_attention_heads * hs, cfg.rms_norm_eps);
-        let (rot_heads, qkv) = (cfg.num_attention_heads + cfg.num_key_value_heads, shapes[0].qkv_width());
-        let scale = 1.0 / (hs as f64).sqrt();
+        let (c, v, eps) = (cfg.hidden_size, cfg.vocab_size, cfg.rms_norm_eps);
         let acts = self.acts.as_mut().expect("allocated above");
         let (p, lay, rng) = (&self.state.params, &self.layout, &mut self.state.rng);
         let train = self.state.training;
-        let mut lora = self.lora.as_mut();
+        let lora = self.lora.as_ref();
 
         acts.ids.copy_from_slice(batch.ids);
         if self.cls.is_none() {
@@ -375,44 +473,16 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         }
         embedding_forward(&mut acts.encoded, batch.ids, &p[lay.embed.clone()], None, t, c);
 
+        let rope = Rope { cos: &acts.cos, sin: &acts.sin, positions: &acts.positions };
         for (l, lp) in lay.layers.iter().enumerate() {
-            let (prev, rest) = acts.layers.split_at_mut(l);
-            let la = &mut rest[0];
-            let residual = if l == 0 { &acts.encoded } else { &prev[l - 1].res3 };
-
-            rmsnorm_forward(&mut la.ln1, &mut la.ln1_rstd, residual, &p[lp.ln1.clone()], c, eps);
-            linear_forward(&mut la.qkv, &la.ln1, &p[lp.qkv_w.clone()], lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
-            if let Some(lo) = lora.as_deref_mut() {
-                for k in Q..O {
-                    lo.forward(l * LORA_PER_LAYER + k, p, &la.ln1, &mut la.qkv, n, train, rng);
-                }
-            }
-            rope_apply(&mut la.qkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, false);
-            attention_forward(&mut la.atty, &mut la.att, &la.qkv, batch.mask, None, shapes[l], scale);
-            // res2 = residual + o_proj(atty)
-            linear_forward(&mut la.res2, &la.atty, &p[lp.o_w.clone()], lp.o_b.clone().map(|r| &p[r]), n, a, c);
-            if let Some(lo) = lora.as_deref_mut() {
-                lo.forward(l * LORA_PER_LAYER + O, p, &la.atty, &mut la.res2, n, train, rng);
-            }
-            add_inplace(&mut la.res2, residual);
-
-            rmsnorm_forward(&mut la.ln2, &mut la.ln2_rstd, &la.res2, &p[lp.ln2.clone()], c, eps);
-            linear_forward(&mut la.gu, &la.ln2, &p[lp.gu_w.clone()], None, n, c, 2 * i);
-            if let Some(lo) = lora.as_deref_mut() {
-                for k in GATE..DOWN {
-                    lo.forward(l * LORA_PER_LAYER + k, p, &la.ln2, &mut la.gu, n, train, rng);
-                }
-            }
-            swiglu_forward(&mut la.h, &la.gu, i);
-            // res3 = res2 + down_proj(h)
-            linear_forward(&mut la.res3, &la.h, &p[lp.down_w.clone()], None, n, i, c);
-            if let Some(lo) = lora.as_deref_mut() {
-                lo.forward(l * LORA_PER_LAYER + DOWN, p, &la.h, &mut la.res3, n, train, rng);
-            }
-            add_inplace(&mut la.res3, &la.res2);
+            acts.rng_at[l] = rng.state();
+            let k = acts.layer_slot(l);
+            let (done, rest) = acts.res.split_at_mut(l);
+            let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
+            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], inp, &mut rest[0], batch.mask, shapes[l], &rope, train, rng);
         }
 
-        let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
+        let last = acts.res.last().unwrap_or(&acts.encoded);
         rmsnorm_forward(&mut acts.lnf, &mut acts.lnf_rstd, last, &p[lay.norm.clone()], c, eps);
         head_forward(self.cls.as_mut(), p, &lay.head, &acts.lnf, &mut acts.logits, batch.ids, batch.labels, (b, t, c, v))
     }
@@ -420,6 +490,10 @@ impl<F: Real> CausalLm<F> for Llama<F> {
     fn loss_stats(&self) -> LossStats {
         let a = self.acts.as_ref().expect("forward before loss_stats");
         head_loss_stats(self.cls.as_ref(), &a.logits, &a.targets, self.config.vocab_size)
+    }
+
+    fn activation_bytes(&self) -> usize {
+        self.acts.as_ref().map_or(0, Acts::bytes) + self.cls.as_ref().map_or(0, SeqClsHead::bytes)
     }
 
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
@@ -432,24 +506,37 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let (rot_heads, qkv) = (cfg.num_attention_heads + cfg.num_key_value_heads, shapes[0].qkv_width());
         let scale = 1.0 / (hs as f64).sqrt();
         let acts = self.acts.as_mut().expect("forward allocated activations");
+        let train = self.state.training;
         let (p, mut g) = self.state.grad_view();
         let lora = self.lora.as_ref();
         let lay = &self.layout;
         let (logits, targets) = (&mut acts.logits, &acts.targets);
         let stats = loss_backward(self.cls.as_mut(), p, &mut g, &lay.head, logits, targets, num_items, &acts.lnf, &mut acts.dln, (n, c, v))?;
         acts.dres.fill(F::zero());
-        let last = acts.layers.last().map_or(&acts.encoded, |la| &la.res3);
+        let last = acts.res.last().unwrap_or(&acts.encoded);
         rmsnorm_backward(&mut acts.dres, g.get(&lay.norm), &acts.dln, last, &p[lay.norm.clone()], &acts.lnf_rstd, c);
 
+        let rope = Rope { cos: &acts.cos, sin: &acts.sin, positions: &acts.positions };
         for l in (0..cfg.num_hidden_layers).rev() {
-            let (lp, la) = (&lay.layers[l], &acts.layers[l]);
-            let residual = if l == 0 { &acts.encoded } else { &acts.layers[l - 1].res3 };
+            let lp = &lay.layers[l];
+            let k = acts.layer_slot(l);
+            let (done, rest) = acts.res.split_at_mut(l);
+            let residual = if l == 0 { &acts.encoded } else { &done[l - 1] };
+            let la = &mut acts.layers[k];
+            // gradient checkpointing: the block's forward again, with the dropout generator as
+            // it stood then (the last block's activations are still there from the forward);
+            // it rewrites the block's output, whose last reader, block l + 1, is done
+            if acts.checkpointing && l + 1 < cfg.num_hidden_layers {
+                let mut rng = SplitMix64::new(acts.rng_at[l]);
+                block_forward(cfg, lp, l, p, lora, la, residual, &mut rest[0], batch.mask, shapes[l], &rope, train, &mut rng);
+            }
+            let la = &*la;
 
-            // res3 = res2 + down_proj(swiglu(gate_up_proj(rmsnorm(res2))))
+            // out = res2 + down_proj(swiglu(gate_up_proj(rmsnorm(res2))))
             linear_backward_input(&mut acts.dh, &acts.dres, &p[lp.down_w.clone()], n, i, c);
             linear_backward_weight(g.get(&lp.down_w), None, &acts.dres, c, &la.h, n, i, c);
             if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + DOWN, p, &mut g, &la.h, &acts.dres, &mut acts.dh, n);
+                lo.backward(l * LORA_PER_LAYER + DOWN, &la.lora[DOWN], p, &mut g, &la.h, &acts.dres, &mut acts.dh, n);
             }
             swiglu_backward(&mut acts.dgu, &acts.dh, &la.gu, i);
             linear_backward_input(&mut acts.dln, &acts.dgu, &p[lp.gu_w.clone()], n, c, 2 * i);
@@ -458,7 +545,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             }
             if let Some(lo) = lora {
                 for k in GATE..DOWN {
-                    lo.backward(l * LORA_PER_LAYER + k, p, &mut g, &la.ln2, &acts.dgu, &mut acts.dln, n);
+                    lo.backward(l * LORA_PER_LAYER + k, &la.lora[k], p, &mut g, &la.ln2, &acts.dgu, &mut acts.dln, n);
                 }
             }
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln2), &acts.dln, &la.res2, &p[lp.ln2.clone()], &la.ln2_rstd, c);
@@ -471,7 +558,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             };
             linear_backward_weight(dw, db, &acts.dres, c, &la.atty, n, a, c);
             if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + O, p, &mut g, &la.atty, &acts.dres, &mut acts.datty, n);
+                lo.backward(l * LORA_PER_LAYER + O, &la.lora[O], p, &mut g, &la.atty, &acts.dres, &mut acts.datty, n);
             }
             attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att, None, shapes[l], scale);
             rope_apply(&mut acts.dqkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, true);
@@ -487,7 +574,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             }
             if let Some(lo) = lora {
                 for k in Q..O {
-                    lo.backward(l * LORA_PER_LAYER + k, p, &mut g, &la.ln1, &acts.dqkv, &mut acts.dln, n);
+                    lo.backward(l * LORA_PER_LAYER + k, &la.lora[k], p, &mut g, &la.ln1, &acts.dqkv, &mut acts.dln, n);
                 }
             }
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln1), &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
@@ -617,7 +704,8 @@ impl<F: Real> Decoder<F> for Llama<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::SplitMix64;
+    use crate::models::attach_lora;
+    use crate::models::lora::LoraSpec;
 
     fn config(extra: Value) -> LlamaConfig {
         let mut v = serde_json::json!({
@@ -660,6 +748,30 @@ mod tests {
             "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                 "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 4}
         })));
+    }
+
+    /// Gradient checkpointing changes nothing but memory: grouped-query attention, a sliding
+    /// window, padding, and LoRA adapters with dropout; block activations take one block's room.
+    #[test]
+    fn checkpointing_gives_identical_gradients_in_one_block_of_memory() {
+        let cfg = config(serde_json::json!({"model_type": "mistral", "sliding_window": 3, "num_hidden_layers": 3}));
+        let (b, t, n, c, i, nh, qkv) = (2, 6, 12, 8, 10, 4, 16);
+        let mut m = Llama::<f32>::from_config(cfg, 1).unwrap();
+        let ids = [1i64, 5, 7, 2, 0, 3, 9, 4, 12, 6, 11, 8];
+        let mask = [1i64, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1];
+        let batch = Batch { ids: &ids, mask: Some(&mask), labels: None, b, t };
+        let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
+        // a block's buffers: 4 (N, C) (A = C here), 1 (N, QKV), 3 (N, I), 2 (N), 1 (B, NH, T, T)
+        let block = 4 * n * c + n * qkv + 3 * n * i + 2 * n + b * nh * t * t;
+        assert_eq!(full - ckpt, 2 * block * 4, "two of three blocks' activations are not kept");
+
+        let names: Vec<String> = m.lora_modules().1.iter().map(|x| x.name.clone()).collect();
+        attach_lora(&mut m, &names, LoraSpec { r: 2, alpha: 4.0, dropout: 0.1, use_rslora: false }, 2).unwrap();
+        crate::models::testing::randomise_lora_b(&mut m);
+        let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
+        // and the adapters': 7 (N, R) products, dropout masks of 6 (N, C) and 1 (N, I) inputs
+        let lora = 7 * n * 2 + 6 * n * c + n * i;
+        assert_eq!(full - ckpt, 2 * (block + lora) * 4);
     }
 
     #[test]

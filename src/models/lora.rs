@@ -75,24 +75,31 @@ pub struct LoraSite {
     pub b: Range<usize>,
 }
 
-/// Saved by the forward for the backward.
+/// What one adapter's forward saves for its backward. The architectures keep these with
+/// the other activations of a layer (so gradient checkpointing recomputes them too).
 #[derive(Default)]
-struct SiteActs<F> {
+pub struct SiteActs<F> {
     tmp: Vec<F>,  // (N, R) = dropout(x) @ A^T
     mask: Vec<F>, // (N, IN) dropout mask, empty without dropout
 }
 
-pub struct Lora<F: Real> {
-    pub spec: LoraSpec,
-    sites: Vec<Option<LoraSite>>, // by slot
-    acts: Vec<SiteActs<F>>,       // by slot
+impl<F> SiteActs<F> {
+    /// Bytes held by the buffers.
+    pub fn bytes(&self) -> usize {
+        (self.tmp.capacity() + self.mask.capacity()) * std::mem::size_of::<F>()
+    }
 }
 
-impl<F: Real> Lora<F> {
+pub struct Lora {
+    pub spec: LoraSpec,
+    sites: Vec<Option<LoraSite>>, // by slot
+}
+
+impl Lora {
     /// Adds adapters to `modules` of a model: A and B become new trainable parameters
     /// (named "<module>.lora_A.weight" / "<module>.lora_B.weight") and every other
     /// parameter is frozen, as get_peft_model does.
-    pub fn attach(state: &mut ModelState<F>, n_slots: usize, modules: Vec<LoraModule>, spec: LoraSpec, seed: u64) -> Result<Self> {
+    pub fn attach<F: Real>(state: &mut ModelState<F>, n_slots: usize, modules: Vec<LoraModule>, spec: LoraSpec, seed: u64) -> Result<Self> {
         spec.validate()?;
         if modules.is_empty() {
             return Err(Error::Input("no module to adapt".into()));
@@ -110,20 +117,19 @@ impl<F: Real> Lora<F> {
             let slot = m.slot;
             sites[slot] = Some(LoraSite { module: m, a, b });
         }
-        let acts = (0..n_slots).map(|_| SiteActs::default()).collect();
-        Ok(Self { spec, sites, acts })
+        Ok(Self { spec, sites })
     }
 
     pub fn sites(&self) -> impl Iterator<Item = &LoraSite> {
         self.sites.iter().flatten()
     }
 
-    /// Training forward of slot's adapter: out[:, cols] += scale * (dropout(x) @ A^T) @ B^T.
+    /// Training forward of slot's adapter: out[:, cols] += scale * (dropout(x) @ A^T) @ B^T;
+    /// `acts` gets what the backward needs.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&mut self, slot: usize, p: &[F], x: &[F], out: &mut [F], n: usize, train: bool, rng: &mut SplitMix64) {
+    pub fn forward<F: Real>(&self, slot: usize, acts: &mut SiteActs<F>, p: &[F], x: &[F], out: &mut [F], n: usize, train: bool, rng: &mut SplitMix64) {
         let Some(site) = &self.sites[slot] else { return };
         let (m, r) = (&site.module, self.spec.r);
-        let acts = &mut self.acts[slot];
         acts.tmp.resize(n * r, F::zero());
         if train && self.spec.dropout > 0.0 {
             acts.mask.resize(n * m.in_f, F::zero());
@@ -140,7 +146,7 @@ impl<F: Real> Lora<F> {
     }
 
     /// Inference forward (no dropout, nothing saved), for generation.
-    pub fn apply(&self, slot: usize, p: &[F], x: &[F], out: &mut [F], n: usize) {
+    pub fn apply<F: Real>(&self, slot: usize, p: &[F], x: &[F], out: &mut [F], n: usize) {
         let Some(site) = &self.sites[slot] else { return };
         let (m, r) = (&site.module, self.spec.r);
         let mut tmp = vec![F::zero(); n * r];
@@ -149,13 +155,13 @@ impl<F: Real> Lora<F> {
         gemm_into(&mut out[m.out_col..], m.out_rs, n, m.out_f, r, View::rows(&tmp, r), View::t(&p[site.b.clone()], r), true, scale);
     }
 
-    /// Backward of slot's adapter. `dout` is the gradient of the whole output buffer (the
-    /// module's columns are read from it); adds to dA, dB and to dinp (N, IN).
+    /// Backward of slot's adapter, from what its forward saved in `acts`. `dout` is the
+    /// gradient of the whole output buffer (the module's columns are read from it); adds to
+    /// dA, dB and to dinp (N, IN).
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(&self, slot: usize, p: &[F], g: &mut GradView<'_, F>, x: &[F], dout: &[F], dinp: &mut [F], n: usize) {
+    pub fn backward<F: Real>(&self, slot: usize, acts: &SiteActs<F>, p: &[F], g: &mut GradView<'_, F>, x: &[F], dout: &[F], dinp: &mut [F], n: usize) {
         let Some(site) = &self.sites[slot] else { return };
         let (m, r) = (&site.module, self.spec.r);
-        let acts = &self.acts[slot];
         let scale = F::lit(self.spec.scale());
         let dcols = &dout[m.out_col..];
         // dtmp (N, R) = scale * dout @ B
@@ -187,7 +193,7 @@ impl<F: Real> Lora<F> {
     }
 
     /// Folds every adapter into its base weight: W += scale * B @ A (transposed for Conv1D).
-    pub fn merge(&self, params: &mut [F]) {
+    pub fn merge<F: Real>(&self, params: &mut [F]) {
         let (r, scale) = (self.spec.r, F::lit(self.spec.scale()));
         for site in self.sites() {
             let m = &site.module;

@@ -99,8 +99,8 @@ impl Batch<'_> {
 
 /// What every architecture holds besides its layout and activations: the parameter table,
 /// the flat parameter buffer, which parameters are trainable, the gradients of those only
-/// (frozen parameters get no gradient memory and no gradient work), the train/eval mode and
-/// the dropout generator.
+/// (frozen parameters get no gradient memory and no gradient work), the train/eval mode,
+/// the dropout generator and whether gradient checkpointing is on.
 pub struct ModelState<F: Real> {
     pub table: ParamTable,
     pub params: Vec<F>,
@@ -110,6 +110,12 @@ pub struct ModelState<F: Real> {
     grad_version: u64,           // bumped whenever the set of trainable parameters changes
     pub training: bool,
     pub rng: SplitMix64,
+    /// Gradient checkpointing (transformers' `gradient_checkpointing_enable`): the forward
+    /// keeps each block's input only, and the backward runs each block's forward again
+    /// (same dropout masks) right before its backward. Same gradients, bit for bit; block
+    /// activations take one block's memory instead of every block's, for a second forward of
+    /// every block but the last.
+    pub checkpointing: bool,
 }
 
 /// Where a trainable parameter's gradient lives.
@@ -133,6 +139,7 @@ impl<F: Real> ModelState<F> {
             grad_version: 0,
             training: true,
             rng: SplitMix64::new(0),
+            checkpointing: false,
         };
         s.relayout_grads();
         s
@@ -353,6 +360,11 @@ pub(crate) fn refresh_mask<F: Real>(mask: &mut Vec<F>, len: usize, p: f64, activ
     }
 }
 
+/// Bytes held by buffers (their capacity, what the allocator gave them).
+pub(crate) fn held<T>(bufs: &[&Vec<T>]) -> usize {
+    bufs.iter().map(|v| v.capacity()).sum::<usize>() * std::mem::size_of::<T>()
+}
+
 pub(crate) fn add_inplace<F: Real>(dst: &mut [F], src: &[F]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d += *s;
@@ -380,6 +392,10 @@ pub trait CausalLm<F: Real>: Send + Sync {
     }
     /// Loss statistics of the last forward (the logits are left intact).
     fn loss_stats(&self) -> LossStats;
+    /// Bytes held by the activation buffers of the last forward (0 before the first):
+    /// everything the backward reads, adapters' and head's included, and the gradient
+    /// scratch of the backward. Parameters, gradients and optimizer state are not counted.
+    fn activation_bytes(&self) -> usize;
     /// Forward, loss and backward; gradients are *added* to the gradient buffers. The
     /// gradient is that of (sum of token losses) / `num_items` (default: this batch's
     /// counted tokens), so micro-batches of one optimizer step weight every token equally.
@@ -387,8 +403,8 @@ pub trait CausalLm<F: Real>: Send + Sync {
 
     /// The linear modules LoRA can adapt, and how many slots the architecture numbers.
     fn lora_modules(&self) -> (usize, Vec<lora::LoraModule>);
-    fn lora(&self) -> Option<&lora::Lora<F>>;
-    fn set_lora(&mut self, lora: Option<lora::Lora<F>>);
+    fn lora(&self) -> Option<&lora::Lora>;
+    fn set_lora(&mut self, lora: Option<lora::Lora>);
 
     /// Copies checkpoint tensors (transformers' names) into the parameters.
     fn load_tensors(&mut self, tensors: BTreeMap<String, RawTensor>, source: &Path) -> Result<()>;
@@ -520,6 +536,37 @@ pub fn from_pretrained(path: &Path) -> Result<BoxedModel> {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::{Batch, CausalLm};
+
+    /// Random values for the LoRA B matrices (zero at first, which would hide the adapters).
+    pub fn randomise_lora_b<M: CausalLm<f32>>(m: &mut M) {
+        let mut r = crate::rng::SplitMix64::new(4);
+        for info in m.state().table.infos().to_vec() {
+            if info.name.ends_with("lora_B.weight") {
+                m.state_mut().params[info.range].iter_mut().for_each(|x| *x = r.next_f64() as f32 - 0.5);
+            }
+        }
+    }
+
+    /// Two accumulating forward_backward calls with gradient checkpointing off, then on, from
+    /// the same dropout generator state: losses, gradients and the generator's state after
+    /// must be equal bit for bit. Returns the activation bytes (off, on).
+    pub fn checkpointing_is_exact<M: CausalLm<f32>>(m: &mut M, batch: &Batch<'_>) -> (usize, usize) {
+        let start = m.state().rng.state();
+        let run = |m: &mut M, on: bool| {
+            m.state_mut().checkpointing = on;
+            m.state_mut().rng.set_state(start);
+            m.state_mut().zero_grad();
+            let losses: Vec<f64> = (0..2).map(|_| m.forward_backward(batch, None).unwrap().loss_sum).collect();
+            (losses, m.state_mut().grads_mut().clone(), m.state().rng.state(), m.activation_bytes())
+        };
+        let (loss, grads, rng, bytes) = run(m, false);
+        let (ck_loss, ck_grads, ck_rng, ck_bytes) = run(m, true);
+        assert_eq!(loss, ck_loss);
+        assert!(grads == ck_grads, "gradients differ with checkpointing");
+        assert!(grads.iter().any(|&x| x != 0.0));
+        assert_eq!(rng, ck_rng);
+        (bytes, ck_bytes)
+    }
 
     /// One backward, then central differences in f64 for every trainable parameter:
     /// returns (max |analytic - numeric|, max |analytic|).
