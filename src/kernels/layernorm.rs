@@ -2,7 +2,8 @@
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::cpu::simd;
+use super::{lane_sum, lane_sum_by, Real};
 
 /// out (N, C) = (inp - mean) * rstd * w + b; saves mean (N) and rstd (N) for the backward.
 #[allow(clippy::too_many_arguments)]
@@ -22,14 +23,16 @@ pub fn layernorm_forward<F: Real>(
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .for_each(|((o, x), (m_out, s_out))| {
-            let m = x.iter().copied().sum::<F>() / cf;
-            let v = x.iter().map(|&xi| (xi - m) * (xi - m)).sum::<F>() / cf;
-            let s = F::one() / (v + eps).sqrt();
-            for i in 0..c {
-                o[i] = (x[i] - m) * s * w[i] + b[i];
-            }
-            *m_out = m;
-            *s_out = s;
+            simd(#[inline(always)] || {
+                let m = lane_sum(x) / cf;
+                let v = lane_sum_by(x, |xi| (xi - m) * (xi - m)) / cf;
+                let s = F::one() / (v + eps).sqrt();
+                for i in 0..c {
+                    o[i] = (x[i] - m) * s * w[i] + b[i];
+                }
+                *m_out = m;
+                *s_out = s;
+            })
         });
 }
 
@@ -54,37 +57,49 @@ pub fn layernorm_backward<F: Real>(
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter().zip(rstd.par_iter()))
         .for_each(|(((dx, dy), x), (&m, &s))| {
-            // dnorm = dy * w; dx = s * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
-            let mut dnorm_mean = F::zero();
-            let mut dnorm_xhat_mean = F::zero();
-            for i in 0..c {
-                let xhat = (x[i] - m) * s;
-                let dnorm = dy[i] * w[i];
-                dnorm_mean += dnorm;
-                dnorm_xhat_mean += dnorm * xhat;
-            }
-            dnorm_mean = dnorm_mean / cf;
-            dnorm_xhat_mean = dnorm_xhat_mean / cf;
-            for i in 0..c {
-                let xhat = (x[i] - m) * s;
-                let dnorm = dy[i] * w[i];
-                dx[i] += s * (dnorm - dnorm_mean - xhat * dnorm_xhat_mean);
-            }
+            simd(#[inline(always)] || {
+                // dnorm = dy * w; dx = s * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
+                // both sums in the 16 lanes of lane_sum_by
+                let (mut sum, mut sum_xhat) = ([F::zero(); 16], [F::zero(); 16]);
+                let whole = c - c % 16;
+                for ((d, wc), xc) in dy[..whole].chunks_exact(16).zip(w[..whole].chunks_exact(16)).zip(x[..whole].chunks_exact(16)) {
+                    for j in 0..16 {
+                        let dnorm = d[j] * wc[j];
+                        sum[j] += dnorm;
+                        sum_xhat[j] += dnorm * ((xc[j] - m) * s);
+                    }
+                }
+                for i in whole..c {
+                    let dnorm = dy[i] * w[i];
+                    sum[i - whole] += dnorm;
+                    sum_xhat[i - whole] += dnorm * ((x[i] - m) * s);
+                }
+                let dnorm_mean = lane_sum(&sum) / cf;
+                let dnorm_xhat_mean = lane_sum(&sum_xhat) / cf;
+                for i in 0..c {
+                    let xhat = (x[i] - m) * s;
+                    let dnorm = dy[i] * w[i];
+                    dx[i] += s * (dnorm - dnorm_mean - xhat * dnorm_xhat_mean);
+                }
+            })
         });
-    if let Some(dw) = dw.as_deref_mut() {
-        for ((dy, x), (&m, &s)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(mean.iter().zip(rstd)) {
-            for i in 0..c {
-                dw[i] += dy[i] * (x[i] - m) * s;
+    // column sums over the rows, vectorised along C
+    simd(#[inline(always)] || {
+        if let Some(dw) = dw.as_deref_mut() {
+            for ((dy, x), (&m, &s)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(mean.iter().zip(rstd)) {
+                for i in 0..c {
+                    dw[i] += dy[i] * (x[i] - m) * s;
+                }
             }
         }
-    }
-    if let Some(db) = db.as_deref_mut() {
-        for dy in dout.chunks_exact(c) {
-            for i in 0..c {
-                db[i] += dy[i];
+        if let Some(db) = db.as_deref_mut() {
+            for dy in dout.chunks_exact(c) {
+                for i in 0..c {
+                    db[i] += dy[i];
+                }
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]

@@ -26,8 +26,9 @@ use super::SyncPtr;
 const MR: usize = 6;
 /// Columns of a microkernel tile (4 vectors of 16 lanes).
 const NR: usize = 64;
-/// Depth of a block of K (even: pairs never straddle blocks).
-const KC: usize = 512;
+/// Depth of a block of K (even: pairs never straddle blocks); a (KC, NR) block of packed rhs
+/// is 32 KiB, inside L1.
+const KC: usize = 256;
 /// Output rows of a parallel task (32 tiles).
 const MC: usize = 32 * MR;
 /// Output columns of a parallel task (4 tiles).
@@ -75,10 +76,11 @@ pub fn gemm_bf16(dst: &mut [f32], dst_rs: usize, m: usize, n: usize, k: usize, l
         let (c_lo, c_hi) = (nb * NC, (nb * NC + NC).min(n));
         for k0 in (0..k).step_by(KC) {
             let kps = ((k0 + KC).min(k) - k0).div_ceil(2);
-            for r0 in (r_lo..r_hi).step_by(MR) {
-                let a = &apack[(r0 / MR * kp + k0 / 2) * MR..];
-                for c0 in (c_lo..c_hi).step_by(NR) {
-                    let b = &bpack[(c0 / NR * kp + k0 / 2) * NR..];
+            // one (KC, NR) block of rhs stays in L1 while the MC rows of lhs stream from L2
+            for c0 in (c_lo..c_hi).step_by(NR) {
+                let b = &bpack[(c0 / NR * kp + k0 / 2) * NR..];
+                for r0 in (r_lo..r_hi).step_by(MR) {
+                    let a = &apack[(r0 / MR * kp + k0 / 2) * MR..];
                     let (rows, cols) = (MR.min(m - r0), NR.min(n - c0));
                     // SAFETY: AVX512_BF16 is present (asserted); a and b hold kps pairs of their
                     // MR rows / NR columns; the (rows, cols) block of dst at (r0, c0) lies in

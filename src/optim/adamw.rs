@@ -11,9 +11,13 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::kernels::cpu::simd;
 use crate::kernels::Real;
 use crate::models::params::ParamTable;
 use crate::models::GradSlot;
+
+/// Elements per parallel task of the update.
+const BLOCK: usize = 16 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamWConfig {
@@ -104,19 +108,23 @@ impl<F: Real> AdamW<F> {
         for group in &self.groups {
             let decays = group.decays && c.weight_decay != 0.0;
             let g = group.grads.clone();
-            params[group.params.clone()]
-                .par_iter_mut()
-                .zip(grads[g.clone()].par_iter())
-                .zip(self.exp_avg[g.clone()].par_iter_mut().zip(self.exp_avg_sq[g].par_iter_mut()))
-                .for_each(|((p, &g), (m, v))| {
-                    if decays {
-                        *p *= decay;
-                    }
-                    *m = *m + w1 * (g - *m);
-                    *v = *v * b2 + w2 * g * g;
-                    let denom = v.sqrt() / bc2_sqrt + eps;
-                    *p = *p + neg_step_size * (*m / denom);
-                });
+            let (ps, gs) = (&mut params[group.params.clone()], &grads[g.clone()]);
+            let (ms, vs) = (&mut self.exp_avg[g.clone()], &mut self.exp_avg_sq[g]);
+            ps.par_chunks_mut(BLOCK).zip(gs.par_chunks(BLOCK)).zip(ms.par_chunks_mut(BLOCK).zip(vs.par_chunks_mut(BLOCK))).for_each(
+                |((ps, gs), (ms, vs))| {
+                    simd(#[inline(always)] || {
+                        for ((p, &g), (m, v)) in ps.iter_mut().zip(gs).zip(ms.iter_mut().zip(vs.iter_mut())) {
+                            if decays {
+                                *p *= decay;
+                            }
+                            *m = *m + w1 * (g - *m);
+                            *v = *v * b2 + w2 * g * g;
+                            let denom = v.sqrt() / bc2_sqrt + eps;
+                            *p = *p + neg_step_size * (*m / denom);
+                        }
+                    })
+                },
+            );
         }
     }
 }
