@@ -12,6 +12,8 @@ Forward-only rows run ``model(ids, labels=ids)`` (loss + (B, T, V) logits) in ev
 precision: ferrotune with ``set_float32_matmul_precision("medium")`` (what
 ``TrainingArguments(bf16=True)`` sets), PyTorch with its forward under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``; both keep f32 weights and AdamW state.
+``ckpt`` rows train the 124M model with gradient checkpointing on both sides
+(``model.gradient_checkpointing_enable()``).
 
 Every measurement runs in a fresh subprocess, so the peak RSS (``ru_maxrss``) is that
 run's alone (it includes the interpreter, the imports, the model and the optimizer
@@ -41,7 +43,11 @@ Usage (from the repository root; ferrotune installed in the running environment)
         --threads 1 2 --steps 3
 
 PyTorch runs when --torch-python names an interpreter that has torch + transformers,
-or when torch is importable here; ``--frameworks ferrotune`` skips it.
+or when torch is importable here; ``--frameworks ferrotune`` skips it. ``--tuned-pytorch``
+adds PyTorch "hand-tuned": the same loop with MKL on its AVX-512 path (on AMD CPUs MKL takes
+its AVX2 code unless ``mkl_serv_intel_cpu_true`` says yes; benchmarks/mkl_avx512.c, built
+with ``cc`` and loaded with LD_PRELOAD). The issue's hand-tuned figures also used tcmalloc,
+which this does not.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ import time
 
 GPT2_124M = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 TINY = dict(vocab_size=50257, n_positions=1024, n_embd=256, n_layer=4, n_head=4)
-MODELS = {"train": GPT2_124M, "bf16": GPT2_124M, "forward": GPT2_124M, "tiny": TINY}
+MODELS = {"train": GPT2_124M, "bf16": GPT2_124M, "ckpt": GPT2_124M, "forward": GPT2_124M, "tiny": TINY}
 DEFAULT_SHAPES = ["train:4x128", "train:4x256", "train:2x512", "train:1x1024", "tiny:8x128", "forward:1x512"]
 DROPOUTS = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 DATA_SEED = 1234
@@ -157,6 +163,8 @@ def worker_ferrotune(job: dict) -> dict:
     assert model.num_parameters() == n_params(cfg), (model.num_parameters(), n_params(cfg))
     if mode == "bf16":
         ft.set_float32_matmul_precision("medium")
+    if mode == "ckpt":
+        model.gradient_checkpointing_enable()
     if mode == "forward":
         model.eval()
 
@@ -196,6 +204,8 @@ def worker_pytorch(job: dict) -> dict:
     ids = torch.from_numpy(ids_np)
     model = transformers.GPT2LMHeadModel(cfg)
     assert sum(p.numel() for p in model.parameters()) == n_params(MODELS[mode])
+    if mode == "ckpt":
+        model.gradient_checkpointing_enable()
     if mode == "forward":
         model.eval()
 
@@ -330,6 +340,8 @@ def main() -> None:
     ap.add_argument("--torch-python", default=None,
                     help="Python interpreter with torch + transformers (default: this one, if it has them)")
     ap.add_argument("--frameworks", nargs="+", choices=["ferrotune", "pytorch"], default=["ferrotune", "pytorch"])
+    ap.add_argument("--tuned-pytorch", action="store_true",
+                    help="also run PyTorch with MKL forced onto its AVX-512 path (needs a C compiler, cc)")
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="also show MFU against this nominal peak f32 rate (GFLOP/s), e.g. the CPU's FMA peak")
     ap.add_argument("--no-snapshot", action="store_true",
@@ -393,7 +405,14 @@ def main() -> None:
 
     # runs: per shape, alternate frameworks; the order flips each repeat
     variants = ([("ferrotune", th) for th in args.threads] if use_ft else []) + \
-               ([("pytorch", args.torch_threads)] if use_torch else [])
+               ([("pytorch", args.torch_threads)] if use_torch else []) + \
+               ([("pytorch-tuned", args.torch_threads)] if use_torch and args.tuned_pytorch else [])
+    tuned_env: dict = {}
+    if use_torch and args.tuned_pytorch:
+        lib = os.path.join(tempfile.mkdtemp(prefix="bench_train_mkl_"), "libmkl_avx512.so")
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mkl_avx512.c")
+        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", lib, src], check=True)
+        tuned_env["LD_PRELOAD"] = lib
     raw = {}
     versions = {}
     builds: dict = {}
@@ -405,6 +424,8 @@ def main() -> None:
                            torch_threads=args.torch_threads)
                 if fw == "ferrotune":
                     r = run_job(sys.executable, job, {**ft_env, "RAYON_NUM_THREADS": str(th)})
+                elif fw == "pytorch-tuned":
+                    r = run_job(torch_python, {**job, "kind": "pytorch"}, tuned_env)
                 else:
                     r = run_job(torch_python, job)
                 versions[fw] = r["version"]
@@ -462,27 +483,33 @@ def print_report(data: dict, peak_gflops: float | None = None) -> None:
         print("WARNING: the ferrotune extension changed during the run (rebuilt by someone); see the builds above")
     print(f"warm-up {data['warmup']}, timed steps {data['steps']} x {data['repeats']} process(es); "
           f"load average at end: {data.get('load_end', '?')}; wall {data.get('wall_s', 0):.0f} s")
-    hdr = ("shape", "framework", "thr", "s/step", "per-process medians", "tokens/s", "ft/PT speed", "peak RSS",
-           "ft/PT RSS", "MFU") + (("of peak",) if peak_gflops else ()) + ("cpu/wall",)
+    tuned = any(r["framework"] == "pytorch-tuned" for r in data["runs"])
+    hdr = ("shape", "framework", "thr", "s/step", "per-process medians", "tokens/s", "ft/PT speed") + \
+          (("ft/tuned",) if tuned else ()) + ("peak RSS", "ft/PT RSS", "MFU") + (("of peak",) if peak_gflops else ()) + ("cpu/wall",)
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     shapes = dict.fromkeys((r["mode"], r["b"], r["t"]) for r in data["runs"])
     variants = dict.fromkeys((r["framework"], r["threads"]) for r in data["runs"])
-    variants = sorted(variants, key=lambda v: (v[0] != "ferrotune", v[1]))
+    variants = sorted(variants, key=lambda v: (v[0] != "ferrotune", v[0], v[1]))
     for mode, b, t in shapes:
         pt = summary.get((mode, b, t, "pytorch", data["torch_threads"]))
+        ptt = summary.get((mode, b, t, "pytorch-tuned", data["torch_threads"]))
         for fw, th in variants:
             s = summary.get((mode, b, t, fw, th))
             if s is None:
                 continue
-            ratio = rss_ratio = ""
+            ratio = rss_ratio = tuned_ratio = ""
             if fw == "ferrotune" and pt:
                 ratio = f"{s['tok'] / pt['tok']:.2f}x"
                 rss_ratio = f"{s['rss'] / pt['rss']:.2f}x"
-            name = {"train": "124M train", "bf16": "124M train bf16", "tiny": "tiny train", "forward": "124M forward"}[mode]
-            row = (f"{name} ({b},{t})", "ferrotune" if fw == "ferrotune" else "PyTorch", str(th),
-                   f"{s['s']:.3f}", " ".join(f"{m:.2f}" for m in s["meds"]), f"{s['tok']:.0f}", ratio,
-                   fmt_gb(s["rss"]), rss_ratio, f"{s['flops'] / best_rate:.1%}")
+            if fw == "ferrotune" and ptt:
+                tuned_ratio = f"{s['tok'] / ptt['tok']:.2f}x"
+            name = {"train": "124M train", "bf16": "124M train bf16", "ckpt": "124M train ckpt", "tiny": "tiny train",
+                    "forward": "124M forward"}[mode]
+            label = {"ferrotune": "ferrotune", "pytorch": "PyTorch", "pytorch-tuned": "PyTorch tuned"}[fw]
+            row = (f"{name} ({b},{t})", label, str(th), f"{s['s']:.3f}", " ".join(f"{m:.2f}" for m in s["meds"]),
+                   f"{s['tok']:.0f}", ratio) + ((tuned_ratio,) if tuned else ()) + \
+                  (fmt_gb(s["rss"]), rss_ratio, f"{s['flops'] / best_rate:.1%}")
             row += (f"{s['flops'] / (peak_gflops * 1e9):.1%}",) if peak_gflops else ()
             row += (f"{s['cpu']:.2f}",)
             print("| " + " | ".join(row) + " |")
