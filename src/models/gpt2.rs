@@ -170,9 +170,8 @@ struct Acts<F> {
 }
 
 impl<F: Real> Acts<F> {
-    /// `lm`: whether the (N, V) logits of the language-model head are needed.
-    fn new(cfg: &Gpt2Config, b: usize, t: usize, lm: bool, checkpointing: bool) -> Self {
-        let (n, c, i, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.vocab_size);
+    fn new(cfg: &Gpt2Config, b: usize, t: usize, checkpointing: bool) -> Self {
+        let (n, c, i) = (b * t, cfg.n_embd, cfg.inner());
         let z = |len: usize| vec![F::zero(); len];
         let sets = if checkpointing { 1 } else { cfg.n_layer };
         Acts {
@@ -189,7 +188,7 @@ impl<F: Real> Acts<F> {
             lnf: z(n * c),
             lnf_mean: z(n),
             lnf_rstd: z(n),
-            logits: if lm { z(n * v) } else { Vec::new() },
+            logits: Vec::new(), // (N, V) by `forward`; (LOSS_ROWS, V) chunks by `forward_backward`
             dres: z(n * c),
             dtmp: z(n * c),
             dln: z(n * c),
@@ -288,6 +287,48 @@ pub struct Gpt2<F: Real> {
 }
 
 impl<F: Real> Gpt2<F> {
+    /// The forward up to the final norm (acts.lnf), without the head.
+    fn trunk(&mut self, batch: &Batch<'_>) -> Result<()> {
+        batch.validate(self.config.vocab_size, self.config.n_positions, self.cls.is_none())?;
+        if let (Some(h), Some(l)) = (&self.cls, batch.labels) {
+            h.validate_labels(l, batch.b)?;
+        }
+        let (b, t, ckpt) = (batch.b, batch.t, self.state.checkpointing);
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.checkpointing == ckpt) {
+            self.acts = None; // free the old buffers before allocating new ones
+            self.acts = Some(Acts::new(&self.config, b, t, ckpt));
+        }
+        let scales = self.attn_scales();
+        let cfg = &self.config;
+        let (n, c, nh) = (b * t, cfg.n_embd, cfg.n_head);
+        let acts = self.acts.as_mut().expect("allocated above");
+        let (p, lay, rng) = (&self.state.params, &self.layout, &mut self.state.rng);
+        let lora = self.lora.as_ref();
+        let train = self.state.training;
+
+        acts.ids.copy_from_slice(batch.ids);
+        if self.cls.is_none() {
+            batch.next_token_targets(&mut acts.targets);
+        }
+
+        embedding_forward(&mut acts.encoded, batch.ids, &p[lay.wte.clone()], Some(&p[lay.wpe.clone()]), t, c);
+        refresh_mask(&mut acts.embd_drop, n * c, cfg.embd_pdrop, train, rng);
+        dropout_apply(&mut acts.encoded, &acts.embd_drop);
+
+        let shape = AttnShape::mha(b, t, c, nh);
+        for (l, lp) in lay.layers.iter().enumerate() {
+            acts.rng_at[l] = rng.state();
+            let k = acts.layer_slot(l);
+            let (done, rest) = acts.res.split_at_mut(l);
+            let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
+            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], inp, &mut rest[0], batch.mask, shape, scales[l], train, rng);
+        }
+
+        let last = acts.res.last().unwrap_or(&acts.encoded);
+        layernorm_forward(&mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, last, &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, cfg.layer_norm_epsilon);
+        Ok(())
+    }
+
     /// A model with zeroed weights (load or initialise them next).
     pub fn empty(config: Gpt2Config) -> Result<Self> {
         config.validate()?;
@@ -408,7 +449,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
     fn logits(&self) -> &[F] {
         match &self.cls {
             Some(h) => h.logits(),
-            None => self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size]),
+            None => self.acts.as_ref().and_then(|a| a.logits.get(..a.b * a.t * self.config.vocab_size)).unwrap_or(&[]),
         }
     }
 
@@ -417,43 +458,13 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
     }
 
     fn forward(&mut self, batch: &Batch<'_>) -> Result<()> {
-        batch.validate(self.config.vocab_size, self.config.n_positions, self.cls.is_none())?;
-        if let (Some(h), Some(l)) = (&self.cls, batch.labels) {
-            h.validate_labels(l, batch.b)?;
-        }
-        let (b, t, ckpt) = (batch.b, batch.t, self.state.checkpointing);
-        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.checkpointing == ckpt) {
-            self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none(), ckpt));
-        }
-        let scales = self.attn_scales();
-        let cfg = &self.config;
-        let (n, c, nh, v) = (b * t, cfg.n_embd, cfg.n_head, cfg.vocab_size);
-        let acts = self.acts.as_mut().expect("allocated above");
-        let (p, lay, rng) = (&self.state.params, &self.layout, &mut self.state.rng);
-        let lora = self.lora.as_ref();
-        let train = self.state.training;
-
-        acts.ids.copy_from_slice(batch.ids);
+        self.trunk(batch)?;
+        let (b, t, c, v) = (batch.b, batch.t, self.config.n_embd, self.config.vocab_size);
+        let acts = self.acts.as_mut().expect("trunk allocated activations");
         if self.cls.is_none() {
-            batch.next_token_targets(&mut acts.targets);
+            acts.logits.resize(b * t * v, F::zero());
         }
-
-        embedding_forward(&mut acts.encoded, batch.ids, &p[lay.wte.clone()], Some(&p[lay.wpe.clone()]), t, c);
-        refresh_mask(&mut acts.embd_drop, n * c, cfg.embd_pdrop, train, rng);
-        dropout_apply(&mut acts.encoded, &acts.embd_drop);
-
-        let shape = AttnShape::mha(b, t, c, nh);
-        for (l, lp) in lay.layers.iter().enumerate() {
-            acts.rng_at[l] = rng.state();
-            let k = acts.layer_slot(l);
-            let (done, rest) = acts.res.split_at_mut(l);
-            let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
-            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], inp, &mut rest[0], batch.mask, shape, scales[l], train, rng);
-        }
-
-        let last = acts.res.last().unwrap_or(&acts.encoded);
-        layernorm_forward(&mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, last, &p[lay.lnf_w.clone()], &p[lay.lnf_b.clone()], c, cfg.layer_norm_epsilon);
+        let (p, lay) = (&self.state.params, &self.layout);
         head_forward(self.cls.as_mut(), p, &lay.wte, &acts.lnf, &mut acts.logits, batch.ids, batch.labels, (b, t, c, v))
     }
 
@@ -467,7 +478,11 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
     }
 
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
-        self.forward(batch)?;
+        self.trunk(batch)?;
+        if let Some(h) = self.cls.as_mut() {
+            let a = self.acts.as_ref().expect("trunk allocated activations");
+            h.forward(&self.state.params, &a.lnf, batch.ids, batch.labels, batch.b, batch.t, self.config.n_embd)?;
+        }
         let scales = self.attn_scales();
         let cfg = &self.config;
         let acts = self.acts.as_mut().expect("forward allocated activations");
@@ -698,6 +713,19 @@ mod tests {
         // derivative (see kernels/attention.rs), so the token it predicts is not counted here
         let labels = [1i64, 5, 7, 2, -100, -100, -100, 4, 10, 6];
         let batch = Batch { ids: &ids, mask: Some(&mask), labels: Some(&labels), b: 2, t: 5 };
+        let (worst, scale) = crate::models::testing::gradient_error(&mut m, &batch);
+        assert!(worst < 1e-7 * scale.max(1.0), "max abs error {worst:e} (grad scale {scale:e})");
+    }
+
+    /// More rows than the loss backward takes at once (head.rs LOSS_ROWS = 256): the chunked
+    /// language-model loss against central differences of the full-logits loss.
+    #[test]
+    fn chunked_loss_gradients_match_finite_differences() {
+        let mut m = Gpt2::<f64>::from_config(tiny_config(0.0), 4).unwrap();
+        let (b, t) = (40, 7);
+        let ids: Vec<i64> = (0..b * t).map(|i| (i * 5 % 11) as i64).collect();
+        let labels: Vec<i64> = (0..b * t).map(|i| if i % 9 == 4 { -100 } else { (i * 3 % 11) as i64 }).collect();
+        let batch = Batch { ids: &ids, mask: None, labels: Some(&labels), b, t };
         let (worst, scale) = crate::models::testing::gradient_error(&mut m, &batch);
         assert!(worst < 1e-7 * scale.max(1.0), "max abs error {worst:e} (grad scale {scale:e})");
     }

@@ -177,9 +177,8 @@ struct Acts<F> {
 }
 
 impl<F: Real> Acts<F> {
-    /// `lm`: whether the (N, V) logits of the language-model head are needed.
-    fn new(cfg: &LlamaConfig, b: usize, t: usize, lm: bool, checkpointing: bool) -> Self {
-        let (n, c, i, v) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    fn new(cfg: &LlamaConfig, b: usize, t: usize, checkpointing: bool) -> Self {
+        let (n, c, i) = (b * t, cfg.hidden_size, cfg.intermediate_size);
         let (nh, hs) = (cfg.num_attention_heads, cfg.head_dim);
         let (a, qkv) = (nh * hs, (nh + 2 * cfg.num_key_value_heads) * hs);
         let z = |len: usize| vec![F::zero(); len];
@@ -201,7 +200,7 @@ impl<F: Real> Acts<F> {
             rng_at: vec![0; cfg.num_hidden_layers],
             lnf: z(n * c),
             lnf_rstd: z(n),
-            logits: if lm { z(n * v) } else { Vec::new() },
+            logits: Vec::new(), // (N, V) by `forward`; (LOSS_ROWS, V) chunks by `forward_backward`
             dres: z(n * c),
             dln: z(n * c),
             datty: z(n * a),
@@ -313,6 +312,45 @@ pub struct Llama<F: Real> {
 }
 
 impl<F: Real> Llama<F> {
+    /// The forward up to the final norm (acts.lnf), without the head.
+    fn trunk(&mut self, batch: &Batch<'_>) -> Result<()> {
+        batch.validate(self.config.vocab_size, self.config.max_position_embeddings, self.cls.is_none())?;
+        if let (Some(h), Some(l)) = (&self.cls, batch.labels) {
+            h.validate_labels(l, batch.b)?;
+        }
+        let (b, t, ckpt) = (batch.b, batch.t, self.state.checkpointing);
+        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.checkpointing == ckpt) {
+            self.acts = None; // free the old buffers before allocating new ones
+            self.acts = Some(Acts::new(&self.config, b, t, ckpt));
+        }
+        let shapes: Vec<AttnShape> = (0..self.config.num_hidden_layers).map(|l| self.attn_shape(b, t, l)).collect();
+        let cfg = &self.config;
+        let (c, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let acts = self.acts.as_mut().expect("allocated above");
+        let (p, lay, rng) = (&self.state.params, &self.layout, &mut self.state.rng);
+        let train = self.state.training;
+        let lora = self.lora.as_ref();
+
+        acts.ids.copy_from_slice(batch.ids);
+        if self.cls.is_none() {
+            batch.next_token_targets(&mut acts.targets);
+        }
+        embedding_forward(&mut acts.encoded, batch.ids, &p[lay.embed.clone()], None, t, c);
+
+        let rope = Rope { cos: &acts.cos, sin: &acts.sin, positions: &acts.positions };
+        for (l, lp) in lay.layers.iter().enumerate() {
+            acts.rng_at[l] = rng.state();
+            let k = acts.layer_slot(l);
+            let (done, rest) = acts.res.split_at_mut(l);
+            let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
+            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], inp, &mut rest[0], batch.mask, shapes[l], &rope, train, rng);
+        }
+
+        let last = acts.res.last().unwrap_or(&acts.encoded);
+        rmsnorm_forward(&mut acts.lnf, &mut acts.lnf_rstd, last, &p[lay.norm.clone()], c, eps);
+        Ok(())
+    }
+
     /// A model with zeroed weights (load or initialise them next).
     pub fn empty(config: LlamaConfig) -> Result<Self> {
         let mut table = ParamTable::default();
@@ -445,45 +483,18 @@ impl<F: Real> CausalLm<F> for Llama<F> {
     fn logits(&self) -> &[F] {
         match &self.cls {
             Some(h) => h.logits(),
-            None => self.acts.as_ref().map_or(&[], |a| &a.logits[..a.b * a.t * self.config.vocab_size]),
+            None => self.acts.as_ref().and_then(|a| a.logits.get(..a.b * a.t * self.config.vocab_size)).unwrap_or(&[]),
         }
     }
 
     fn forward(&mut self, batch: &Batch<'_>) -> Result<()> {
-        batch.validate(self.config.vocab_size, self.config.max_position_embeddings, self.cls.is_none())?;
-        if let (Some(h), Some(l)) = (&self.cls, batch.labels) {
-            h.validate_labels(l, batch.b)?;
-        }
-        let (b, t, ckpt) = (batch.b, batch.t, self.state.checkpointing);
-        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.checkpointing == ckpt) {
-            self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Acts::new(&self.config, b, t, self.cls.is_none(), ckpt));
-        }
-        let shapes: Vec<AttnShape> = (0..self.config.num_hidden_layers).map(|l| self.attn_shape(b, t, l)).collect();
-        let cfg = &self.config;
-        let (c, v, eps) = (cfg.hidden_size, cfg.vocab_size, cfg.rms_norm_eps);
-        let acts = self.acts.as_mut().expect("allocated above");
-        let (p, lay, rng) = (&self.state.params, &self.layout, &mut self.state.rng);
-        let train = self.state.training;
-        let lora = self.lora.as_ref();
-
-        acts.ids.copy_from_slice(batch.ids);
+        self.trunk(batch)?;
+        let (b, t, c, v) = (batch.b, batch.t, self.config.hidden_size, self.config.vocab_size);
+        let acts = self.acts.as_mut().expect("trunk allocated activations");
         if self.cls.is_none() {
-            batch.next_token_targets(&mut acts.targets);
+            acts.logits.resize(b * t * v, F::zero());
         }
-        embedding_forward(&mut acts.encoded, batch.ids, &p[lay.embed.clone()], None, t, c);
-
-        let rope = Rope { cos: &acts.cos, sin: &acts.sin, positions: &acts.positions };
-        for (l, lp) in lay.layers.iter().enumerate() {
-            acts.rng_at[l] = rng.state();
-            let k = acts.layer_slot(l);
-            let (done, rest) = acts.res.split_at_mut(l);
-            let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
-            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], inp, &mut rest[0], batch.mask, shapes[l], &rope, train, rng);
-        }
-
-        let last = acts.res.last().unwrap_or(&acts.encoded);
-        rmsnorm_forward(&mut acts.lnf, &mut acts.lnf_rstd, last, &p[lay.norm.clone()], c, eps);
+        let (p, lay) = (&self.state.params, &self.layout);
         head_forward(self.cls.as_mut(), p, &lay.head, &acts.lnf, &mut acts.logits, batch.ids, batch.labels, (b, t, c, v))
     }
 
@@ -497,7 +508,11 @@ impl<F: Real> CausalLm<F> for Llama<F> {
     }
 
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
-        self.forward(batch)?;
+        self.trunk(batch)?;
+        if let Some(h) = self.cls.as_mut() {
+            let a = self.acts.as_ref().expect("trunk allocated activations");
+            h.forward(&self.state.params, &a.lnf, batch.ids, batch.labels, batch.b, batch.t, self.config.hidden_size)?;
+        }
         let (b, t) = (batch.b, batch.t);
         let shapes: Vec<AttnShape> = (0..self.config.num_hidden_layers).map(|l| self.attn_shape(b, t, l)).collect();
         let cfg = &self.config;
