@@ -54,6 +54,9 @@ impl AttnShape {
     }
 }
 
+/// Query rows per causal block of the forward (`attention_forward`).
+const QUERY_BLOCK: usize = 64;
+
 /// Copies a (T, HS) block into rows `rs` apart of a buffer shared between tasks.
 ///
 /// # Safety
@@ -84,30 +87,46 @@ pub fn attention_forward<F: Real>(
     att.par_chunks_mut(t * t).enumerate().for_each(|(bh, att_bh)| simd(#[inline(always)] || {
         let (b, h) = (bh / nh, bh % nh);
         let base = b * t * w;
-        // scores (T, T) = q (T, HS) @ k^T (HS, T) * scale
-        let (q, kt) = (View::strided(&qkv[base + shape.q_off(h)..], w), View::strided_t(&qkv[base + shape.k_off(h)..], w));
-        gemm_serial(att_bh, t, t, t, hs, q, kt, false, scale);
-        for tq in 0..t {
-            let row = &mut att_bh[tq * t..(tq + 1) * t];
-            let mut max = F::neg_infinity();
-            for (s, x) in row.iter_mut().enumerate() {
-                if shape.allowed(mask, b, s, tq) {
-                    max = max.max(*x);
-                } else {
-                    *x = F::neg_infinity();
+        let (q_all, k_all) = (&qkv[base + shape.q_off(h)..], &qkv[base + shape.k_off(h)..]);
+        // causal blocks of query rows: block [q0, q1) sees keys < q1, so the (T, T) square is
+        // computed only up to the diagonal blocks; a block with a query that sees no key at all
+        // (left padding) takes all T keys, as that query spreads uniformly over all of them
+        let blocks: Vec<(usize, usize, usize)> = (0..t)
+            .step_by(QUERY_BLOCK)
+            .map(|q0| {
+                let q1 = (q0 + QUERY_BLOCK).min(t);
+                let blind = (q0..q1).any(|tq| !(0..=tq).rev().any(|s| shape.allowed(mask, b, s, tq)));
+                (q0, q1, if blind { t } else { q1 })
+            })
+            .collect();
+        for &(q0, q1, kend) in &blocks {
+            // scores (Q, K) = q (Q, HS) @ k^T (HS, K) * scale, rows q0..q1 of att
+            let rows = &mut att_bh[q0 * t..q1 * t];
+            gemm_serial(rows, t, q1 - q0, kend, hs, View::strided(&q_all[q0 * w..], w), View::strided_t(k_all, w), false, scale);
+            for (i, row) in rows.chunks_exact_mut(t).enumerate() {
+                let tq = q0 + i;
+                row[kend..].fill(F::zero());
+                let mut max = F::neg_infinity();
+                for (s, x) in row[..kend].iter_mut().enumerate() {
+                    if shape.allowed(mask, b, s, tq) {
+                        max = max.max(*x);
+                    } else {
+                        *x = F::neg_infinity();
+                    }
                 }
+                if max == F::neg_infinity() {
+                    row.fill(F::one() / F::lit(t as f64));
+                    continue;
+                }
+                let row = &mut row[..kend];
+                for x in row.iter_mut() {
+                    *x = (*x - max).vexp(); // exp(-inf) = 0 for the masked keys
+                }
+                let inv = F::one() / lane_sum(row);
+                row.iter_mut().for_each(|x| *x *= inv);
             }
-            if max == F::neg_infinity() {
-                row.fill(F::one() / F::lit(t as f64));
-                continue;
-            }
-            for x in row.iter_mut() {
-                *x = (*x - max).vexp(); // exp(-inf) = 0 for the masked keys
-            }
-            let inv = F::one() / lane_sum(row);
-            row.iter_mut().for_each(|x| *x *= inv);
         }
-        // y (T, HS) = (att * drop) (T, T) @ v (T, HS)
+        // y (T, HS) = (att * drop) (T, T) @ v (T, HS), block by block over the keys each sees
         let dropped: Vec<F>;
         let p = match drop {
             Some(d) => {
@@ -117,7 +136,10 @@ pub fn attention_forward<F: Real>(
             None => &att_bh[..],
         };
         let mut y = vec![F::zero(); t * hs];
-        gemm_serial(&mut y, hs, t, hs, t, View::rows(p, t), View::strided(&qkv[base + shape.v_off(h)..], w), false, F::one());
+        let v_all = &qkv[base + shape.v_off(h)..];
+        for &(q0, q1, kend) in &blocks {
+            gemm_serial(&mut y[q0 * hs..], hs, q1 - q0, hs, kend, View::rows(&p[q0 * t..], t), View::strided(v_all, w), false, F::one());
+        }
         // SAFETY: columns h*HS..(h+1)*HS of batch b's rows belong to this task only.
         unsafe { scatter_rows(out_ptr, b * t * c + h * hs, c, &y, hs) };
     }));
@@ -310,6 +332,51 @@ mod tests {
         check_shape(shape, Some(&[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]), None, &[]);
         let mha = AttnShape { window: None, nkv: 4, ..shape };
         check_shape(mha, None, None, &[]);
+    }
+
+    /// Against the formula, over more query rows than one causal block (QUERY_BLOCK): no mask,
+    /// left padding longer than a block (queries that see nothing), right padding, a sliding
+    /// window with GQA; the att buffer starts full of garbage, as a reused one is.
+    #[test]
+    fn blocked_forward_matches_the_formula() {
+        let t = 150;
+        let left: Vec<i64> = (0..2 * t).map(|i| i64::from(i < t || i - t >= 70)).collect();
+        let right: Vec<i64> = (0..2 * t).map(|i| i64::from(i % t < 120)).collect();
+        let cases = [
+            (AttnShape::mha(2, t, 6, 2), None),
+            (AttnShape::mha(2, t, 6, 2), Some(&left[..])),
+            (AttnShape::mha(2, t, 6, 2), Some(&right[..])),
+            (AttnShape { b: 2, t, nh: 4, nkv: 2, hs: 3, window: Some(40) }, Some(&left[..])),
+        ];
+        for (shape, mask) in cases {
+            let (b, nh, hs) = (shape.b, shape.nh, shape.hs);
+            let (w, c) = (shape.qkv_width(), nh * hs);
+            let qkv = rand_vec(b * t * w, 7);
+            let (mut out, mut att) = (vec![0.0; b * t * c], vec![7.0; b * nh * t * t]);
+            attention_forward(&mut out, &mut att, &qkv, mask, None, shape, 0.3);
+            for bb in 0..b {
+                for h in 0..nh {
+                    for tq in 0..t {
+                        let q = &qkv[(bb * t + tq) * w + shape.q_off(h)..][..hs];
+                        let allowed: Vec<usize> = (0..t).filter(|&s| shape.allowed(mask, bb, s, tq)).collect();
+                        let mut p = vec![0.0; t];
+                        if allowed.is_empty() {
+                            p.fill(1.0 / t as f64);
+                        } else {
+                            let score = |s: usize| 0.3 * (0..hs).map(|j| q[j] * qkv[(bb * t + s) * w + shape.k_off(h) + j]).sum::<f64>();
+                            let max = allowed.iter().map(|&s| score(s)).fold(f64::NEG_INFINITY, f64::max);
+                            let z: f64 = allowed.iter().map(|&s| (score(s) - max).exp()).sum();
+                            for &s in &allowed {
+                                p[s] = (score(s) - max).exp() / z;
+                            }
+                        }
+                        assert_close("att row", &att[((bb * nh + h) * t + tq) * t..][..t], &p, 1e-12);
+                        let y: Vec<f64> = (0..hs).map(|j| (0..t).map(|s| p[s] * qkv[(bb * t + s) * w + shape.v_off(h) + j]).sum()).collect();
+                        assert_close("out row", &out[(bb * t + tq) * c + h * hs..][..hs], &y, 1e-12);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
