@@ -27,26 +27,53 @@ for name in sys.argv[1].split(","):
 np.savez(sys.argv[3], **out)
 """
 
+DECODE = """
+import sys, numpy as np, ferrotune as ft
+from ferrotune.generation import generate
+m = ft.Model.from_pretrained(sys.argv[1])
+out = {"isa": np.array(ft.cpu_isa())}
+for dt in ("float32", "bfloat16"):
+    out[dt] = generate(m, np.array([[5, 9, 2, 17]]), max_new_tokens=5, eos_token_id=[], output_logits=True,
+                       weights_dtype=dt)[1]
+np.savez(sys.argv[2], **out)
+"""
+
 MODELS = ["gpt2_tiny_a", "llama_tiny", "mistral_tiny"]
+
+
+def run_both(tmp_path, script, *args):
+    """Runs `script` with FERROTUNE_CPU=generic and with the dispatched kernels; each run saves
+    its arrays to the .npz named by its last argument. Returns (generic, native) dicts."""
+    (tmp_path / "script.py").write_text(script)
+    results = []
+    for isa in ("generic", "native"):
+        env = {k: v for k, v in os.environ.items() if k != "FERROTUNE_CPU"}
+        if isa == "generic":
+            env["FERROTUNE_CPU"] = "generic"
+        dst = tmp_path / f"{isa}.npz"
+        subprocess.run([sys.executable, str(tmp_path / "script.py"), *map(str, args), str(dst)], env=env, check=True)
+        results.append(dict(np.load(dst)))
+    gen, nat = results
+    assert str(gen.pop("isa")) == "generic" and str(nat.pop("isa")) == ft.cpu_isa()
+    assert gen.keys() == nat.keys()
+    return gen, nat
+
+
+def assert_alike(gen, nat):
+    for k in gen:
+        scale = max(float(np.abs(nat[k]).max()), 1e-30)
+        assert np.abs(gen[k] - nat[k]).max() <= 1e-5 * scale, k
 
 
 def test_generic_and_dispatched_kernels_train_alike(tmp_path):
     root = os.path.dirname(fixture_dir(MODELS[0]))
     if not all(os.path.isdir(os.path.join(root, m)) for m in MODELS):
         pytest.skip("fixtures missing: run tests/fixtures/make_fixtures.py")
-    script = tmp_path / "step.py"
-    script.write_text(SCRIPT)
-    results = {}
-    for isa in ("generic", "native"):
-        env = {k: v for k, v in os.environ.items() if k != "FERROTUNE_CPU"}
-        if isa == "generic":
-            env["FERROTUNE_CPU"] = "generic"
-        dst = tmp_path / f"{isa}.npz"
-        subprocess.run([sys.executable, str(script), ",".join(MODELS), root, str(dst)], env=env, check=True)
-        results[isa] = dict(np.load(dst))
-    gen, nat = results["generic"], results["native"]
-    assert str(gen.pop("isa")) == "generic" and str(nat.pop("isa")) == ft.cpu_isa()
-    assert gen.keys() == nat.keys()
-    for k in gen:
-        scale = max(float(np.abs(nat[k]).max()), 1e-30)
-        assert np.abs(gen[k] - nat[k]).max() <= 1e-5 * scale, k
+    assert_alike(*run_both(tmp_path, SCRIPT, ",".join(MODELS), root))
+
+
+def test_generic_and_dispatched_kernels_decode_alike(tmp_path):
+    """KV-cached decoding with f32 and bf16 weights (kernels/matvec.rs has both paths)."""
+    if not os.path.isdir(fixture_dir(MODELS[0])):
+        pytest.skip("fixtures missing: run tests/fixtures/make_fixtures.py")
+    assert_alike(*run_both(tmp_path, DECODE, fixture_dir(MODELS[0])))

@@ -3,9 +3,6 @@ tests/fixtures/make_fixtures.py), the KV cache against a full forward, transform
 processors on recorded rows, seeded sampling, errors, GenerationConfig, streaming, pipeline."""
 
 import json
-import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -133,33 +130,6 @@ def test_bf16_weights_greedy_reply_and_bad_dtype():
     assert out.shape == (1, 12) and (out[:, :4] == prompt).all()
     with pytest.raises(ValueError, match="weights_dtype"):
         model.generate(prompt, max_new_tokens=2, weights_dtype="float16")
-
-
-def test_generic_kernels_give_the_same_logits(tmp_path):
-    """FERROTUNE_CPU=generic forces the portable kernels: in a subprocess they decode (f32 and
-    bf16 weights) to the logits this process's dispatched kernels give."""
-    script = tmp_path / "decode.py"
-    script.write_text(
-        "import sys, numpy as np, ferrotune as ft\n"
-        "from ferrotune.generation import generate\n"
-        "m = ft.Model.from_pretrained(sys.argv[1])\n"
-        "prompt = np.array([[5, 9, 2, 17]])\n"
-        "out = {'isa': np.array(ft.cpu_isa())}\n"
-        "for dt in ('float32', 'bfloat16'):\n"
-        "    out[dt] = generate(m, prompt, max_new_tokens=5, eos_token_id=[], output_logits=True, weights_dtype=dt)[1]\n"
-        "np.savez(sys.argv[2], **out)\n"
-    )
-    results = {}
-    for isa in ("generic", "native"):
-        env = {k: v for k, v in os.environ.items() if k != "FERROTUNE_CPU"}
-        if isa == "generic":
-            env["FERROTUNE_CPU"] = "generic"
-        dst = tmp_path / f"{isa}.npz"
-        subprocess.run([sys.executable, str(script), str(fixture_dir("gpt2_tiny_a")), str(dst)], env=env, check=True)
-        results[isa] = np.load(dst)
-    assert str(results["generic"]["isa"]) == "generic"
-    for dt in ("float32", "bfloat16"):
-        np.testing.assert_allclose(results["generic"][dt], results["native"][dt], rtol=0, atol=1e-5)
 
 
 # ---- logits processors --------------------------------------------------------------------

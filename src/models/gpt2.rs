@@ -686,8 +686,6 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::attach_lora;
-    use crate::models::lora::LoraSpec;
 
     fn tiny_config(pdrop: f64) -> Gpt2Config {
         Gpt2Config::from_value(serde_json::json!({
@@ -775,9 +773,7 @@ mod tests {
         let block = 9 * n * c + 2 * n * i + 4 * n + 2 * b * nh * t * t;
         assert_eq!(full - ckpt, 2 * block * 4, "two of three blocks' activations are not kept");
 
-        let names: Vec<String> = m.lora_modules().1.iter().map(|x| x.name.clone()).collect();
-        attach_lora(&mut m, &names, LoraSpec { r: 2, alpha: 4.0, dropout: 0.1, use_rslora: false }, 2).unwrap();
-        crate::models::testing::randomise_lora_b(&mut m);
+        crate::models::testing::attach_lora_everywhere(&mut m);
         let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
         // and the adapters': 4 (N, R) products, dropout masks of 3 (N, C) and 1 (N, I) inputs
         let lora = 4 * n * 2 + 3 * n * c + n * i;

@@ -719,8 +719,6 @@ impl<F: Real> Decoder<F> for Llama<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::attach_lora;
-    use crate::models::lora::LoraSpec;
 
     fn config(extra: Value) -> LlamaConfig {
         let mut v = serde_json::json!({
@@ -780,9 +778,7 @@ mod tests {
         let block = 4 * n * c + n * qkv + 3 * n * i + 2 * n + b * nh * t * t;
         assert_eq!(full - ckpt, 2 * block * 4, "two of three blocks' activations are not kept");
 
-        let names: Vec<String> = m.lora_modules().1.iter().map(|x| x.name.clone()).collect();
-        attach_lora(&mut m, &names, LoraSpec { r: 2, alpha: 4.0, dropout: 0.1, use_rslora: false }, 2).unwrap();
-        crate::models::testing::randomise_lora_b(&mut m);
+        crate::models::testing::attach_lora_everywhere(&mut m);
         let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
         // and the adapters': 7 (N, R) products, dropout masks of 6 (N, C) and 1 (N, I) inputs
         let lora = 7 * n * 2 + 6 * n * c + n * i;

@@ -537,6 +537,14 @@ pub fn from_pretrained(path: &Path) -> Result<BoxedModel> {
 pub(crate) mod testing {
     use super::{Batch, CausalLm};
 
+    /// LoRA (r 2, dropout 0.1) on every module the architecture has, with random B matrices.
+    pub fn attach_lora_everywhere<M: CausalLm<f32>>(m: &mut M) {
+        let names: Vec<String> = m.lora_modules().1.iter().map(|x| x.name.clone()).collect();
+        let spec = super::lora::LoraSpec { r: 2, alpha: 4.0, dropout: 0.1, use_rslora: false };
+        super::attach_lora(m, &names, spec, 2).unwrap();
+        randomise_lora_b(m);
+    }
+
     /// Random values for the LoRA B matrices (zero at first, which would hide the adapters).
     pub fn randomise_lora_b<M: CausalLm<f32>>(m: &mut M) {
         let mut r = crate::rng::SplitMix64::new(4);
