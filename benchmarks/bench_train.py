@@ -13,7 +13,11 @@ precision: ferrotune with ``set_float32_matmul_precision("medium")`` (what
 ``TrainingArguments(bf16=True)`` sets), PyTorch with its forward under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``; both keep f32 weights and AdamW state.
 ``ckpt`` rows train the 124M model with gradient checkpointing on both sides
-(``model.gradient_checkpointing_enable()``).
+(``model.gradient_checkpointing_enable()``). ``trainer`` rows go end to end through each
+framework's ``Trainer`` (``TrainingArguments(per_device_train_batch_size=B, max_steps=...,
+learning_rate=1e-4, weight_decay=0.01, save_strategy="no", logging_steps=1, report_to=[])``
+over B * (warm-up + steps) rows of T token ids; a step's time runs from one ``on_step_end``
+callback to the next, so collation, logging and the scheduler are in it).
 
 Every measurement runs in a fresh subprocess, so the peak RSS (``ru_maxrss``) is that
 run's alone (it includes the interpreter, the imports, the model and the optimizer
@@ -67,7 +71,8 @@ import time
 
 GPT2_124M = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 TINY = dict(vocab_size=50257, n_positions=1024, n_embd=256, n_layer=4, n_head=4)
-MODELS = {"train": GPT2_124M, "bf16": GPT2_124M, "ckpt": GPT2_124M, "forward": GPT2_124M, "tiny": TINY}
+MODELS = {"train": GPT2_124M, "bf16": GPT2_124M, "ckpt": GPT2_124M, "trainer": GPT2_124M, "forward": GPT2_124M,
+          "tiny": TINY}
 DEFAULT_SHAPES = ["train:4x128", "train:4x256", "train:2x512", "train:1x1024", "tiny:8x128", "forward:1x512"]
 DROPOUTS = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 DATA_SEED = 1234
@@ -151,6 +156,33 @@ def _timed_loop(step, warmup: int, steps: int) -> dict:
     return {"times": times, "losses": losses, "cpu_per_wall": (_cpu_seconds() - cpu0) / wall}
 
 
+def _trainer_run(make_trainer, callback_base, job: dict) -> dict:
+    """Trains through a framework's Trainer for warm-up + steps steps; times from the
+    on_step_end callbacks (the first `warmup` steps dropped), losses from the log history."""
+    stamps: list = []
+
+    class StepTimer(callback_base):  # type: ignore[misc,valid-type]
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ARG002
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
+            stamps.append(time.perf_counter())
+
+    trainer = make_trainer(StepTimer())
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - wall0
+    times = [b - a for a, b in zip(stamps, stamps[1:])]
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"times": times[job["warmup"]:], "losses": losses, "cpu_per_wall": (_cpu_seconds() - cpu0) / wall}
+
+
+def _trainer_args(job: dict, tmp: str) -> dict:
+    return dict(output_dir=tmp, per_device_train_batch_size=job["b"], max_steps=job["warmup"] + job["steps"],
+                learning_rate=1e-4, weight_decay=0.01, save_strategy="no", logging_steps=1, report_to=[],
+                disable_tqdm=True)
+
+
 def worker_ferrotune(job: dict) -> dict:
     import numpy as np
 
@@ -165,6 +197,17 @@ def worker_ferrotune(job: dict) -> dict:
         ft.set_float32_matmul_precision("medium")
     if mode == "ckpt":
         model.gradient_checkpointing_enable()
+    if mode == "trainer":
+        rows = [{"input_ids": r.tolist()} for r in np.random.default_rng(DATA_SEED).integers(
+            0, cfg["vocab_size"], size=(b * (job["warmup"] + job["steps"]), t))]
+        with tempfile.TemporaryDirectory() as tmp:
+            r = _trainer_run(lambda cb: ft.Trainer(model=model, args=ft.TrainingArguments(**_trainer_args(job, tmp)),
+                                                   train_dataset=rows, callbacks=[cb]), ft.TrainerCallback, job)
+        r["version"] = f"ferrotune {ft.__version__}, numpy {np.__version__}"
+        r["build"] = _file_id(ft._core.__file__)
+        r["build_path"] = os.path.dirname(ft.__file__)
+        r["threads"] = os.environ.get("RAYON_NUM_THREADS", str(os.cpu_count()))
+        return r
     if mode == "forward":
         model.eval()
 
@@ -206,6 +249,17 @@ def worker_pytorch(job: dict) -> dict:
     assert sum(p.numel() for p in model.parameters()) == n_params(MODELS[mode])
     if mode == "ckpt":
         model.gradient_checkpointing_enable()
+    if mode == "trainer":
+        rows = [{"input_ids": torch.from_numpy(r), "labels": torch.from_numpy(r)} for r in np.random.default_rng(
+            DATA_SEED).integers(0, cfg.vocab_size, size=(b * (job["warmup"] + job["steps"]), t), dtype=np.int64)]
+        with tempfile.TemporaryDirectory() as tmp:
+            args = transformers.TrainingArguments(**_trainer_args(job, tmp), use_cpu=True, dataloader_num_workers=0)
+            r = _trainer_run(lambda cb: transformers.Trainer(model=model, args=args, train_dataset=rows, callbacks=[cb]),
+                             transformers.TrainerCallback, job)
+        attn = getattr(model.config, "_attn_implementation", "?")
+        r["version"] = f"torch {torch.__version__}, transformers {transformers.__version__}, attn {attn}"
+        r["threads"] = str(torch.get_num_threads())
+        return r
     if mode == "forward":
         model.eval()
 
@@ -504,8 +558,8 @@ def print_report(data: dict, peak_gflops: float | None = None) -> None:
                 rss_ratio = f"{s['rss'] / pt['rss']:.2f}x"
             if fw == "ferrotune" and ptt:
                 tuned_ratio = f"{s['tok'] / ptt['tok']:.2f}x"
-            name = {"train": "124M train", "bf16": "124M train bf16", "ckpt": "124M train ckpt", "tiny": "tiny train",
-                    "forward": "124M forward"}[mode]
+            name = {"train": "124M train", "bf16": "124M train bf16", "ckpt": "124M train ckpt",
+                    "trainer": "124M Trainer", "tiny": "tiny train", "forward": "124M forward"}[mode]
             label = {"ferrotune": "ferrotune", "pytorch": "PyTorch", "pytorch-tuned": "PyTorch tuned"}[fw]
             row = (f"{name} ({b},{t})", label, str(th), f"{s['s']:.3f}", " ".join(f"{m:.2f}" for m in s["meds"]),
                    f"{s['tok']:.0f}", ratio) + ((tuned_ratio,) if tuned else ()) + \
