@@ -459,13 +459,9 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
 
     fn forward(&mut self, batch: &Batch<'_>) -> Result<()> {
         self.trunk(batch)?;
-        let (b, t, c, v) = (batch.b, batch.t, self.config.n_embd, self.config.vocab_size);
         let acts = self.acts.as_mut().expect("trunk allocated activations");
-        if self.cls.is_none() {
-            acts.logits.resize(b * t * v, F::zero());
-        }
-        let (p, lay) = (&self.state.params, &self.layout);
-        head_forward(self.cls.as_mut(), p, &lay.wte, &acts.lnf, &mut acts.logits, batch.ids, batch.labels, (b, t, c, v))
+        let dims = (batch.b, batch.t, self.config.n_embd, self.config.vocab_size);
+        head_forward(self.cls.as_mut(), &self.state.params, &self.layout.wte, &acts.lnf, &mut acts.logits, batch.ids, batch.labels, dims)
     }
 
     fn loss_stats(&self) -> LossStats {

@@ -193,14 +193,15 @@ pub fn loss_backward<F: Real>(
 }
 
 /// The forward of whichever head a model has, on its final hidden states (N, C): the
-/// (N, V) language-model logits through `head` (V, C), or the classification head.
+/// (N, V) language-model logits through `head` (V, C) into `logits` (sized here), or the
+/// classification head.
 #[allow(clippy::too_many_arguments)]
 pub fn head_forward<F: Real>(
     cls: Option<&mut SeqClsHead<F>>,
     p: &[F],
     head: &Range<usize>,
     hidden: &[F],
-    logits: &mut [F],
+    logits: &mut Vec<F>,
     ids: &[i64],
     labels: Option<&[i64]>,
     (b, t, c, v): (usize, usize, usize, usize),
@@ -208,6 +209,7 @@ pub fn head_forward<F: Real>(
     match cls {
         Some(h) => h.forward(p, hidden, ids, labels, b, t, c),
         None => {
+            logits.resize(b * t * v, F::zero());
             gemm(logits, b * t, v, c, View::rows(hidden, c), View::t(&p[head.clone()], c), false);
             Ok(())
         }
