@@ -15,6 +15,8 @@
 //! Shapes: dst (M, N) = lhs (M, K) @ rhs (K, N); operands are strided `View`s, so transposed
 //! operands cost no copy beyond the packing every product does anyway.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::cpu::{isa, simd, Isa};
@@ -62,12 +64,29 @@ pub fn gemm_bf16(dst: &mut [f32], dst_rs: usize, m: usize, n: usize, k: usize, l
         }
         return;
     }
-    let kp = k.div_ceil(2);
     let ((pa, ra, ca), (pb, rb, cb)) = (lhs.raw(), rhs.raw());
     // SAFETY (both): the views cover (M, K) and (K, N) (the callers' contract). lhs element
     // (row, kk) is at row * ra + kk * ca, rhs element (kk, col) at kk * rb + col * cb.
-    let apack = unsafe { pack(Operand { base: pa, si: ra, sk: ca }, m, k, MR) };
-    let bpack = unsafe { pack(Operand { base: pb, si: cb, sk: rb }, n, k, NR) };
+    PACKED.with(|packed| {
+        let (apack, bpack) = &mut *packed.borrow_mut();
+        unsafe {
+            pack(apack, Operand { base: pa, si: ra, sk: ca }, m, k, MR);
+            pack(bpack, Operand { base: pb, si: cb, sk: rb }, n, k, NR);
+        }
+        products(dst, dst_rs, m, n, k, apack, bpack, accumulate, scale);
+    });
+}
+
+thread_local! {
+    /// The packed operands of the calling thread's last product, kept so that the next one
+    /// reuses the memory (no allocation, no page faults per product).
+    static PACKED: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// dst blocks from packed operands, one parallel task per (MC, NC) block of dst.
+#[allow(clippy::too_many_arguments)]
+fn products(dst: &mut [f32], dst_rs: usize, m: usize, n: usize, k: usize, apack: &[u32], bpack: &[u32], accumulate: bool, scale: f32) {
+    let kp = k.div_ceil(2);
     let dptr = SyncPtr(dst.as_mut_ptr());
     let nblocks = n.div_ceil(NC);
     (0..m.div_ceil(MC) * nblocks).into_par_iter().for_each(|task| {
@@ -123,14 +142,16 @@ impl Operand {
 }
 
 /// Packs a (len, K) operand into panels of `w` rows: out[panel][kk / 2][i % w] = the bf16
-/// pair (kk, kk + 1) of row i, zero-padded past len and K. Contiguous runs (along K, or along
+/// pair (kk, kk + 1) of row i, zero-padded past K. Contiguous runs (along K, or along
 /// the rows) are read as slices so that the loops vectorise.
 ///
 /// # Safety
 /// Every (i < len, kk < K) element of `x` must be readable.
-unsafe fn pack(x: Operand, len: usize, k: usize, w: usize) -> Vec<u32> {
+unsafe fn pack(out: &mut Vec<u32>, x: Operand, len: usize, k: usize, w: usize) {
     let kp = k.div_ceil(2);
-    let mut out = vec![0u32; len.div_ceil(w) * kp * w];
+    // padding rows of the last panel may keep an earlier product's values: they only reach
+    // output rows (columns) past M (N), which are never stored
+    out.resize(len.div_ceil(w) * kp * w, 0);
     out.par_chunks_mut(kp * w).enumerate().for_each(|(p, panel)| simd(#[inline(always)] || {
         let (i0, rows) = (p * w, w.min(len - p * w));
         if x.sk == 1 {
@@ -173,7 +194,6 @@ unsafe fn pack(x: Operand, len: usize, k: usize, w: usize) -> Vec<u32> {
             }
         }
     }));
-    out
 }
 
 #[cfg(target_arch = "x86_64")]
