@@ -21,7 +21,7 @@ use std::sync::Arc;
 use half::bf16;
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{linear_forward, matmul_forward};
+use crate::kernels::matmul::{linear_forward, matmul_forward, with_bias};
 use crate::kernels::matvec::{matmul_kn, matmul_nk, round_weight};
 use crate::kernels::Real;
 use crate::models::Batch;
@@ -131,42 +131,32 @@ pub struct Weights<'a, F> {
 /// there by streaming weights with prefetch). They sum in f32, so f64 models keep the GEMM.
 const SKINNY_ROWS: usize = 4;
 
-fn skinny<F: Real>(inp: &[F], n: usize) -> bool {
-    n <= SKINNY_ROWS && F::as_f32(inp).is_some()
-}
-
 impl<F: Real> Weights<'_, F> {
     /// out (N, OC) = inp (N, C) @ w + bias, w the Conv1D (C, OC) parameter at `w`.
     #[allow(clippy::too_many_arguments)]
     pub fn conv1d(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
-        let inp = &inp[..n * c];
-        match self.half {
-            Some(h) => bias_then(out, bias, n, oc, |out, acc| matmul_nk(out, inp, h.get(&w), n, oc, c, acc)),
-            None if skinny(inp, n) => bias_then(out, bias, n, oc, |out, acc| matmul_kn(out, inp, &self.p[w], n, oc, c, acc)),
-            None => matmul_forward(out, inp, &self.p[w], bias, n, c, oc),
-        }
+        self.affine(out, inp, w, bias, (n, c, oc), true)
     }
 
     /// out (N, OC) = inp (N, C) @ w^T + bias, w the nn.Linear (OC, C) parameter at `w`.
     #[allow(clippy::too_many_arguments)]
     pub fn linear(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
-        let inp = &inp[..n * c];
-        match self.half {
-            Some(h) => bias_then(out, bias, n, oc, |out, acc| matmul_nk(out, inp, h.get(&w), n, oc, c, acc)),
-            None if skinny(inp, n) => bias_then(out, bias, n, oc, |out, acc| matmul_nk(out, inp, &self.p[w], n, oc, c, acc)),
-            None => linear_forward(out, inp, &self.p[w], bias, n, c, oc),
-        }
+        self.affine(out, inp, w, bias, (n, c, oc), false)
     }
-}
 
-/// out (N, OC) = bias rows, then `product(out, accumulate = bias given)`.
-fn bias_then<F: Real>(out: &mut [F], bias: Option<&[F]>, n: usize, oc: usize, product: impl FnOnce(&mut [F], bool)) {
-    if let Some(b) = bias {
-        for row in out[..n * oc].chunks_exact_mut(oc) {
-            row.copy_from_slice(b);
+    /// bf16 copies are (OC, C) whatever the parameter's layout; f32 products of a few rows
+    /// stream the weights (kernels/matvec.rs), larger ones go through the GEMM.
+    fn affine(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, (n, c, oc): (usize, usize, usize), conv1d: bool) {
+        let inp = &inp[..n * c];
+        let skinny = n <= SKINNY_ROWS && F::as_f32(inp).is_some();
+        match (self.half, conv1d) {
+            (Some(h), _) => with_bias(out, bias, n, oc, |out, acc| matmul_nk(out, inp, h.get(&w), n, oc, c, acc)),
+            (None, true) if skinny => with_bias(out, bias, n, oc, |out, acc| matmul_kn(out, inp, &self.p[w], n, oc, c, acc)),
+            (None, false) if skinny => with_bias(out, bias, n, oc, |out, acc| matmul_nk(out, inp, &self.p[w], n, oc, c, acc)),
+            (None, true) => matmul_forward(out, inp, &self.p[w], bias, n, c, oc),
+            (None, false) => linear_forward(out, inp, &self.p[w], bias, n, c, oc),
         }
     }
-    product(out, bias.is_some());
 }
 
 /// Keys and values of every layer, (B, NKV, S, HS) each, plus the key padding mask (B, S).

@@ -209,17 +209,22 @@ pub fn linear_forward<F: Real>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&
     affine(out, inp, View::t(w, c), bias, n, c, oc);
 }
 
-/// out (N, OC) = inp (N, C) @ w (C, OC, any layout) + bias: the bias is written first and
-/// the product accumulated onto it.
+/// out (N, OC) = inp (N, C) @ w (C, OC, any layout) + bias.
 fn affine<F: Real>(out: &mut [F], inp: &[F], w: View<F>, bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
     debug_assert_eq!(inp.len(), n * c);
+    with_bias(out, bias, n, oc, |out, acc| gemm(out, n, oc, c, View::rows(inp, c), w, acc));
+}
+
+/// out (N, OC) = bias in every row, then `product(out, accumulate)` adds onto it
+/// (accumulate = whether there is a bias; the product overwrites otherwise).
+pub fn with_bias<F: Real>(out: &mut [F], bias: Option<&[F]>, n: usize, oc: usize, product: impl FnOnce(&mut [F], bool)) {
     let out = &mut out[..n * oc];
     if let Some(b) = bias {
         for row in out.chunks_exact_mut(oc) {
             row.copy_from_slice(b);
         }
     }
-    gemm(out, n, oc, c, View::rows(inp, c), w, bias.is_some());
+    product(out, bias.is_some());
 }
 
 /// Input gradient of `linear_forward`: dinp (N, C) = dout (N, OC) @ w   (overwritten)
