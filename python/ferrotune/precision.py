@@ -2,7 +2,8 @@
 
 ``"highest"`` (the default): every product is float32. ``"medium"``: products large enough
 to matter (every side >= 16, split across threads) round their operands to bfloat16 and sum in
-float32 on CPUs with AVX512_BF16 (``vdpbf16ps``), about twice the float32 rate; weights,
+float32 on CPUs with AVX512_BF16 (``vdpbf16ps``), 1.6-1.9x the float32 rate here (a GPT-2
+training step ~1.35x, benchmarks/RESULTS.md); weights,
 gradients and optimizer state stay float32. ``"high"`` means TF32 or bf16x3 in PyTorch, which
 CPUs do not have: it falls back to ``"highest"``, as PyTorch does there. On a CPU without
 AVX512_BF16 ``"medium"`` also stays float32. ``TrainingArguments(bf16=True)`` sets
@@ -39,14 +40,19 @@ def bf16_available() -> bool:
     return _core.cpu_isa() == "avx512+bf16"
 
 
+def require_bf16(who: str) -> None:
+    """ConfigError naming `who` when this CPU cannot run bf16 products."""
+    if not bf16_available():
+        raise ConfigError(
+            f"{who} needs a CPU with AVX512_BF16; this one runs {_core.cpu_isa()!r} kernels "
+            "(FERROTUNE_CPU=generic also disables it): train in float32 (bf16=False)"
+        )
+
+
 @contextlib.contextmanager
 def bf16_products() -> Iterator[None]:
     """bf16 products inside the block (mixed precision); ConfigError on a CPU without them."""
-    if not bf16_available():
-        raise ConfigError(
-            f"bf16 mixed precision needs a CPU with AVX512_BF16; this one runs {_core.cpu_isa()!r} kernels "
-            "(FERROTUNE_CPU=generic also disables it): train in float32 (bf16=False)"
-        )
+    require_bf16("bf16 mixed precision")
     before = get_float32_matmul_precision()
     set_float32_matmul_precision("medium")
     try:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Union
 
-from ._core import ConfigError, cpu_isa
+from ._core import ConfigError
 from .optimization import SCHEDULER_TYPES, _UNSUPPORTED_TYPES, _scheduler_name
-from .precision import bf16_available
+from .precision import require_bf16
 
 __all__ = ["TrainingArguments", "IntervalStrategy", "SaveStrategy", "SUPPORTED_REPORT_TO"]
 
@@ -275,11 +275,8 @@ class TrainingArguments:
             value = getattr(self, name)
             if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
                 raise ConfigError(f"TrainingArguments({name}={value!r}) is not supported: {why}")
-        if self.bf16 and not bf16_available():
-            raise ConfigError(
-                f"TrainingArguments(bf16=True) needs a CPU with AVX512_BF16; this one runs {cpu_isa()!r} kernels "
-                "(FERROTUNE_CPU=generic also disables it): train in float32 (bf16=False)"
-            )
+        if self.bf16:
+            require_bf16("TrainingArguments(bf16=True)")
 
         if self.evaluation_strategy is not None:
             warnings.warn(
