@@ -1,6 +1,19 @@
 //! A small, seedable random number generator whose whole state is one u64, so that
 //! checkpoints can save and restore it exactly (dropout masks, initialisation).
 
+/// SplitMix64's increment: the generator's k-th output is `mix(seed + k * GAMMA)`.
+pub(crate) const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function, a bijective 64-bit hash. Also used directly as a
+/// counter-based generator (`kernels::dropout`): `mix(seed + (i + 1) * GAMMA)` is element i
+/// of the stream, reachable without drawing the elements before it.
+#[inline(always)]
+pub(crate) fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[derive(Clone, Debug)]
 pub struct SplitMix64 {
     state: u64,
@@ -20,11 +33,8 @@ impl SplitMix64 {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.state = self.state.wrapping_add(GAMMA);
+        mix(self.state)
     }
 
     /// Uniform in [0, 1) with 53 random bits.

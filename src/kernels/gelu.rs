@@ -32,16 +32,16 @@ pub fn gelu_forward<F: Real>(out: &mut [F], inp: &[F]) {
     });
 }
 
-/// dinp (N) = dout * gelu'(inp)   (overwritten)
-pub fn gelu_backward<F: Real>(dinp: &mut [F], inp: &[F], dout: &[F]) {
+/// d (N) *= gelu'(inp (N)): the gradient of GELU's output becomes its input's, in place.
+pub fn gelu_backward<F: Real>(d: &mut [F], inp: &[F]) {
     let (k, a, half, three) = (F::lit(SQRT_2_OVER_PI), F::lit(COEF), F::lit(0.5), F::lit(3.0));
-    dinp.par_chunks_mut(BLOCK).zip(inp.par_chunks(BLOCK).zip(dout.par_chunks(BLOCK))).for_each(|(dinp, (inp, dout))| {
+    d.par_chunks_mut(BLOCK).zip(inp.par_chunks(BLOCK)).for_each(|(d, inp)| {
         simd(#[inline(always)] || {
-            for (d, (&x, &g)) in dinp.iter_mut().zip(inp.iter().zip(dout)) {
+            for (g, &x) in d.iter_mut().zip(inp) {
                 let t = tanh(k * (x + a * x * x * x));
                 let dt = F::one() - t * t;
                 let local = half * (F::one() + t) + half * x * dt * k * (F::one() + three * a * x * x);
-                *d = g * local;
+                *g *= local;
             }
         })
     });
@@ -57,8 +57,8 @@ mod tests {
         let n = 50;
         let inp: Vec<f64> = rand_vec(n, 1).iter().map(|x| 4.0 * x).collect();
         let proj = rand_vec(n, 2);
-        let mut dinp = vec![0.0; n];
-        gelu_backward(&mut dinp, &inp, &proj);
+        let mut dinp = proj.clone();
+        gelu_backward(&mut dinp, &inp);
         let num = numeric_grad(&inp, |x| {
             let mut out = vec![0.0; n];
             gelu_forward(&mut out, x);

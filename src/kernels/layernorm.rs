@@ -27,13 +27,28 @@ pub fn layernorm_forward<F: Real>(
                 let m = lane_sum(x) / cf;
                 let v = lane_sum_by(x, |xi| (xi - m) * (xi - m)) / cf;
                 let s = F::one() / (v + eps).sqrt();
-                for i in 0..c {
-                    o[i] = (x[i] - m) * s * w[i] + b[i];
-                }
+                normalize_row(o, x, m, s, w, b);
                 *m_out = m;
                 *s_out = s;
             })
         });
+}
+
+#[inline(always)]
+fn normalize_row<F: Real>(o: &mut [F], x: &[F], m: F, s: F, w: &[F], b: &[F]) {
+    for i in 0..o.len() {
+        o[i] = (x[i] - m) * s * w[i] + b[i];
+    }
+}
+
+/// out (N, C) = the forward's output again, from its input and saved mean and rstd (bit for
+/// bit: the backward recomputes it instead of keeping it).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_recompute<F: Real>(out: &mut [F], inp: &[F], mean: &[F], rstd: &[F], w: &[F], b: &[F], c: usize) {
+    out.par_chunks_mut(c)
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .for_each(|((o, x), (&m, &s))| simd(#[inline(always)] || normalize_row(o, x, m, s, w, b)));
 }
 
 /// Backward of `layernorm_forward`:
@@ -123,6 +138,19 @@ mod tests {
         assert_close("dinp", &dinp, &numeric_grad(&inp, |x| loss(x, &w, &b)), 1e-7);
         assert_close("dw", &dw, &numeric_grad(&w, |x| loss(&inp, x, &b)), 1e-7);
         assert_close("db", &db, &numeric_grad(&b, |x| loss(&inp, &w, x)), 1e-7);
+    }
+
+    #[test]
+    fn recompute_is_the_forward_bit_for_bit() {
+        let (n, c) = (6, 37);
+        let (inp, w, b) = (rand_vec(n * c, 5), rand_vec(c, 6), rand_vec(c, 7));
+        let (mut out, mut m, mut s) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
+        let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let (inp, w, b) = (f(&inp), f(&w), f(&b));
+        layernorm_forward(&mut out, &mut m, &mut s, &inp, &w, &b, c, 1e-5);
+        let mut again = vec![9.0f32; n * c];
+        layernorm_recompute(&mut again, &inp, &m, &s, &w, &b, c);
+        assert_eq!(again, out);
     }
 
     #[test]

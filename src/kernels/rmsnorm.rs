@@ -11,11 +11,22 @@ pub fn rmsnorm_forward<F: Real>(out: &mut [F], rstd: &mut [F], inp: &[F], w: &[F
     out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(rstd.par_iter_mut()).for_each(|((o, x), r)| {
         let ms = x.iter().map(|&v| v * v).sum::<F>() / cf;
         let s = F::one() / (ms + eps).sqrt();
-        for i in 0..c {
-            o[i] = w[i] * (x[i] * s);
-        }
+        normalize_row(o, x, s, w);
         *r = s;
     });
+}
+
+#[inline(always)]
+fn normalize_row<F: Real>(o: &mut [F], x: &[F], s: F, w: &[F]) {
+    for i in 0..o.len() {
+        o[i] = w[i] * (x[i] * s);
+    }
+}
+
+/// out (N, C) = the forward's output again, from its input and saved rstd (bit for bit: the
+/// backward recomputes it instead of keeping it).
+pub fn rmsnorm_recompute<F: Real>(out: &mut [F], inp: &[F], rstd: &[F], w: &[F], c: usize) {
+    out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(rstd.par_iter()).for_each(|((o, x), &s)| normalize_row(o, x, s, w));
 }
 
 /// Backward of `rmsnorm_forward`:
@@ -59,5 +70,8 @@ mod tests {
         rmsnorm_backward(&mut dinp, Some(&mut dw), &proj, &inp, &w, &r, c);
         assert_close("dinp", &dinp, &numeric_grad(&inp, |x| project(&fwd(x, &w).0, &proj)), 1e-7);
         assert_close("dw", &dw, &numeric_grad(&w, |x| project(&fwd(&inp, x).0, &proj)), 1e-7);
+        let mut again = vec![9.0; n * c];
+        rmsnorm_recompute(&mut again, &inp, &r, &w, c);
+        assert_eq!(again, fwd(&inp, &w).0, "recompute is the forward bit for bit");
     }
 }

@@ -21,11 +21,11 @@ use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::generate::{Decoder, DecoderDims, HalfWeights, KvCache, MatmulWeight, Scratch, Weights};
 use crate::io::safetensors::RawTensor;
-use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape};
+use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape, ROW_STATS};
 use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::matmul::{linear_backward_input, linear_backward_weight, linear_forward};
-use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_recompute};
 use crate::kernels::rope::{rope_apply, rope_tables};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::kernels::Real;
@@ -104,18 +104,18 @@ impl Layout {
     }
 }
 
-/// Activations of one block, saved by the forward for the backward.
+/// Activations of one block, saved by the forward for the backward. What is cheap to
+/// recompute is not kept: the RMSNorm outputs (from the block's input or res2 and the saved
+/// rstd), SwiGLU's output (from gu) and the attention probabilities (from qkv and each row's
+/// softmax statistics, block by block).
 struct LayerActs<F> {
-    ln1: Vec<F>,      // (N, C)
-    ln1_rstd: Vec<F>, // (N)
-    qkv: Vec<F>,      // (N, QKV), q and k rotated
-    atty: Vec<F>,     // (N, A)
-    att: Vec<F>,      // (B, NH, T, T)
-    res2: Vec<F>,     // (N, C) residual after attention
-    ln2: Vec<F>,      // (N, C)
-    ln2_rstd: Vec<F>, // (N)
-    gu: Vec<F>,       // (N, 2I)
-    h: Vec<F>,        // (N, I)
+    ln1_rstd: Vec<F>,  // (N)
+    qkv: Vec<F>,       // (N, QKV), q and k rotated
+    att_stats: Vec<F>, // (B, NH, T, ROW_STATS)
+    atty: Vec<F>,      // (N, A)
+    res2: Vec<F>,      // (N, C) residual after attention
+    ln2_rstd: Vec<F>,  // (N)
+    gu: Vec<F>,        // (N, 2I)
     lora: Vec<SiteActs<F>>, // (LORA_PER_LAYER) what the block's adapters save
 }
 
@@ -125,22 +125,19 @@ impl<F: Real> LayerActs<F> {
         let (a, qkv) = (nh * hs, (nh + 2 * cfg.num_key_value_heads) * hs);
         let z = |len: usize| vec![F::zero(); len];
         LayerActs {
-            ln1: z(n * c),
             ln1_rstd: z(n),
             qkv: z(n * qkv),
+            att_stats: z(b * nh * t * ROW_STATS),
             atty: z(n * a),
-            att: z(b * nh * t * t),
             res2: z(n * c),
-            ln2: z(n * c),
             ln2_rstd: z(n),
             gu: z(n * 2 * i),
-            h: z(n * i),
             lora: (0..LORA_PER_LAYER).map(|_| SiteActs::default()).collect(),
         }
     }
 
     fn bytes(&self) -> usize {
-        let bufs = [&self.ln1, &self.ln1_rstd, &self.qkv, &self.atty, &self.att, &self.res2, &self.ln2, &self.ln2_rstd, &self.gu, &self.h];
+        let bufs = [&self.ln1_rstd, &self.qkv, &self.att_stats, &self.atty, &self.res2, &self.ln2_rstd, &self.gu];
         held(&bufs) + self.lora.iter().map(SiteActs::bytes).sum::<usize>()
     }
 }
@@ -167,6 +164,9 @@ struct Acts<F> {
     lnf: Vec<F>,      // (N, C)
     lnf_rstd: Vec<F>, // (N)
     logits: Vec<F>,   // (N, V), turned into dlogits in place by the backward
+    // forward scratch: the RMSNorm outputs and SwiGLU's (the backward recomputes them)
+    ln: Vec<F>,  // (N, C)
+    mlp: Vec<F>, // (N, I)
     // gradient scratch
     dres: Vec<F>,  // (N, C)
     dln: Vec<F>,   // (N, C)
@@ -201,6 +201,8 @@ impl<F: Real> Acts<F> {
             lnf: z(n * c),
             lnf_rstd: z(n),
             logits: Vec::new(), // (N, V) by `forward`; (LOSS_ROWS, V) chunks by `forward_backward`
+            ln: z(n * c),
+            mlp: z(n * i),
             dres: z(n * c),
             dln: z(n * c),
             datty: z(n * a),
@@ -217,7 +219,7 @@ impl<F: Real> Acts<F> {
 
     fn bytes(&self) -> usize {
         let bufs = [&self.cos, &self.sin, &self.encoded, &self.lnf, &self.lnf_rstd, &self.logits];
-        let scratch = [&self.dres, &self.dln, &self.datty, &self.dqkv, &self.dh, &self.dgu];
+        let scratch = [&self.ln, &self.mlp, &self.dres, &self.dln, &self.datty, &self.dqkv, &self.dh, &self.dgu];
         held(&bufs) + held(&scratch) + held(&[&self.ids, &self.targets]) + held(&[&self.positions]) + held(&[&self.rng_at])
             + self.layers.iter().map(LayerActs::bytes).sum::<usize>() + self.res.iter().map(|r| held(&[r])).sum::<usize>()
     }
@@ -231,7 +233,8 @@ struct Rope<'a, F> {
 }
 
 /// One block's forward: `out` (N, C) = the residual stream after block l, from `inp` (N, C)
-/// before it; `la` gets what the block's backward needs. LoRA's dropout masks are drawn
+/// before it; `la` gets what the block's backward needs, `ln` (N, C) and `mlp` (N, I) are
+/// scratch. LoRA's dropout masks are drawn
 /// from `rng` in a fixed order, so a second run from the same generator state draws them
 /// again.
 #[allow(clippy::too_many_arguments)]
@@ -242,6 +245,7 @@ fn block_forward<F: Real>(
     p: &[F],
     lora: Option<&Lora>,
     la: &mut LayerActs<F>,
+    (ln, mlp): (&mut [F], &mut [F]),
     inp: &[F],
     out: &mut [F],
     mask: Option<&[i64]>,
@@ -253,15 +257,15 @@ fn block_forward<F: Real>(
     let (n, c, i, hs, eps) = (shape.b * shape.t, cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.rms_norm_eps);
     let (a, qkv, rot_heads) = (shape.nh * hs, shape.qkv_width(), shape.nh + shape.nkv);
     let scale = 1.0 / (hs as f64).sqrt();
-    rmsnorm_forward(&mut la.ln1, &mut la.ln1_rstd, inp, &p[lp.ln1.clone()], c, eps);
-    linear_forward(&mut la.qkv, &la.ln1, &p[lp.qkv_w.clone()], lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
+    rmsnorm_forward(ln, &mut la.ln1_rstd, inp, &p[lp.ln1.clone()], c, eps);
+    linear_forward(&mut la.qkv, ln, &p[lp.qkv_w.clone()], lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
     if let Some(lo) = lora {
         for k in Q..O {
-            lo.forward(l * LORA_PER_LAYER + k, &mut la.lora[k], p, &la.ln1, &mut la.qkv, n, train, rng);
+            lo.forward(l * LORA_PER_LAYER + k, &mut la.lora[k], p, ln, &mut la.qkv, n, train, rng);
         }
     }
     rope_apply(&mut la.qkv, rope.cos, rope.sin, rope.positions, rot_heads, hs, qkv, false);
-    attention_forward(&mut la.atty, &mut la.att, &la.qkv, mask, None, shape, scale);
+    attention_forward(&mut la.atty, &mut la.att_stats, &la.qkv, mask, None, shape, scale);
     // res2 = inp + o_proj(atty)
     linear_forward(&mut la.res2, &la.atty, &p[lp.o_w.clone()], lp.o_b.clone().map(|r| &p[r]), n, a, c);
     if let Some(lo) = lora {
@@ -269,18 +273,18 @@ fn block_forward<F: Real>(
     }
     add_inplace(&mut la.res2, inp);
 
-    rmsnorm_forward(&mut la.ln2, &mut la.ln2_rstd, &la.res2, &p[lp.ln2.clone()], c, eps);
-    linear_forward(&mut la.gu, &la.ln2, &p[lp.gu_w.clone()], None, n, c, 2 * i);
+    rmsnorm_forward(ln, &mut la.ln2_rstd, &la.res2, &p[lp.ln2.clone()], c, eps);
+    linear_forward(&mut la.gu, ln, &p[lp.gu_w.clone()], None, n, c, 2 * i);
     if let Some(lo) = lora {
         for k in GATE..DOWN {
-            lo.forward(l * LORA_PER_LAYER + k, &mut la.lora[k], p, &la.ln2, &mut la.gu, n, train, rng);
+            lo.forward(l * LORA_PER_LAYER + k, &mut la.lora[k], p, ln, &mut la.gu, n, train, rng);
         }
     }
-    swiglu_forward(&mut la.h, &la.gu, i);
+    swiglu_forward(mlp, &la.gu, i);
     // out = res2 + down_proj(h)
-    linear_forward(out, &la.h, &p[lp.down_w.clone()], None, n, i, c);
+    linear_forward(out, mlp, &p[lp.down_w.clone()], None, n, i, c);
     if let Some(lo) = lora {
-        lo.forward(l * LORA_PER_LAYER + DOWN, &mut la.lora[DOWN], p, &la.h, out, n, train, rng);
+        lo.forward(l * LORA_PER_LAYER + DOWN, &mut la.lora[DOWN], p, mlp, out, n, train, rng);
     }
     add_inplace(out, &la.res2);
 }
@@ -343,7 +347,8 @@ impl<F: Real> Llama<F> {
             let k = acts.layer_slot(l);
             let (done, rest) = acts.res.split_at_mut(l);
             let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
-            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], inp, &mut rest[0], batch.mask, shapes[l], &rope, train, rng);
+            let scratch = (&mut acts.ln[..], &mut acts.mlp[..]);
+            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], scratch, inp, &mut rest[0], batch.mask, shapes[l], &rope, train, rng);
         }
 
         let last = acts.res.last().unwrap_or(&acts.encoded);
@@ -539,24 +544,27 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             // it rewrites the block's output, whose last reader, block l + 1, is done
             if acts.checkpointing && l + 1 < cfg.num_hidden_layers {
                 let mut rng = SplitMix64::new(acts.rng_at[l]);
-                block_forward(cfg, lp, l, p, lora, la, residual, &mut rest[0], batch.mask, shapes[l], &rope, train, &mut rng);
+                let scratch = (&mut acts.ln[..], &mut acts.mlp[..]);
+                block_forward(cfg, lp, l, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shapes[l], &rope, train, &mut rng);
             }
             let la = &*la;
 
             // out = res2 + down_proj(swiglu(gate_up_proj(rmsnorm(res2))))
+            swiglu_forward(&mut acts.mlp, &la.gu, i);
             linear_backward_input(&mut acts.dh, &acts.dres, &p[lp.down_w.clone()], n, i, c);
-            linear_backward_weight(g.get(&lp.down_w), None, &acts.dres, c, &la.h, n, i, c);
+            linear_backward_weight(g.get(&lp.down_w), None, &acts.dres, c, &acts.mlp, n, i, c);
             if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + DOWN, &la.lora[DOWN], p, &mut g, &la.h, &acts.dres, &mut acts.dh, n);
+                lo.backward(l * LORA_PER_LAYER + DOWN, &la.lora[DOWN], p, &mut g, &acts.mlp, &acts.dres, &mut acts.dh, n);
             }
             swiglu_backward(&mut acts.dgu, &acts.dh, &la.gu, i);
+            rmsnorm_recompute(&mut acts.ln, &la.res2, &la.ln2_rstd, &p[lp.ln2.clone()], c);
             linear_backward_input(&mut acts.dln, &acts.dgu, &p[lp.gu_w.clone()], n, c, 2 * i);
             for (k, part) in lp.gu_parts.iter().enumerate() {
-                linear_backward_weight(g.get(part), None, &acts.dgu[k * i..], 2 * i, &la.ln2, n, c, i);
+                linear_backward_weight(g.get(part), None, &acts.dgu[k * i..], 2 * i, &acts.ln, n, c, i);
             }
             if let Some(lo) = lora {
                 for k in GATE..DOWN {
-                    lo.backward(l * LORA_PER_LAYER + k, &la.lora[k], p, &mut g, &la.ln2, &acts.dgu, &mut acts.dln, n);
+                    lo.backward(l * LORA_PER_LAYER + k, &la.lora[k], p, &mut g, &acts.ln, &acts.dgu, &mut acts.dln, n);
                 }
             }
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln2), &acts.dln, &la.res2, &p[lp.ln2.clone()], &la.ln2_rstd, c);
@@ -571,8 +579,9 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             if let Some(lo) = lora {
                 lo.backward(l * LORA_PER_LAYER + O, &la.lora[O], p, &mut g, &la.atty, &acts.dres, &mut acts.datty, n);
             }
-            attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att, None, shapes[l], scale);
+            attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att_stats, batch.mask, None, shapes[l], scale);
             rope_apply(&mut acts.dqkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, true);
+            rmsnorm_recompute(&mut acts.ln, residual, &la.ln1_rstd, &p[lp.ln1.clone()], c);
             linear_backward_input(&mut acts.dln, &acts.dqkv, &p[lp.qkv_w.clone()], n, c, qkv);
             for (k, part) in lp.qkv_parts.iter().enumerate() {
                 // the part's output columns start where its rows start in the fused weight
@@ -581,11 +590,11 @@ impl<F: Real> CausalLm<F> for Llama<F> {
                     Some(bias) => g.pair(part, &bias[k]),
                     None => (g.get(part), None),
                 };
-                linear_backward_weight(dw, db, &acts.dqkv[col..], qkv, &la.ln1, n, c, part.len() / c);
+                linear_backward_weight(dw, db, &acts.dqkv[col..], qkv, &acts.ln, n, c, part.len() / c);
             }
             if let Some(lo) = lora {
                 for k in Q..O {
-                    lo.backward(l * LORA_PER_LAYER + k, &la.lora[k], p, &mut g, &la.ln1, &acts.dqkv, &mut acts.dln, n);
+                    lo.backward(l * LORA_PER_LAYER + k, &la.lora[k], p, &mut g, &acts.ln, &acts.dqkv, &mut acts.dln, n);
                 }
             }
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln1), &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
@@ -770,14 +779,15 @@ mod tests {
         let mask = [1i64, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1];
         let batch = Batch { ids: &ids, mask: Some(&mask), labels: None, b, t };
         let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
-        // a block's buffers: 4 (N, C) (A = C here), 1 (N, QKV), 3 (N, I), 2 (N), 1 (B, NH, T, T)
-        let block = 4 * n * c + n * qkv + 3 * n * i + 2 * n + b * nh * t * t;
+        // a block's buffers: 2 (N, C) (A = C here), 1 (N, QKV), 2 (N, I), 2 (N), the attention's
+        // (B, NH, T, 2) row statistics
+        let block = 2 * n * c + n * qkv + 2 * n * i + 2 * n + b * nh * t * ROW_STATS;
         assert_eq!(full - ckpt, 2 * block * 4, "two of three blocks' activations are not kept");
 
         crate::models::testing::attach_lora_everywhere(&mut m);
         let (full, ckpt) = crate::models::testing::checkpointing_is_exact(&mut m, &batch);
-        // and the adapters': 7 (N, R) products, dropout masks of 6 (N, C) and 1 (N, I) inputs
-        let lora = 7 * n * 2 + 6 * n * c + n * i;
+        // and the adapters' 7 (N, R) products (their dropout masks are drawn again from seeds)
+        let lora = 7 * n * 2;
         assert_eq!(full - ckpt, 2 * (block + lora) * 4);
     }
 

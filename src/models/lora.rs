@@ -13,7 +13,7 @@
 use std::ops::Range;
 
 use crate::error::{Error, Result};
-use crate::kernels::dropout::{dropout_apply, dropout_mask};
+use crate::kernels::dropout::Dropout;
 use crate::kernels::matmul::{gemm, gemm_into, View};
 use crate::kernels::Real;
 use crate::models::{GradView, ModelState};
@@ -79,14 +79,14 @@ pub struct LoraSite {
 /// the other activations of a layer (so gradient checkpointing recomputes them too).
 #[derive(Default)]
 pub struct SiteActs<F> {
-    tmp: Vec<F>,  // (N, R) = dropout(x) @ A^T
-    mask: Vec<F>, // (N, IN) dropout mask, empty without dropout
+    tmp: Vec<F>,           // (N, R) = dropout(x) @ A^T
+    drop: Option<Dropout>, // over (N, IN), None without dropout
 }
 
 impl<F> SiteActs<F> {
     /// Bytes held by the buffers.
     pub fn bytes(&self) -> usize {
-        (self.tmp.capacity() + self.mask.capacity()) * std::mem::size_of::<F>()
+        self.tmp.capacity() * std::mem::size_of::<F>()
     }
 }
 
@@ -131,14 +131,12 @@ impl Lora {
         let Some(site) = &self.sites[slot] else { return };
         let (m, r) = (&site.module, self.spec.r);
         acts.tmp.resize(n * r, F::zero());
-        if train && self.spec.dropout > 0.0 {
-            acts.mask.resize(n * m.in_f, F::zero());
-            dropout_mask(&mut acts.mask, self.spec.dropout, rng);
+        acts.drop = Dropout::draw(self.spec.dropout, train, rng);
+        if let Some(d) = &acts.drop {
             let mut xd = x[..n * m.in_f].to_vec();
-            dropout_apply(&mut xd, &acts.mask);
+            d.apply(&mut xd, 0);
             gemm(&mut acts.tmp, n, r, m.in_f, View::rows(&xd, m.in_f), View::t(&p[site.a.clone()], m.in_f), false);
         } else {
-            acts.mask.clear();
             gemm(&mut acts.tmp, n, r, m.in_f, View::rows(x, m.in_f), View::t(&p[site.a.clone()], m.in_f), false);
         }
         let scale = F::lit(self.spec.scale());
@@ -172,23 +170,23 @@ impl Lora {
             gemm_into(db, r, m.out_f, r, n, View::strided_t(dcols, m.out_rs), View::rows(&acts.tmp, r), true, scale);
         }
         // dA (R, IN) += dtmp^T @ dropout(x);  dinp += (dtmp @ A) * mask
-        if acts.mask.is_empty() {
-            if let Some(da) = g.get(&site.a) {
-                gemm(da, r, m.in_f, n, View::t(&dtmp, r), View::rows(x, m.in_f), true);
-            }
-            gemm(dinp, n, m.in_f, r, View::rows(&dtmp, r), View::rows(&p[site.a.clone()], m.in_f), true);
-        } else {
+        if let Some(d) = &acts.drop {
             let mut xd = x[..n * m.in_f].to_vec();
-            dropout_apply(&mut xd, &acts.mask);
+            d.apply(&mut xd, 0);
             if let Some(da) = g.get(&site.a) {
                 gemm(da, r, m.in_f, n, View::t(&dtmp, r), View::rows(&xd, m.in_f), true);
             }
             let mut dx = vec![F::zero(); n * m.in_f];
             gemm(&mut dx, n, m.in_f, r, View::rows(&dtmp, r), View::rows(&p[site.a.clone()], m.in_f), false);
-            dropout_apply(&mut dx, &acts.mask);
-            for (d, v) in dinp.iter_mut().zip(&dx) {
-                *d += *v;
+            d.apply(&mut dx, 0);
+            for (o, v) in dinp.iter_mut().zip(&dx) {
+                *o += *v;
             }
+        } else {
+            if let Some(da) = g.get(&site.a) {
+                gemm(da, r, m.in_f, n, View::t(&dtmp, r), View::rows(x, m.in_f), true);
+            }
+            gemm(dinp, n, m.in_f, r, View::rows(&dtmp, r), View::rows(&p[site.a.clone()], m.in_f), true);
         }
     }
 

@@ -19,7 +19,6 @@ use crate::io::atomic::{ensure_dir, write_atomic};
 use crate::io::gguf::load_gguf;
 use crate::io::safetensors::{f32_bytes, load_model_dir, save_file, OutTensor, RawTensor};
 use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
-use crate::kernels::dropout::dropout_mask;
 use crate::kernels::Real;
 use crate::rng::SplitMix64;
 use params::{two_mut, ParamTable};
@@ -348,16 +347,6 @@ impl<F> GradView<'_, F> {
 pub enum Init {
     Const(f64),
     Normal(f64),
-}
-
-/// Fills `mask` with a fresh dropout mask when dropout is active, or empties it.
-pub(crate) fn refresh_mask<F: Real>(mask: &mut Vec<F>, len: usize, p: f64, active: bool, rng: &mut SplitMix64) {
-    if active && p > 0.0 {
-        mask.resize(len, F::zero());
-        dropout_mask(mask, p, rng);
-    } else {
-        mask.clear();
-    }
 }
 
 /// Bytes held by buffers (their capacity, what the allocator gave them).
