@@ -243,6 +243,13 @@ class AdamW:
         no_decay: Sequence[str],
     ) -> AdamW: ...
     def step(self) -> None: ...
+    def backward_step(
+        self,
+        input_ids: _Ids,
+        attention_mask: Optional[_Ids] = None,
+        labels: Optional[_Ids] = None,
+        num_items_in_batch: Optional[float] = None,
+    ) -> tuple[float, int]: ...
     lr: float
     @property
     def step_count(self) -> int: ...

@@ -58,11 +58,11 @@ mod cell {
     }
 }
 
-type Ids<'py> = PyReadonlyArray2<'py, i64>;
+pub(crate) type Ids<'py> = PyReadonlyArray2<'py, i64>;
 
 /// A batch from numpy arrays. Labels are (B, T) per token, or (B, 1) one class per row for a
 /// model with a classification head (`row_labels`).
-fn batch<'a>(ids: &'a Ids<'_>, mask: &'a Option<Ids<'_>>, labels: &'a Option<Ids<'_>>, row_labels: bool) -> PyFtResult<Batch<'a>> {
+pub(crate) fn batch<'a>(ids: &'a Ids<'_>, mask: &'a Option<Ids<'_>>, labels: &'a Option<Ids<'_>>, row_labels: bool) -> PyFtResult<Batch<'a>> {
     let (ids, b, t) = ids_2d("input_ids", ids)?;
     let mask = match mask {
         Some(m) => Some(ids_2d("attention_mask", m)?),

@@ -5,11 +5,12 @@ use pyo3::prelude::*;
 
 use crate::error::Error;
 use crate::optim::adamw::{AdamW, AdamWConfig};
+use crate::optim::fused::FusedBackward;
 
 use super::convert::{f32_nd, to_numpy};
 use super::detach;
 use super::errors::PyFerrotuneErr;
-use super::model::PyModel;
+use super::model::{batch, Ids, PyModel};
 
 #[pyclass(name = "AdamW", module = "ferrotune._core")]
 pub struct PyAdamW {
@@ -17,10 +18,23 @@ pub struct PyAdamW {
     inner: AdamW<f32>,
     /// The model's trainable set when this optimizer was built.
     grad_version: u64,
+    /// Layout and buffers of `backward_step`, built on its first call.
+    fused: Option<FusedBackward<f32>>,
 }
 
 fn err(e: Error) -> PyErr {
     PyFerrotuneErr::from(e).into()
+}
+
+impl PyAdamW {
+    fn check_trainable_set(&self, model: &PyModel) -> PyResult<()> {
+        if model.model().state().grad_version() != self.grad_version {
+            return Err(err(Error::Input(
+                "the model's trainable parameters changed (freeze/unfreeze/adapters) since this optimizer was built; build a new one".into(),
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -42,21 +56,42 @@ impl PyAdamW {
         let inner = AdamW::new(config, &state.table, &state.grad_slots(), &no_decay).map_err(err)?;
         let grad_version = state.grad_version();
         drop(m);
-        Ok(Self { model: model.unbind(), inner, grad_version })
+        Ok(Self { model: model.unbind(), inner, grad_version, fused: None })
     }
 
     fn step(&mut self, py: Python<'_>) -> PyResult<()> {
         let mut model = self.model.borrow_mut(py);
-        if model.model().state().grad_version() != self.grad_version {
-            return Err(err(Error::Input(
-                "the model's trainable parameters changed (freeze/unfreeze/adapters) since this optimizer was built; build a new one".into(),
-            )));
-        }
+        self.check_trainable_set(&model)?;
         let (params, grads) = model.model_mut().state_mut().params_and_grads();
         let opt = &mut self.inner;
         detach(py, move || {
             opt.step(params, grads);
             Ok(())
+        })
+    }
+
+    /// Forward, backward and one step with the step fused into the backward
+    /// (optim::fused): (summed loss, counted tokens).
+    #[pyo3(signature = (input_ids, attention_mask=None, labels=None, num_items_in_batch=None))]
+    fn backward_step(
+        &mut self,
+        py: Python<'_>,
+        input_ids: Ids<'_>,
+        attention_mask: Option<Ids<'_>>,
+        labels: Option<Ids<'_>>,
+        num_items_in_batch: Option<f64>,
+    ) -> PyResult<(f64, usize)> {
+        let mut model = self.model.borrow_mut(py);
+        self.check_trainable_set(&model)?;
+        let batch = batch(&input_ids, &attention_mask, &labels, model.model().num_labels().is_some())?;
+        if self.fused.is_none() {
+            self.fused = Some(FusedBackward::new(model.model().as_ref()).map_err(err)?);
+        }
+        let fused = self.fused.as_mut().expect("built above");
+        let (m, opt) = (model.model_mut().as_mut(), &mut self.inner);
+        detach(py, move || {
+            let s = fused.step(m, opt, &batch, num_items_in_batch)?;
+            Ok((s.loss_sum, s.count))
         })
     }
 

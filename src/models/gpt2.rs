@@ -32,6 +32,7 @@ use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backwa
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState};
+use crate::optim::fused::Fused;
 use crate::rng::SplitMix64;
 
 pub(crate) struct LayerParams {
@@ -474,7 +475,11 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         self.acts.as_ref().map_or(0, Acts::bytes) + self.cls.as_ref().map_or(0, SeqClsHead::bytes)
     }
 
-    fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
+    fn block_params(&self) -> Vec<Range<usize>> {
+        self.layout.layers.iter().map(|lp| lp.ln1_w.start..lp.fcproj_b.end).collect()
+    }
+
+    fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, fused: Option<Fused<'_, F>>) -> Result<LossStats> {
         self.trunk(batch)?;
         if let Some(h) = self.cls.as_mut() {
             let a = self.acts.as_ref().expect("trunk allocated activations");
@@ -486,7 +491,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let (b, t) = (acts.b, acts.t);
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
         let train = self.state.training;
-        let (p, mut g) = self.state.grad_view();
+        let (p, mut g) = self.state.grad_view(fused);
         let lora = self.lora.as_ref();
         let lay = &self.layout;
         let (logits, targets) = (&mut acts.logits, &acts.targets);
@@ -501,6 +506,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let shape = AttnShape::mha(b, t, c, nh);
         for l in (0..cfg.n_layer).rev() {
             let lp = &lay.layers[l];
+            g.begin_block(l);
             let k = acts.layer_slot(l);
             let (done, rest) = acts.res.split_at_mut(l);
             let residual = if l == 0 { &acts.encoded } else { &done[l - 1] };
@@ -564,6 +570,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
                 let (dw, db) = g.pair(&lp.ln1_w, &lp.ln1_b);
                 layernorm_backward(&mut acts.dres, dw, db, &acts.dln, residual, &p[lp.ln1_w.clone()], &la.ln1_mean, &la.ln1_rstd, c);
             }
+            g.end_block(l);
         }
 
         dropout_apply(&mut acts.dres, acts.embd_drop.as_ref(), 0);

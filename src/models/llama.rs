@@ -33,6 +33,7 @@ use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backwa
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState};
+use crate::optim::fused::Fused;
 use crate::rng::SplitMix64;
 
 struct LayerParams {
@@ -508,7 +509,11 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         self.acts.as_ref().map_or(0, Acts::bytes) + self.cls.as_ref().map_or(0, SeqClsHead::bytes)
     }
 
-    fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
+    fn block_params(&self) -> Vec<Range<usize>> {
+        self.layout.layers.iter().map(|lp| lp.ln1.start..lp.down_w.end).collect()
+    }
+
+    fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, fused: Option<Fused<'_, F>>) -> Result<LossStats> {
         self.trunk(batch)?;
         if let Some(h) = self.cls.as_mut() {
             let a = self.acts.as_ref().expect("trunk allocated activations");
@@ -523,7 +528,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let scale = 1.0 / (hs as f64).sqrt();
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let train = self.state.training;
-        let (p, mut g) = self.state.grad_view();
+        let (p, mut g) = self.state.grad_view(fused);
         let lora = self.lora.as_ref();
         let lay = &self.layout;
         let (logits, targets) = (&mut acts.logits, &acts.targets);
@@ -535,6 +540,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let rope = Rope { cos: &acts.cos, sin: &acts.sin, positions: &acts.positions };
         for l in (0..cfg.num_hidden_layers).rev() {
             let lp = &lay.layers[l];
+            g.begin_block(l);
             let k = acts.layer_slot(l);
             let (done, rest) = acts.res.split_at_mut(l);
             let residual = if l == 0 { &acts.encoded } else { &done[l - 1] };
@@ -598,6 +604,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
                 }
             }
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln1), &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
+            g.end_block(l);
         }
 
         // nn.Embedding(padding_idx=pad_token_id): the padding row gets no gradient

@@ -23,6 +23,8 @@ use crate::kernels::Real;
 use crate::rng::SplitMix64;
 use params::{two_mut, ParamTable};
 
+use crate::optim::fused::Fused;
+
 /// The `model_type`s ferrotune can build.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
 
@@ -212,10 +214,18 @@ impl<F: Real> ModelState<F> {
         (&mut self.params, &mut self.grads)
     }
 
-    /// Parameters to read and gradients to write, addressed by parameter range.
-    pub fn grad_view(&mut self) -> (&[F], GradView<'_, F>) {
-        self.grads_mut();
-        (&self.params, GradView { grads: &mut self.grads, table: &self.table, grad_at: &self.grad_at })
+    /// Parameters to read and gradients to write, addressed by parameter range: into the
+    /// model's gradient buffer, or into `fused` (the optimizer step fused into the backward).
+    pub fn grad_view<'a>(&'a mut self, fused: Option<Fused<'a, F>>) -> (&'a [F], GradView<'a, F>) {
+        if fused.is_none() {
+            self.grads_mut();
+        }
+        (&self.params, GradView { grads: &mut self.grads, table: &self.table, grad_at: &self.grad_at, fused })
+    }
+
+    /// Frees the gradient buffer (it is allocated, zeroed, on next use).
+    pub fn release_grads(&mut self) {
+        self.grads = Vec::new();
     }
 
     pub fn zero_grad(&mut self) {
@@ -307,14 +317,17 @@ impl<F: Real> ModelState<F> {
 }
 
 /// The gradient buffers seen through parameter ranges: `get` gives the gradient of the
-/// parameter whose range in the parameter buffer is `r`, or None when it is frozen.
-pub struct GradView<'a, F> {
+/// parameter whose range in the parameter buffer is `r`, or None when it is frozen. The
+/// architectures bracket each block's backward by `begin_block`/`end_block`, where the
+/// fused optimizer step (optim::fused) takes the block's finished gradients.
+pub struct GradView<'a, F: Real> {
     grads: &'a mut [F],
     table: &'a ParamTable,
     grad_at: &'a [Option<usize>],
+    fused: Option<Fused<'a, F>>,
 }
 
-impl<F> GradView<'_, F> {
+impl<F: Real> GradView<'_, F> {
     fn locate(&self, r: &Range<usize>) -> Option<Range<usize>> {
         let idx = self
             .table
@@ -325,20 +338,44 @@ impl<F> GradView<'_, F> {
         self.grad_at[idx].map(|g| g..g + r.len())
     }
 
+    fn slot(&mut self, g: Range<usize>) -> &mut [F] {
+        match &mut self.fused {
+            Some(f) => f.bufs.slot(g),
+            None => &mut self.grads[g],
+        }
+    }
+
     pub fn get(&mut self, r: &Range<usize>) -> Option<&mut [F]> {
-        self.locate(r).map(|g| &mut self.grads[g])
+        self.locate(r).map(|g| self.slot(g))
     }
 
     /// The gradients of two different parameters at once.
     pub fn pair(&mut self, a: &Range<usize>, b: &Range<usize>) -> (Option<&mut [F]>, Option<&mut [F]>) {
         match (self.locate(a), self.locate(b)) {
             (Some(ga), Some(gb)) => {
-                let (x, y) = two_mut(self.grads, ga, gb);
+                let (x, y) = match &mut self.fused {
+                    Some(f) => f.bufs.pair(ga, gb),
+                    None => two_mut(self.grads, ga, gb),
+                };
                 (Some(x), Some(y))
             }
-            (Some(ga), None) => (Some(&mut self.grads[ga]), None),
-            (None, Some(gb)) => (None, Some(&mut self.grads[gb])),
+            (Some(ga), None) => (Some(self.slot(ga)), None),
+            (None, Some(gb)) => (None, Some(self.slot(gb))),
             (None, None) => (None, None),
+        }
+    }
+
+    /// Block l's backward starts.
+    pub fn begin_block(&mut self, l: usize) {
+        if let Some(f) = &mut self.fused {
+            f.bufs.begin_block(l);
+        }
+    }
+
+    /// Block l's backward is done: its parameters' gradients are final.
+    pub fn end_block(&mut self, l: usize) {
+        if let Some(f) = &mut self.fused {
+            f.bufs.end_block(l, f.opt);
         }
     }
 }
@@ -388,7 +425,14 @@ pub trait CausalLm<F: Real>: Send + Sync {
     /// Forward, loss and backward; gradients are *added* to the gradient buffers. The
     /// gradient is that of (sum of token losses) / `num_items` (default: this batch's
     /// counted tokens), so micro-batches of one optimizer step weight every token equally.
-    fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats>;
+    fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
+        self.backward_with(batch, num_items, None)
+    }
+    /// `forward_backward`, the gradients going to `fused` when given (optim::fused). Input
+    /// errors are found before the first block's backward.
+    fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, fused: Option<Fused<'_, F>>) -> Result<LossStats>;
+    /// The parameter-buffer range of each transformer block's parameters, in order.
+    fn block_params(&self) -> Vec<Range<usize>>;
 
     /// The linear modules LoRA can adapt, and how many slots the architecture numbers.
     fn lora_modules(&self) -> (usize, Vec<lora::LoraModule>);
@@ -535,7 +579,7 @@ pub(crate) mod testing {
     }
 
     /// Random values for the LoRA B matrices (zero at first, which would hide the adapters).
-    pub fn randomise_lora_b<M: CausalLm<f32>>(m: &mut M) {
+    pub fn randomise_lora_b<M: CausalLm<f32> + ?Sized>(m: &mut M) {
         let mut r = crate::rng::SplitMix64::new(4);
         for info in m.state().table.infos().to_vec() {
             if info.name.ends_with("lora_B.weight") {

@@ -97,16 +97,9 @@ impl<F: Real> AdamW<F> {
     /// One update of `params` from `grads` (laid out like the slots given to `new`).
     pub fn step(&mut self, params: &mut [F], grads: &[F]) {
         assert_eq!(grads.len(), self.exp_avg.len(), "optimizer built for another set of trainable parameters");
-        self.step += 1;
-        let c = &self.config;
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
-        let neg_step_size = F::lit(-(c.lr / bc1));
-        let bc2_sqrt = F::lit(bc2.sqrt());
-        let decay = F::lit(1.0 - c.lr * c.weight_decay);
-        let (w1, b2, w2, eps) = (F::lit(1.0 - c.beta1), F::lit(c.beta2), F::lit(1.0 - c.beta2), F::lit(c.eps));
+        let (fold, update) = self.begin_step();
         for group in &self.groups {
-            let decays = group.decays && c.weight_decay != 0.0;
+            let decays = group.decays && self.config.weight_decay != 0.0;
             let g = group.grads.clone();
             let (ps, gs) = (&mut params[group.params.clone()], &grads[g.clone()]);
             let (ms, vs) = (&mut self.exp_avg[g.clone()], &mut self.exp_avg_sq[g]);
@@ -114,18 +107,104 @@ impl<F: Real> AdamW<F> {
                 |((ps, gs), (ms, vs))| {
                     simd(#[inline(always)] || {
                         for ((p, &g), (m, v)) in ps.iter_mut().zip(gs).zip(ms.iter_mut().zip(vs.iter_mut())) {
-                            if decays {
-                                *p *= decay;
-                            }
-                            *m = *m + w1 * (g - *m);
-                            *v = *v * b2 + w2 * g * g;
-                            let denom = v.sqrt() / bc2_sqrt + eps;
-                            *p = *p + neg_step_size * (*m / denom);
+                            fold.apply(m, v, g);
+                            update.apply(p, *m, *v, decays);
                         }
                     })
                 },
             );
         }
+    }
+
+    /// Counts one more step and gives its two halves: folding a gradient into the moments
+    /// (needs no parameter) and updating a parameter from its moments.
+    fn begin_step(&mut self) -> (Fold<F>, Update<F>) {
+        self.step += 1;
+        let c = &self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        let update = Update {
+            neg_step_size: F::lit(-(c.lr / bc1)),
+            bc2_sqrt: F::lit(bc2.sqrt()),
+            decay: F::lit(1.0 - c.lr * c.weight_decay),
+            eps: F::lit(c.eps),
+        };
+        (self.fold(), update)
+    }
+
+    fn fold(&self) -> Fold<F> {
+        let c = &self.config;
+        Fold { w1: F::lit(1.0 - c.beta1), b2: F::lit(c.beta2), w2: F::lit(1.0 - c.beta2) }
+    }
+
+    /// The step fused into the backward, first half: folds the gradients `g` of the
+    /// gradient-layout range `r` into the moments (`optim::fused`).
+    pub fn fold_range(&mut self, r: Range<usize>, g: &[F]) {
+        let fold = self.fold();
+        let (ms, vs) = (&mut self.exp_avg[r.clone()], &mut self.exp_avg_sq[r]);
+        ms.par_chunks_mut(BLOCK).zip(vs.par_chunks_mut(BLOCK)).zip(g.par_chunks(BLOCK)).for_each(|((ms, vs), gs)| {
+            simd(#[inline(always)] || {
+                for ((m, v), &g) in ms.iter_mut().zip(vs.iter_mut()).zip(gs) {
+                    fold.apply(m, v, g);
+                }
+            })
+        });
+    }
+
+    /// The step fused into the backward, second half: every parameter from its moments, once
+    /// all gradients are folded (`fold_range`). `step` = `fold_range` over all + this, bit
+    /// for bit.
+    pub fn update_from_moments(&mut self, params: &mut [F]) {
+        let (_, update) = self.begin_step();
+        for group in &self.groups {
+            let decays = group.decays && self.config.weight_decay != 0.0;
+            let g = group.grads.clone();
+            let ps = &mut params[group.params.clone()];
+            let (ms, vs) = (&self.exp_avg[g.clone()], &self.exp_avg_sq[g]);
+            ps.par_chunks_mut(BLOCK).zip(ms.par_chunks(BLOCK).zip(vs.par_chunks(BLOCK))).for_each(|(ps, (ms, vs))| {
+                simd(#[inline(always)] || {
+                    for (p, (&m, &v)) in ps.iter_mut().zip(ms.iter().zip(vs)) {
+                        update.apply(p, m, v, decays);
+                    }
+                })
+            });
+        }
+    }
+}
+
+/// m = lerp(m, g, 1 - beta1);  v = v * beta2 + (1 - beta2) * g * g
+#[derive(Clone, Copy)]
+struct Fold<F> {
+    w1: F,
+    b2: F,
+    w2: F,
+}
+
+impl<F: Real> Fold<F> {
+    #[inline(always)]
+    fn apply(&self, m: &mut F, v: &mut F, g: F) {
+        *m = *m + self.w1 * (g - *m);
+        *v = *v * self.b2 + self.w2 * g * g;
+    }
+}
+
+/// p *= 1 - lr * wd (when it decays);  p += -(lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+#[derive(Clone, Copy)]
+struct Update<F> {
+    neg_step_size: F,
+    bc2_sqrt: F,
+    decay: F,
+    eps: F,
+}
+
+impl<F: Real> Update<F> {
+    #[inline(always)]
+    fn apply(&self, p: &mut F, m: F, v: F, decays: bool) {
+        if decays {
+            *p *= self.decay;
+        }
+        let denom = v.sqrt() / self.bc2_sqrt + self.eps;
+        *p = *p + self.neg_step_size * (m / denom);
     }
 }
 
@@ -168,5 +247,29 @@ mod tests {
         opt.step(&mut p, &[0.0, 0.0]);
         assert_eq!(p, vec![0.95, 1.0]);
         assert!(AdamW::<f64>::new(cfg, &table, &slots(&table), &["c".into()]).is_err());
+    }
+
+    /// Folding the gradients range by range, then updating from the moments, is `step`.
+    #[test]
+    fn fold_then_update_is_step() {
+        let mut table = ParamTable::default();
+        table.push("a".into(), &[3]);
+        table.push("b".into(), &[40_000]);
+        let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.5 };
+        let mut one = AdamW::<f32>::new(cfg.clone(), &table, &slots(&table), &["a".into()]).unwrap();
+        let mut two = AdamW::<f32>::new(cfg, &table, &slots(&table), &["a".into()]).unwrap();
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let mut p1: Vec<f32> = (0..40_003).map(|_| rng.next_f64() as f32).collect();
+        let mut p2 = p1.clone();
+        for _ in 0..3 {
+            let g: Vec<f32> = (0..40_003).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            one.step(&mut p1, &g);
+            two.fold_range(0..10, &g[..10]);
+            two.fold_range(10..40_003, &g[10..]);
+            two.update_from_moments(&mut p2);
+        }
+        assert_eq!(p1, p2);
+        assert_eq!(one.exp_avg_sq, two.exp_avg_sq);
+        assert_eq!(one.step_count(), two.step_count());
     }
 }

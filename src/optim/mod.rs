@@ -2,3 +2,4 @@
 
 pub mod adamw;
 pub mod clip;
+pub mod fused;

@@ -1,0 +1,76 @@
+"""``AdamW.backward_step``: the optimizer step fused into the backward. Each block's
+gradients go into AdamW's moments as soon as its backward is done, so the model never holds
+a whole gradient. It must give the parameters, moments and losses of ``forward_backward`` +
+``step`` bit for bit (dropout, padding, GQA, untied heads, LoRA, gradient checkpointing),
+release the model's gradients, and refuse bad input before touching anything."""
+
+import numpy as np
+import pytest
+
+import ferrotune as ft
+
+from test_checkpointing import CAUSAL, padded_batch, with_dropout
+
+
+def trajectories(name, steps=3, prepare=lambda m: None):
+    """(losses, state_dict, optimizer moments) after ``steps`` plain steps and after as many
+    fused ones, from the same model and dropout state."""
+    out = []
+    for fused in (False, True):
+        model = with_dropout(name)
+        prepare(model)
+        model.train()
+        model.set_rng_state(777)
+        opt = ft.AdamW(model, lr=1e-2, weight_decay=0.1, no_decay=[n for n in model.trainable_parameter_names() if n.endswith("bias")])
+        batch = padded_batch(model.config.vocab_size)
+        losses = []
+        for _ in range(steps):
+            if fused:
+                losses.append(opt.backward_step(**batch))
+            else:
+                losses.append(model.forward_backward(**batch))
+                opt.step()
+                model.zero_grad()
+        out.append((losses, model.state_dict(), opt.state_dict(), model))
+    return out
+
+
+def assert_same(a, b):
+    (la, sa, oa, _), (lb, sb, ob, _) = a, b
+    assert la == lb
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+    assert oa["step"] == ob["step"] == len(la)
+    for k in oa["exp_avg"]:
+        np.testing.assert_array_equal(oa["exp_avg"][k], ob["exp_avg"][k], err_msg=k)
+        np.testing.assert_array_equal(oa["exp_avg_sq"][k], ob["exp_avg_sq"][k], err_msg=k)
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_fused_step_is_forward_backward_then_step(name):
+    plain, fused = trajectories(name)
+    assert_same(plain, fused)
+    assert plain[0][-1] < plain[0][0], "the steps train"
+    model = fused[3]
+    assert all(not g.any() for g in model.gradients().values()), "no gradient is kept"
+
+
+def test_with_checkpointing_and_lora():
+    assert_same(*trajectories("gpt2_tiny_a", prepare=lambda m: m.gradient_checkpointing_enable()))
+    lora = lambda m: ft.get_peft_model(m, ft.LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["c_attn", "c_fc"]))
+    assert_same(*trajectories("gpt2_tiny_a", prepare=lora))
+
+
+def test_bad_input_and_changed_trainable_set():
+    model = with_dropout("gpt2_tiny_a")
+    opt = ft.AdamW(model, lr=1e-2)
+    before = model.state_dict()
+    with pytest.raises(ft.InputError, match="vocab"):
+        opt.backward_step(np.array([[1, model.config.vocab_size]]))
+    assert opt.step_count == 0
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    model.freeze(["transformer.h.0.ln_1.weight"])
+    with pytest.raises(ft.InputError, match="build a new one"):
+        opt.backward_step(np.array([[1, 2]]))
