@@ -13,7 +13,11 @@ precision: ferrotune with ``set_float32_matmul_precision("medium")`` (what
 ``TrainingArguments(bf16=True)`` sets), PyTorch with its forward under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``; both keep f32 weights and AdamW state.
 ``ckpt`` rows train the 124M model with gradient checkpointing on both sides
-(``model.gradient_checkpointing_enable()``). ``trainer`` rows go end to end through each
+(``model.gradient_checkpointing_enable()``). ``fused`` rows fuse the optimizer step into the
+backward on both sides: ferrotune ``loss = opt.backward_step(ids)``, PyTorch one
+``torch.optim.AdamW`` per parameter stepped from a ``register_post_accumulate_grad_hook``
+(PyTorch's "optimizer step in backward" recipe), so neither holds every gradient at once;
+``fusedckpt`` rows add gradient checkpointing to that. ``trainer`` rows go end to end through each
 framework's ``Trainer`` (``TrainingArguments(per_device_train_batch_size=B, max_steps=...,
 learning_rate=1e-4, weight_decay=0.01, save_strategy="no", logging_steps=1, report_to=[])``
 over B * (warm-up + steps) rows of T token ids; a step's time runs from one ``on_step_end``
@@ -71,8 +75,8 @@ import time
 
 GPT2_124M = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 TINY = dict(vocab_size=50257, n_positions=1024, n_embd=256, n_layer=4, n_head=4)
-MODELS = {"train": GPT2_124M, "bf16": GPT2_124M, "ckpt": GPT2_124M, "trainer": GPT2_124M, "forward": GPT2_124M,
-          "tiny": TINY}
+MODELS = {"train": GPT2_124M, "bf16": GPT2_124M, "ckpt": GPT2_124M, "fused": GPT2_124M, "fusedckpt": GPT2_124M,
+          "trainer": GPT2_124M, "forward": GPT2_124M, "tiny": TINY}
 DEFAULT_SHAPES = ["train:4x128", "train:4x256", "train:2x512", "train:1x1024", "tiny:8x128", "forward:1x512"]
 DROPOUTS = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 DATA_SEED = 1234
@@ -195,7 +199,7 @@ def worker_ferrotune(job: dict) -> dict:
     assert model.num_parameters() == n_params(cfg), (model.num_parameters(), n_params(cfg))
     if mode == "bf16":
         ft.set_float32_matmul_precision("medium")
-    if mode == "ckpt":
+    if mode in ("ckpt", "fusedckpt"):
         model.gradient_checkpointing_enable()
     if mode == "trainer":
         rows = [{"input_ids": r.tolist()} for r in np.random.default_rng(DATA_SEED).integers(
@@ -215,6 +219,13 @@ def worker_ferrotune(job: dict) -> dict:
             out = model(ids, labels=ids)
             assert out.logits.shape == (b, t, cfg["vocab_size"])
             return out.loss
+
+    elif mode in ("fused", "fusedckpt"):
+        model.train()
+        opt = ft.AdamW(model, lr=1e-4, weight_decay=0.01)
+
+        def step():
+            return opt.backward_step(ids)
 
     else:
         model.train()
@@ -247,7 +258,7 @@ def worker_pytorch(job: dict) -> dict:
     ids = torch.from_numpy(ids_np)
     model = transformers.GPT2LMHeadModel(cfg)
     assert sum(p.numel() for p in model.parameters()) == n_params(MODELS[mode])
-    if mode == "ckpt":
+    if mode in ("ckpt", "fusedckpt"):
         model.gradient_checkpointing_enable()
     if mode == "trainer":
         rows = [{"input_ids": torch.from_numpy(r), "labels": torch.from_numpy(r)} for r in np.random.default_rng(
@@ -268,6 +279,23 @@ def worker_pytorch(job: dict) -> dict:
                 out = model(ids, labels=ids)
             assert tuple(out.logits.shape) == (b, t, cfg.vocab_size)
             return out.loss.item()
+
+    elif mode in ("fused", "fusedckpt"):
+        model.train()
+        # one optimizer per parameter, stepped as soon as its gradient is complete
+        opts = {p: torch.optim.AdamW([p], lr=1e-4, weight_decay=0.01) for p in model.parameters()}
+
+        def hook(p):
+            opts[p].step()
+            opts[p].zero_grad(set_to_none=True)
+
+        for p in model.parameters():
+            p.register_post_accumulate_grad_hook(hook)
+
+        def step():
+            loss = model(ids, labels=ids).loss
+            loss.backward()
+            return loss.item()
 
     else:
         model.train()
@@ -559,6 +587,7 @@ def print_report(data: dict, peak_gflops: float | None = None) -> None:
             if fw == "ferrotune" and ptt:
                 tuned_ratio = f"{s['tok'] / ptt['tok']:.2f}x"
             name = {"train": "124M train", "bf16": "124M train bf16", "ckpt": "124M train ckpt",
+                    "fused": "124M train fused", "fusedckpt": "124M train fused+ckpt",
                     "trainer": "124M Trainer", "tiny": "tiny train", "forward": "124M forward"}[mode]
             label = {"ferrotune": "ferrotune", "pytorch": "PyTorch", "pytorch-tuned": "PyTorch tuned"}[fw]
             row = (f"{name} ({b},{t})", label, str(th), f"{s['s']:.3f}", " ".join(f"{m:.2f}" for m in s["meds"]),

@@ -74,3 +74,51 @@ def test_bad_input_and_changed_trainable_set():
     model.freeze(["transformer.h.0.ln_1.weight"])
     with pytest.raises(ft.InputError, match="build a new one"):
         opt.backward_step(np.array([[1, 2]]))
+
+
+def _train(tmp_path, fused, **extra):
+    """Five Trainer steps on the dropout GPT-2 fixture: logged (loss, grad_norm) and weights."""
+    model = with_dropout("gpt2_tiny_a")
+    rng = np.random.default_rng(0)
+    rows = [{"input_ids": rng.integers(0, 100, int(rng.integers(4, 20))).tolist()} for _ in range(10)]
+    args = ft.TrainingArguments(
+        output_dir=str(tmp_path / f"out{fused}"), per_device_train_batch_size=2, max_steps=5, learning_rate=1e-3,
+        weight_decay=0.1, logging_steps=1, save_strategy="no", disable_tqdm=True, report_to="none", seed=0,
+        max_grad_norm=0, optimizer_in_backward=fused, **extra,
+    )
+    trainer = ft.Trainer(model, args, train_dataset=rows)
+    trainer.train()
+    logs = [(h["loss"], h["grad_norm"], h["learning_rate"]) for h in trainer.state.log_history if "loss" in h]
+    return logs, model.state_dict()
+
+
+def test_trainer_with_optimizer_in_backward(tmp_path):
+    """Same logged losses and learning rates, the same gradient norms up to the order of the
+    sums, the same weights bit for bit as the plain Trainer (no clipping on both sides)."""
+    (logs, weights), (f_logs, f_weights) = _train(tmp_path, False), _train(tmp_path, True)
+    assert len(logs) == 5
+    assert [(l, lr) for l, _, lr in logs] == [(l, lr) for l, _, lr in f_logs]
+    np.testing.assert_allclose([g for _, g, _ in f_logs], [g for _, g, _ in logs], rtol=1e-12)
+    for k in weights:
+        np.testing.assert_array_equal(weights[k], f_weights[k], err_msg=k)
+
+
+def test_optimizer_in_backward_needs_no_clipping_nor_accumulation():
+    with pytest.raises(ft.ConfigError, match="max_grad_norm=0"):
+        ft.TrainingArguments(optimizer_in_backward=True)
+    with pytest.raises(ft.ConfigError, match="gradient_accumulation_steps=1"):
+        ft.TrainingArguments(optimizer_in_backward=True, max_grad_norm=0, gradient_accumulation_steps=2)
+    with pytest.raises(ft.ConfigError, match="must be a bool"):
+        ft.TrainingArguments(optimizer_in_backward="yes", max_grad_norm=0)
+    assert ft.TrainingArguments(optimizer_in_backward=True, max_grad_norm=0).optimizer_in_backward
+
+
+def test_grad_norm_is_the_clip_norm():
+    model = with_dropout("gpt2_tiny_a", p=0.0)
+    batch = padded_batch(model.config.vocab_size)
+    model.forward_backward(**batch)
+    want = model.clip_grad_norm(float("inf"))
+    model.zero_grad()
+    opt = ft.AdamW(model, lr=1e-3)
+    opt.backward_step(**batch)
+    assert opt.grad_norm == pytest.approx(want, rel=1e-12)

@@ -38,6 +38,8 @@ class AdamW:
         self.weight_decay = float(weight_decay)
         self.no_decay = sorted(set(no_decay))
         self._core = _core.AdamW(model._core, float(lr), beta1, beta2, self.eps, self.weight_decay, self.no_decay)
+        self.grad_norm: Optional[float] = None
+        """The global L2 norm of the gradients of the last ``backward_step``."""
 
     def step(self) -> None:
         """Applies one update from the gradients accumulated in the model."""
@@ -54,17 +56,21 @@ class AdamW:
         (torchtune's ``optimizer_in_bwd``): each transformer block's gradients go into the
         moments as soon as its backward is done, so the model never holds a whole gradient
         (GPT-2 124M: 498 -> 186 MB). The same parameters as ``model.forward_backward(...)``
-        then ``step()``, bit for bit; returns the batch's mean loss. The model's gradients are
-        released (``model.gradients()`` reads zeros after it).
+        then ``step()``, bit for bit; returns the batch's mean loss and sets ``grad_norm`` (the
+        gradients' global L2 norm). The model's gradients are released (``model.gradients()``
+        reads zeros after it).
 
         No clipping and no accumulation over micro-batches: both need the whole gradient
-        (use ``forward_backward`` + ``clip_grad_norm`` + ``step`` for them).
+        (use ``forward_backward`` + ``clip_grad_norm`` + ``step`` for them). Non-finite
+        gradients raise :class:`ferrotune.NonFiniteError` with no parameter updated; the blocks
+        folded before the first non-finite one keep their moments' update (it cannot be
+        undone), which the message says.
 
         >>> loss = opt.backward_step(input_ids)   # instead of forward_backward; step; zero_grad
         """
         ids, mask, lab = _inputs(input_ids, attention_mask, labels, self.model.num_labels is not None)
         n = None if num_items_in_batch is None else float(num_items_in_batch)
-        loss_sum, count = self._core.backward_step(ids, mask, lab, n)
+        loss_sum, count, self.grad_norm = self._core.backward_step(ids, mask, lab, n)
         return loss_sum / count if count else float("nan")
 
     @property

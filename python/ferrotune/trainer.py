@@ -18,6 +18,9 @@ What a step does (one optimizer update):
 3. clip the global gradient norm to ``max_grad_norm`` (the pre-clip norm is logged as
    ``grad_norm``), set the learning rate from the schedule, ``AdamW.step()``, zero the gradients.
 
+With ``optimizer_in_backward=True`` steps 2 and 3 are one ``AdamW.backward_step`` (the update
+fused into the backward; no clipping, one micro-batch per step).
+
 The logged ``loss`` is, as in transformers, the mean of the step losses since the last log,
 each step loss being the token-weighted mean over its micro-batches.
 
@@ -629,6 +632,10 @@ class Trainer:
         if not self._user_scheduler:
             self.lr_scheduler = None
         self.create_optimizer()
+        if args.optimizer_in_backward and not hasattr(self.optimizer, "backward_step"):
+            raise ConfigError(
+                f"optimizer_in_backward=True needs ferrotune.AdamW (its backward_step), got {type(self.optimizer).__name__}"
+            )
         self.create_scheduler(max_steps)
         self.model.zero_grad()
         if hasattr(self.model, "set_rng_state"):
@@ -746,9 +753,24 @@ class Trainer:
                     tokens += int(b["input_ids"].size)
                 else:
                     tokens += int(np.count_nonzero(b["attention_mask"]))
-                if n_i == 0:
+                if n_i == 0 and not args.optimizer_in_backward:
                     continue  # contributes nothing to the loss or the gradient
                 try:
+                    if args.optimizer_in_backward:
+                        lr = self._lr_for_step(state.global_step)
+                        self.optimizer.lr = lr
+                        self.control = self.callback_handler.on_pre_optimizer_step(args, state, self.control)
+                        with _DeferSigint():
+                            loss_i = self.optimizer.backward_step(
+                                b["input_ids"],
+                                labels=b["labels"],
+                                attention_mask=b["attention_mask"],
+                                num_items_in_batch=num_items,
+                            )
+                            applied = True
+                        grad_norm = float(self.optimizer.grad_norm)
+                        step_loss = float(loss_i) if n_i else 0.0
+                        break
                     loss_i = model.forward_backward(
                         b["input_ids"],
                         labels=b["labels"],
@@ -771,19 +793,20 @@ class Trainer:
                 step_loss += loss_i * n_i / num_items
                 if i < len(batches) - 1:
                     self.control = self.callback_handler.on_substep_end(args, state, self.control)
-            max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
-            grad_norm = float(model.clip_grad_norm(max_norm))
-            if not math.isfinite(grad_norm):
-                raise NonFiniteError(
-                    f"the gradient norm is {grad_norm} at step {step_no} (loss {step_loss}). The step was not "
-                    f"applied; the model keeps the weights of step {step_no - 1}{self._last_checkpoint_note()}."
-                )
-            self.control = self.callback_handler.on_pre_optimizer_step(args, state, self.control)
-            lr = self._lr_for_step(state.global_step)
-            self.optimizer.lr = lr
-            with _DeferSigint():
-                self.optimizer.step()
-                applied = True
+            if not args.optimizer_in_backward:
+                max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
+                grad_norm = float(model.clip_grad_norm(max_norm))
+                if not math.isfinite(grad_norm):
+                    raise NonFiniteError(
+                        f"the gradient norm is {grad_norm} at step {step_no} (loss {step_loss}). The step was not "
+                        f"applied; the model keeps the weights of step {step_no - 1}{self._last_checkpoint_note()}."
+                    )
+                self.control = self.callback_handler.on_pre_optimizer_step(args, state, self.control)
+                lr = self._lr_for_step(state.global_step)
+                self.optimizer.lr = lr
+                with _DeferSigint():
+                    self.optimizer.step()
+                    applied = True
             self.control = self.callback_handler.on_optimizer_step(args, state, self.control)
             model.zero_grad()
             with _DeferSigint():

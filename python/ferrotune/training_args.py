@@ -134,6 +134,11 @@ class TrainingArguments:
         each block's activations instead of keeping them all (same gradients, less memory, the
         blocks' forward run twice per step). ``gradient_checkpointing_kwargs`` (None or a dict such as
         ``{"use_reentrant": False}``) is accepted and changes nothing.
+        optimizer_in_backward (False; a ferrotune option, as torchtune's ``optimizer_in_bwd``): each
+        step is :meth:`ferrotune.AdamW.backward_step`, the AdamW update fused into the backward, so
+        the model never holds a whole gradient (GPT-2 124M: 0.31 GB less at peak). Same updates
+        bit for bit; ``grad_norm`` is still logged. It cannot clip or accumulate: it needs
+        ``max_grad_norm=0`` and ``gradient_accumulation_steps=1``.
 
     Data:
         seed (42), data_seed (None: use ``seed``) seed the shuffling of the training set,
@@ -167,6 +172,7 @@ class TrainingArguments:
     eval_accumulation_steps: Optional[int] = None
     gradient_checkpointing: bool = False
     gradient_checkpointing_kwargs: Optional[Union[Dict[str, Any], str]] = None
+    optimizer_in_backward: bool = False
 
     # optimizer and schedule
     learning_rate: float = 5e-5
@@ -325,6 +331,8 @@ class TrainingArguments:
                 raise ConfigError(f"gradient_checkpointing_kwargs is not valid JSON: {e}") from None
         if self.gradient_checkpointing_kwargs is not None and not isinstance(self.gradient_checkpointing_kwargs, dict):
             raise ConfigError(f"gradient_checkpointing_kwargs must be a dict or None, got {self.gradient_checkpointing_kwargs!r}")
+        if not isinstance(self.optimizer_in_backward, bool):
+            raise ConfigError(f"optimizer_in_backward must be a bool, got {self.optimizer_in_backward!r}")
 
         optim = str(getattr(self.optim, "value", self.optim)).lower()
         if optim not in _SUPPORTED_OPTIM:
@@ -428,6 +436,16 @@ class TrainingArguments:
             raise ConfigError(f"adam_epsilon must be >= 0, got {self.adam_epsilon!r}")
         if not (self.max_grad_norm >= 0):
             raise ConfigError(f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm!r}")
+        if self.optimizer_in_backward and self.max_grad_norm > 0:
+            raise ConfigError(
+                f"optimizer_in_backward=True cannot clip gradients (max_grad_norm={self.max_grad_norm}): each block "
+                "is updated before the global norm is known; set max_grad_norm=0"
+            )
+        if self.optimizer_in_backward and self.gradient_accumulation_steps != 1:
+            raise ConfigError(
+                f"optimizer_in_backward=True cannot accumulate micro-batches (gradient_accumulation_steps="
+                f"{self.gradient_accumulation_steps}): every backward is a whole step; set gradient_accumulation_steps=1"
+            )
         if isinstance(self.warmup_steps, bool) or not (self.warmup_steps >= 0):
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
         if self.warmup_steps > 1 and self.warmup_steps != int(self.warmup_steps):

@@ -71,7 +71,7 @@ impl PyAdamW {
     }
 
     /// Forward, backward and one step with the step fused into the backward
-    /// (optim::fused): (summed loss, counted tokens).
+    /// (optim::fused): (summed loss, counted tokens, gradient norm).
     #[pyo3(signature = (input_ids, attention_mask=None, labels=None, num_items_in_batch=None))]
     fn backward_step(
         &mut self,
@@ -80,7 +80,7 @@ impl PyAdamW {
         attention_mask: Option<Ids<'_>>,
         labels: Option<Ids<'_>>,
         num_items_in_batch: Option<f64>,
-    ) -> PyResult<(f64, usize)> {
+    ) -> PyResult<(f64, usize, f64)> {
         let mut model = self.model.borrow_mut(py);
         self.check_trainable_set(&model)?;
         let batch = batch(&input_ids, &attention_mask, &labels, model.model().num_labels().is_some())?;
@@ -90,8 +90,8 @@ impl PyAdamW {
         let fused = self.fused.as_mut().expect("built above");
         let (m, opt) = (model.model_mut().as_mut(), &mut self.inner);
         detach(py, move || {
-            let s = fused.step(m, opt, &batch, num_items_in_batch)?;
-            Ok((s.loss_sum, s.count))
+            let (s, norm) = fused.step(m, opt, &batch, num_items_in_batch)?;
+            Ok((s.loss_sum, s.count, norm))
         })
     }
 

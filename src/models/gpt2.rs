@@ -496,6 +496,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let lay = &self.layout;
         let (logits, targets) = (&mut acts.logits, &acts.targets);
         let stats = loss_backward(self.cls.as_mut(), p, &mut g, &lay.wte, logits, targets, num_items, &acts.lnf, &mut acts.dln, (n, c, v))?;
+        g.lend(std::mem::take(&mut acts.logits)); // free until the next step's loss
         acts.dres.fill(F::zero());
         {
             let last = acts.res.last().unwrap_or(&acts.encoded);
@@ -573,6 +574,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
             g.end_block(l);
         }
 
+        acts.logits = g.reclaim();
         dropout_apply(&mut acts.dres, acts.embd_drop.as_ref(), 0);
         let (dwte, dwpe) = g.pair(&lay.wte, &lay.wpe);
         embedding_backward(dwte, dwpe, &acts.dres, &acts.ids, None, t, c);

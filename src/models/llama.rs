@@ -533,6 +533,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let lay = &self.layout;
         let (logits, targets) = (&mut acts.logits, &acts.targets);
         let stats = loss_backward(self.cls.as_mut(), p, &mut g, &lay.head, logits, targets, num_items, &acts.lnf, &mut acts.dln, (n, c, v))?;
+        g.lend(std::mem::take(&mut acts.logits)); // free until the next step's loss
         acts.dres.fill(F::zero());
         let last = acts.res.last().unwrap_or(&acts.encoded);
         rmsnorm_backward(&mut acts.dres, g.get(&lay.norm), &acts.dln, last, &p[lay.norm.clone()], &acts.lnf_rstd, c);
@@ -607,6 +608,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             g.end_block(l);
         }
 
+        acts.logits = g.reclaim();
         // nn.Embedding(padding_idx=pad_token_id): the padding row gets no gradient
         embedding_backward(g.get(&lay.embed), None, &acts.dres, &acts.ids, cfg.pad_token_id, t, c);
         Ok(stats)

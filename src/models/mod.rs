@@ -220,7 +220,7 @@ impl<F: Real> ModelState<F> {
         if fused.is_none() {
             self.grads_mut();
         }
-        (&self.params, GradView { grads: &mut self.grads, table: &self.table, grad_at: &self.grad_at, fused })
+        (&self.params, GradView { grads: &mut self.grads, table: &self.table, grad_at: &self.grad_at, fused, lent: Vec::new() })
     }
 
     /// Frees the gradient buffer (it is allocated, zeroed, on next use).
@@ -325,6 +325,7 @@ pub struct GradView<'a, F: Real> {
     table: &'a ParamTable,
     grad_at: &'a [Option<usize>],
     fused: Option<Fused<'a, F>>,
+    lent: Vec<F>,
 }
 
 impl<F: Real> GradView<'_, F> {
@@ -376,6 +377,22 @@ impl<F: Real> GradView<'_, F> {
     pub fn end_block(&mut self, l: usize) {
         if let Some(f) = &mut self.fused {
             f.bufs.end_block(l, f.opt);
+        }
+    }
+
+    /// Lends a buffer the backward no longer needs during the blocks (the loss backward's
+    /// logits chunk) to hold the fused step's block gradients; `reclaim` gives it back.
+    pub fn lend(&mut self, buf: Vec<F>) {
+        match &mut self.fused {
+            Some(f) => f.bufs.use_for_window(buf),
+            None => self.lent = buf,
+        }
+    }
+
+    pub fn reclaim(&mut self) -> Vec<F> {
+        match &mut self.fused {
+            Some(f) => f.bufs.take_window(),
+            None => std::mem::take(&mut self.lent),
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::kernels::Real;
 use crate::models::params::two_mut;
 use crate::models::{Batch, CausalLm};
 use crate::optim::adamw::AdamW;
+use crate::optim::clip::sum_of_squares;
 
 /// The layout and buffers of the fused step, kept from one step to the next.
 pub struct FusedBackward<F> {
@@ -31,11 +32,17 @@ pub struct FusedBackward<F> {
     /// The blocks cover [lo, hi) of the gradient layout.
     lo: usize,
     hi: usize,
-    /// The gradients of the block whose backward runs (`current`).
+    /// The gradients of the block whose backward runs (`current`), in memory the model lends
+    /// (`GradView::lend`) or allocated here.
     window: Vec<F>,
+    widest: usize,
     /// The gradients outside the blocks: [0, lo) then [hi, total).
     outer: Vec<F>,
     current: Option<usize>,
+    /// This step's sum of squared gradients so far, and the first block whose gradients
+    /// were not finite (not folded, nor any block after it).
+    sumsq: f64,
+    nonfinite: Option<usize>,
 }
 
 /// What the backward writes gradients into in fused mode.
@@ -71,7 +78,7 @@ impl<F: Real> FusedBackward<F> {
             return Err(Error::Input("the blocks' gradients do not follow each other".into()));
         }
         let widest = blocks.iter().map(|r| r.len()).max().unwrap_or(0);
-        Ok(Self { blocks, lo, hi, window: vec![F::zero(); widest], outer: vec![F::zero(); total - (hi - lo)], current: None })
+        Ok(Self { blocks, lo, hi, window: Vec::new(), widest, outer: vec![F::zero(); total - (hi - lo)], current: None, sumsq: 0.0, nonfinite: None })
     }
 
     /// Which buffer holds gradient-layout range g, and where: (in the window?, range).
@@ -101,30 +108,75 @@ impl<F: Real> FusedBackward<F> {
         two_mut(if wa { &mut self.window } else { &mut self.outer }, ra, rb)
     }
 
+    pub(crate) fn use_for_window(&mut self, mut buf: Vec<F>) {
+        buf.clear();
+        buf.resize(self.widest, F::zero());
+        self.window = buf;
+    }
+
+    pub(crate) fn take_window(&mut self) -> Vec<F> {
+        std::mem::take(&mut self.window)
+    }
+
     pub(crate) fn begin_block(&mut self, l: usize) {
+        if self.window.len() < self.widest {
+            self.window = vec![F::zero(); self.widest];
+        }
         self.current = Some(l);
     }
 
-    /// Block l's gradients are final: into the moments, and the window is zero again.
+    /// Block l's gradients are final: into the moments (when they and every block's before
+    /// were finite), and the window is zero again.
     pub(crate) fn end_block(&mut self, l: usize, opt: &mut AdamW<F>) {
         let r = self.blocks[l].clone();
-        opt.fold_range(r.clone(), &self.window[..r.len()]);
-        self.window[..r.len()].fill(F::zero());
+        let g = &mut self.window[..r.len()];
+        let ss = sum_of_squares(g);
+        if !ss.is_finite() {
+            self.nonfinite.get_or_insert(l);
+        }
+        if self.nonfinite.is_none() {
+            self.sumsq += ss;
+            opt.fold_range(r, g);
+        }
+        g.fill(F::zero());
         self.current = None;
     }
 
-    /// Forward, backward and one AdamW step of `model`, the step fused into the backward.
-    /// The model's own gradient buffer is released (its gradients read as zero afterwards).
-    pub fn step(&mut self, model: &mut dyn CausalLm<F>, opt: &mut AdamW<F>, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
+    /// Forward, backward and one AdamW step of `model`, the step fused into the backward:
+    /// the loss statistics and the gradients' global L2 norm (what clip_grad_norm would
+    /// report, up to the order of the sums). The model's own gradient buffer is released
+    /// (its gradients read as zero afterwards).
+    ///
+    /// Non-finite gradients: the blocks folded before the first non-finite one keep their
+    /// moments' update (it cannot be undone), nothing else is folded, no parameter changes,
+    /// and the error says so.
+    pub fn step(&mut self, model: &mut dyn CausalLm<F>, opt: &mut AdamW<F>, batch: &Batch<'_>, num_items: Option<f64>) -> Result<(LossStats, f64)> {
         model.state_mut().release_grads();
         self.outer.fill(F::zero());
+        (self.sumsq, self.nonfinite) = (0.0, None);
         // the model fails (bad input) before its first block's backward, or not at all
         let stats = model.backward_with(batch, num_items, Some(Fused { bufs: self, opt }))?;
+        let outer_ss = sum_of_squares(&self.outer);
+        let last = self.blocks.len().saturating_sub(1);
+        if let Some(l) = self.nonfinite {
+            return Err(Error::NonFinite(format!(
+                "the gradients of block {l} are not finite (NaN or inf): no parameter was updated, but the \
+                 optimizer moments of blocks {}..={last}, folded before it, took this step's gradients",
+                l + 1
+            )));
+        }
+        if !outer_ss.is_finite() {
+            return Err(Error::NonFinite(
+                "the gradients outside the blocks (embeddings, final norm, heads, adapters) are not finite (NaN or \
+                 inf): no parameter was updated, but every block's optimizer moments took this step's gradients"
+                    .into(),
+            ));
+        }
         let (lo, hi, total) = (self.lo, self.hi, self.outer.len() + self.hi - self.lo);
         opt.fold_range(0..lo, &self.outer[..lo]);
         opt.fold_range(hi..total, &self.outer[lo..]);
         opt.update_from_moments(&mut model.state_mut().params);
-        Ok(stats)
+        Ok((stats, (self.sumsq + outer_ss).sqrt()))
     }
 }
 
@@ -160,8 +212,10 @@ mod tests {
             let la = a.forward_backward(&batch, None).unwrap();
             let (p, g) = a.state_mut().params_and_grads();
             oa.step(p, g);
-            let lb = fused.step(b.as_mut(), &mut ob, &batch, None).unwrap();
+            let (lb, norm) = fused.step(b.as_mut(), &mut ob, &batch, None).unwrap();
             assert_eq!(la.loss_sum, lb.loss_sum);
+            let want = crate::optim::clip::grad_norm(a.state_mut().grads_mut());
+            assert!((norm - want).abs() <= 1e-12 * want, "gradient norm {norm} vs {want}");
         }
         assert!(a.state().params == b.state().params, "parameters differ");
         assert!(oa.exp_avg == ob.exp_avg && oa.exp_avg_sq == ob.exp_avg_sq, "moments differ");
@@ -219,5 +273,22 @@ mod tests {
         assert!(m.state().params == before);
         assert_eq!(opt.step_count(), 0);
         assert!(opt.exp_avg.iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn non_finite_gradients_update_nothing() {
+        let mut m = from_config(gpt2(), 1).unwrap();
+        let mut opt = AdamW::new(AdamWConfig { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+            &m.state().table, &m.state().grad_slots(), &[]).unwrap();
+        let mut fused = FusedBackward::new(m.as_ref()).unwrap();
+        let at = m.block_params()[1].start;
+        m.state_mut().params[at] = f32::INFINITY;
+        let before: Vec<u32> = m.state().params.iter().map(|x| x.to_bits()).collect();
+        let ids = [1i64, 2, 3, 4];
+        let batch = Batch { ids: &ids, mask: None, labels: None, b: 1, t: 4 };
+        let e = fused.step(m.as_mut(), &mut opt, &batch, None).unwrap_err().to_string();
+        assert!(e.contains("not finite") && e.contains("no parameter was updated"), "{e}");
+        assert_eq!(m.state().params.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), before);
+        assert_eq!(opt.step_count(), 0);
     }
 }
