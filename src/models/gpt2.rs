@@ -167,9 +167,9 @@ struct Acts<F> {
     dres: Vec<F>,  // (N, C) gradient of the residual stream
     dtmp: Vec<F>,  // (N, C)
     dln: Vec<F>,   // (N, C)
-    datty: Vec<F>, // (N, C)
-    dqkv: Vec<F>,  // (N, 3C)
-    dfch: Vec<F>,  // (N, I)
+    // (N, I) in a block's MLP part; in its attention part, which comes after, the same
+    // memory holds datty (N, C) | dqkv (N, 3C)
+    dfch: Vec<F>,
 }
 
 impl<F: Real> Acts<F> {
@@ -197,9 +197,7 @@ impl<F: Real> Acts<F> {
             dres: z(n * c),
             dtmp: z(n * c),
             dln: z(n * c),
-            datty: z(n * c),
-            dqkv: z(n * 3 * c),
-            dfch: z(n * i),
+            dfch: z(n * i.max(4 * c)),
         }
     }
 
@@ -210,7 +208,7 @@ impl<F: Real> Acts<F> {
 
     fn bytes(&self) -> usize {
         let bufs = [&self.encoded, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits];
-        let scratch = [&self.ln, &self.gelu, &self.dres, &self.dtmp, &self.dln, &self.datty, &self.dqkv, &self.dfch];
+        let scratch = [&self.ln, &self.gelu, &self.dres, &self.dtmp, &self.dln, &self.dfch];
         held(&bufs) + held(&scratch) + held(&[&self.ids, &self.targets]) + held(&[&self.rng_at])
             + self.layers.iter().map(LayerActs::bytes).sum::<usize>() + self.res.iter().map(|r| held(&[r])).sum::<usize>()
     }
@@ -549,23 +547,24 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
             }
 
             // res2 = residual + drop(atty @ Wproj + b)
+            let (datty, dqkv) = acts.dfch[..n * 4 * c].split_at_mut(n * c);
             acts.dtmp.copy_from_slice(&acts.dres);
             dropout_apply(&mut acts.dtmp, la.drops.proj.as_ref(), 0);
             {
                 let (dw, db) = g.pair(&lp.proj_w, &lp.proj_b);
-                matmul_backward(&mut acts.datty, dw, db, &acts.dtmp, &la.atty, &p[lp.proj_w.clone()], n, c, c);
+                matmul_backward(datty, dw, db, &acts.dtmp, &la.atty, &p[lp.proj_w.clone()], n, c, c);
             }
             if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + ATTN_PROJ, &la.lora[ATTN_PROJ], p, &mut g, &la.atty, &acts.dtmp, &mut acts.datty, n);
+                lo.backward(l * LORA_PER_LAYER + ATTN_PROJ, &la.lora[ATTN_PROJ], p, &mut g, &la.atty, &acts.dtmp, datty, n);
             }
-            attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att_stats, batch.mask, la.drops.att.as_ref(), shape, scales[l]);
+            attention_backward(dqkv, datty, &la.qkv, &la.att_stats, batch.mask, la.drops.att.as_ref(), shape, scales[l]);
             layernorm_recompute(&mut acts.ln, residual, &la.ln1_mean, &la.ln1_rstd, &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c);
             {
                 let (dw, db) = g.pair(&lp.attn_w, &lp.attn_b);
-                matmul_backward(&mut acts.dln, dw, db, &acts.dqkv, &acts.ln, &p[lp.attn_w.clone()], n, c, 3 * c);
+                matmul_backward(&mut acts.dln, dw, db, dqkv, &acts.ln, &p[lp.attn_w.clone()], n, c, 3 * c);
             }
             if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + C_ATTN, &la.lora[C_ATTN], p, &mut g, &acts.ln, &acts.dqkv, &mut acts.dln, n);
+                lo.backward(l * LORA_PER_LAYER + C_ATTN, &la.lora[C_ATTN], p, &mut g, &acts.ln, dqkv, &mut acts.dln, n);
             }
             {
                 let (dw, db) = g.pair(&lp.ln1_w, &lp.ln1_b);

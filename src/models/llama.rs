@@ -171,10 +171,10 @@ struct Acts<F> {
     // gradient scratch
     dres: Vec<F>,  // (N, C)
     dln: Vec<F>,   // (N, C)
-    datty: Vec<F>, // (N, A)
-    dqkv: Vec<F>,  // (N, QKV)
     dh: Vec<F>,    // (N, I)
-    dgu: Vec<F>,   // (N, 2I)
+    // (N, 2I) in a block's MLP part; in its attention part, which comes after, the same
+    // memory holds datty (N, A) | dqkv (N, QKV)
+    dgu: Vec<F>,
 }
 
 impl<F: Real> Acts<F> {
@@ -206,10 +206,8 @@ impl<F: Real> Acts<F> {
             mlp: z(n * i),
             dres: z(n * c),
             dln: z(n * c),
-            datty: z(n * a),
-            dqkv: z(n * qkv),
             dh: z(n * i),
-            dgu: z(n * 2 * i),
+            dgu: z(n * (2 * i).max(a + qkv)),
         }
     }
 
@@ -220,7 +218,7 @@ impl<F: Real> Acts<F> {
 
     fn bytes(&self) -> usize {
         let bufs = [&self.cos, &self.sin, &self.encoded, &self.lnf, &self.lnf_rstd, &self.logits];
-        let scratch = [&self.ln, &self.mlp, &self.dres, &self.dln, &self.datty, &self.dqkv, &self.dh, &self.dgu];
+        let scratch = [&self.ln, &self.mlp, &self.dres, &self.dln, &self.dh, &self.dgu];
         held(&bufs) + held(&scratch) + held(&[&self.ids, &self.targets]) + held(&[&self.positions]) + held(&[&self.rng_at])
             + self.layers.iter().map(LayerActs::bytes).sum::<usize>() + self.res.iter().map(|r| held(&[r])).sum::<usize>()
     }
@@ -577,19 +575,20 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln2), &acts.dln, &la.res2, &p[lp.ln2.clone()], &la.ln2_rstd, c);
 
             // res2 = residual + o_proj(attention(rope(qkv_proj(rmsnorm(residual)))))
-            linear_backward_input(&mut acts.datty, &acts.dres, &p[lp.o_w.clone()], n, a, c);
+            let (datty, dqkv) = acts.dgu[..n * (a + qkv)].split_at_mut(n * a);
+            linear_backward_input(datty, &acts.dres, &p[lp.o_w.clone()], n, a, c);
             let (dw, db) = match &lp.o_b {
                 Some(ob) => g.pair(&lp.o_w, ob),
                 None => (g.get(&lp.o_w), None),
             };
             linear_backward_weight(dw, db, &acts.dres, c, &la.atty, n, a, c);
             if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + O, &la.lora[O], p, &mut g, &la.atty, &acts.dres, &mut acts.datty, n);
+                lo.backward(l * LORA_PER_LAYER + O, &la.lora[O], p, &mut g, &la.atty, &acts.dres, datty, n);
             }
-            attention_backward(&mut acts.dqkv, &acts.datty, &la.qkv, &la.att_stats, batch.mask, None, shapes[l], scale);
-            rope_apply(&mut acts.dqkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, true);
+            attention_backward(dqkv, datty, &la.qkv, &la.att_stats, batch.mask, None, shapes[l], scale);
+            rope_apply(dqkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, true);
             rmsnorm_recompute(&mut acts.ln, residual, &la.ln1_rstd, &p[lp.ln1.clone()], c);
-            linear_backward_input(&mut acts.dln, &acts.dqkv, &p[lp.qkv_w.clone()], n, c, qkv);
+            linear_backward_input(&mut acts.dln, dqkv, &p[lp.qkv_w.clone()], n, c, qkv);
             for (k, part) in lp.qkv_parts.iter().enumerate() {
                 // the part's output columns start where its rows start in the fused weight
                 let col = (part.start - lp.qkv_w.start) / c;
@@ -597,11 +596,11 @@ impl<F: Real> CausalLm<F> for Llama<F> {
                     Some(bias) => g.pair(part, &bias[k]),
                     None => (g.get(part), None),
                 };
-                linear_backward_weight(dw, db, &acts.dqkv[col..], qkv, &acts.ln, n, c, part.len() / c);
+                linear_backward_weight(dw, db, &dqkv[col..], qkv, &acts.ln, n, c, part.len() / c);
             }
             if let Some(lo) = lora {
                 for k in Q..O {
-                    lo.backward(l * LORA_PER_LAYER + k, &la.lora[k], p, &mut g, &acts.ln, &acts.dqkv, &mut acts.dln, n);
+                    lo.backward(l * LORA_PER_LAYER + k, &la.lora[k], p, &mut g, &acts.ln, dqkv, &mut acts.dln, n);
                 }
             }
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln1), &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
