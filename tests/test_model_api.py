@@ -62,6 +62,11 @@ def test_forward_shapes_and_1d_input():
     np.testing.assert_allclose(one.logits[0], out.logits[0], atol=1e-6)
     with_labels = model(ids(), labels=ids())
     assert np.isfinite(with_labels.loss) and with_labels["loss"] == with_labels.loss
+    # the logits array is handed over, not a view: later forwards and training leave it alone
+    kept = out.logits.copy()
+    model(ids()[::-1].copy())
+    model.forward_backward(ids())
+    np.testing.assert_array_equal(out.logits, kept)
 
 
 def test_loss_stats_match_forward():

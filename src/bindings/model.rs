@@ -163,7 +163,7 @@ impl PyModel {
                 let s = model.loss_stats();
                 if s.count == 0 { f64::NAN } else { s.loss_sum / s.count as f64 }
             });
-            Ok((loss, return_logits.then(|| model.logits().to_vec())))
+            Ok((loss, return_logits.then(|| model.take_logits())))
         })?;
         let logits = logits.map(|l| to_numpy(py, l, &shape)).transpose()?;
         Ok((loss, logits))

@@ -28,7 +28,7 @@ use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward, layernorm_recompute};
 use crate::kernels::matmul::{matmul_backward, matmul_forward};
 use crate::kernels::Real;
-use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, SeqClsHead, SeqClsSpec};
+use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, take_lm_logits, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState};
@@ -450,6 +450,13 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         match &self.cls {
             Some(h) => h.logits(),
             None => self.acts.as_ref().and_then(|a| a.logits.get(..a.b * a.t * self.config.vocab_size)).unwrap_or(&[]),
+        }
+    }
+
+    fn take_logits(&mut self) -> Vec<F> {
+        match (&self.cls, self.acts.as_mut()) {
+            (None, Some(a)) => take_lm_logits(&mut a.logits, a.b * a.t * self.config.vocab_size),
+            _ => self.logits().to_vec(),
         }
     }
 

@@ -192,6 +192,14 @@ pub fn loss_backward<F: Real>(
     Ok(stats)
 }
 
+/// `CausalLm::take_logits` for the language-model head: the (N, V) logits `head_forward`
+/// left in `buf`, moved out.
+pub fn take_lm_logits<F>(buf: &mut Vec<F>, len: usize) -> Vec<F> {
+    let mut v = std::mem::take(buf);
+    v.truncate(len);
+    v
+}
+
 /// The forward of whichever head a model has, on its final hidden states (N, C): the
 /// (N, V) language-model logits through `head` (V, C) into `logits` (sized here), or the
 /// classification head.

@@ -29,7 +29,7 @@ use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_recompu
 use crate::kernels::rope::{rope_apply, rope_tables};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::kernels::Real;
-use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, SeqClsHead, SeqClsSpec};
+use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, take_lm_logits, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState};
@@ -488,6 +488,13 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         match &self.cls {
             Some(h) => h.logits(),
             None => self.acts.as_ref().and_then(|a| a.logits.get(..a.b * a.t * self.config.vocab_size)).unwrap_or(&[]),
+        }
+    }
+
+    fn take_logits(&mut self) -> Vec<F> {
+        match (&self.cls, self.acts.as_mut()) {
+            (None, Some(a)) => take_lm_logits(&mut a.logits, a.b * a.t * self.config.vocab_size),
+            _ => self.logits().to_vec(),
         }
     }
 

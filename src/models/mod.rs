@@ -429,6 +429,11 @@ pub trait CausalLm<F: Real>: Send + Sync {
     fn forward(&mut self, batch: &Batch<'_>) -> Result<()>;
     /// The logits of the last forward: (B, T, V), or (B, L) with a classification head.
     fn logits(&self) -> &[F];
+    /// The logits of the last forward, moved out where they are the model's own (B, T, V)
+    /// buffer (no copy of 100+ MB; the next forward allocates it again), else copied.
+    fn take_logits(&mut self) -> Vec<F> {
+        self.logits().to_vec()
+    }
     /// L when the model has a sequence-classification head (labels are then one per row).
     fn num_labels(&self) -> Option<usize> {
         None
