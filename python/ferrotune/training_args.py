@@ -136,7 +136,7 @@ class TrainingArguments:
         ``{"use_reentrant": False}``) is accepted and changes nothing.
         optimizer_in_backward (False; a ferrotune option, as torchtune's ``optimizer_in_bwd``): each
         step is :meth:`ferrotune.AdamW.backward_step`, the AdamW update fused into the backward, so
-        the model never holds a whole gradient (GPT-2 124M: 0.31 GB less at peak). Same updates
+        the model never holds a whole gradient (GPT-2 124M: 0.34 GB less at peak). Same updates
         bit for bit; ``grad_norm`` is still logged. It cannot clip or accumulate: it needs
         ``max_grad_norm=0`` and ``gradient_accumulation_steps=1``.
 

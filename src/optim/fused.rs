@@ -4,8 +4,9 @@
 //! parameters outside the blocks (embeddings, final norm, untied head, adapters, task head)
 //! keep a gradient until the end of the backward, when the rest of the step runs and every
 //! parameter is updated from its moments. The model never holds a whole gradient: for
-//! GPT-2 124M, 498 MB of gradients become 186 MB (the tied embedding's 154 MB, a block's
-//! 28 MB and the rest).
+//! GPT-2 124M, 498 MB of gradients become 158 MB (the tied embedding's 154 MB and the rest)
+//! plus one block's 28 MB, held in the memory of the loss's logits chunk, which the blocks'
+//! backward does not need (`GradView::lend`).
 //!
 //! The result is `forward_backward` + `AdamW::step`, bit for bit. What it cannot do: clip
 //! by the global gradient norm (the norm is known only once every block is folded) or
