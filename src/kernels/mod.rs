@@ -16,6 +16,7 @@ pub mod crossentropy;
 pub mod dropout;
 pub mod embedding;
 pub mod gelu;
+pub mod hugepages;
 pub mod layernorm;
 pub mod matmul;
 pub mod matmul_bf16;

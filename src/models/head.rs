@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::kernels::crossentropy::{crossentropy_forward, crossentropy_forward_backward, LossStats};
+use crate::kernels::hugepages;
 use crate::kernels::matmul::{gemm, View};
 use crate::kernels::Real;
 use crate::models::{held, loss_scale, GradView};
@@ -217,6 +218,10 @@ pub fn head_forward<F: Real>(
     match cls {
         Some(h) => h.forward(p, hidden, ids, labels, b, t, c),
         None => {
+            if logits.capacity() < b * t * v {
+                *logits = Vec::new(); // the old buffer goes before the new one comes
+                *logits = hugepages::zeroed(b * t * v);
+            }
             logits.resize(b * t * v, F::zero());
             gemm(logits, b * t, v, c, View::rows(hidden, c), View::t(&p[head.clone()], c), false);
             Ok(())
