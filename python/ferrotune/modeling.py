@@ -96,6 +96,22 @@ def _inputs(
     return ids, mask, lab
 
 
+def _training_call(
+    model: "Model",
+    core_fn: Any,
+    input_ids: ArrayLike,
+    labels: Optional[ArrayLike],
+    attention_mask: Optional[ArrayLike],
+    num_items_in_batch: Optional[int],
+) -> Tuple[float, Tuple[Any, ...]]:
+    """Calls a core training function (forward_backward, AdamW.backward_step) with normalised
+    inputs: (the batch's mean loss, the core's results after (summed loss, counted tokens))."""
+    ids, mask, lab = _inputs(input_ids, attention_mask, labels, model.num_labels is not None)
+    n = None if num_items_in_batch is None else float(num_items_in_batch)
+    loss_sum, count, *rest = core_fn(ids, mask, lab, n)
+    return (loss_sum / count if count else float("nan")), tuple(rest)
+
+
 def _mean_resized_rows(old: np.ndarray, added: int, rng: np.random.Generator) -> np.ndarray:
     """transformers' ``_init_added_embeddings_weights_with_mean``: ``added`` rows drawn from
     N(mean of the rows, 1e-9 * their covariance) when that matrix is positive definite (a
@@ -229,10 +245,8 @@ class Model:
         one optimizer step so every token weighs the same (default: this batch's count).
         Without labels, ``input_ids`` are the labels (-100 where ``attention_mask`` is 0).
         """
-        ids, mask, lab = _inputs(input_ids, attention_mask, labels, self.num_labels is not None)
-        n = None if num_items_in_batch is None else float(num_items_in_batch)
-        loss_sum, count = self._core.forward_backward(ids, mask, lab, n)
-        return loss_sum / count if count else float("nan")
+        loss, _ = _training_call(self, self._core.forward_backward, input_ids, labels, attention_mask, num_items_in_batch)
+        return loss
 
     def loss_stats(
         self, input_ids: ArrayLike, labels: Optional[ArrayLike] = None, attention_mask: Optional[ArrayLike] = None

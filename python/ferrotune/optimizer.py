@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 import numpy as np
 
 from . import _core
-from .modeling import ArrayLike, Model, _inputs
+from .modeling import ArrayLike, Model, _training_call
 
 
 class AdamW:
@@ -68,10 +68,10 @@ class AdamW:
 
         >>> loss = opt.backward_step(input_ids)   # instead of forward_backward; step; zero_grad
         """
-        ids, mask, lab = _inputs(input_ids, attention_mask, labels, self.model.num_labels is not None)
-        n = None if num_items_in_batch is None else float(num_items_in_batch)
-        loss_sum, count, self.grad_norm = self._core.backward_step(ids, mask, lab, n)
-        return loss_sum / count if count else float("nan")
+        loss, (self.grad_norm,) = _training_call(
+            self.model, self._core.backward_step, input_ids, labels, attention_mask, num_items_in_batch
+        )
+        return loss
 
     @property
     def lr(self) -> float:
