@@ -217,7 +217,9 @@ impl<F: Real> Acts<F> {
 /// One block's forward: `out` (N, C) = the residual stream after block l, from `inp` (N, C)
 /// before it; `la` gets what the block's backward needs, `ln` (N, C) and `gelu` (N, I) are
 /// scratch. The dropout masks are drawn from `rng` in a fixed order, so a second run from
-/// the same generator state draws them again.
+/// the same generator state draws them again. Without `output` (checkpointing's second run,
+/// which wants only `la`) the last projection, which only makes `out`, is skipped; `out` is
+/// then left with garbage.
 #[allow(clippy::too_many_arguments)]
 fn block_forward<F: Real>(
     cfg: &Gpt2Config,
@@ -233,6 +235,7 @@ fn block_forward<F: Real>(
     shape: AttnShape,
     scale: f64,
     train: bool,
+    output: bool,
     rng: &mut SplitMix64,
 ) {
     let (n, c, i) = (shape.b * shape.t, cfg.n_embd, cfg.inner());
@@ -257,15 +260,22 @@ fn block_forward<F: Real>(
     if let Some(lo) = lora {
         lo.forward(l * LORA_PER_LAYER + C_FC, &mut la.lora[C_FC], p, ln, &mut la.fch, n, train, rng);
     }
-    gelu_forward(gelu, &la.fch);
     // out = res2 + dropout(gelu(fch) @ Wfcproj + b)
-    matmul_forward(out, gelu, &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
+    let adapted = lora.is_some_and(|lo| lo.adapts(l * LORA_PER_LAYER + MLP_PROJ));
+    if output || adapted {
+        gelu_forward(gelu, &la.fch);
+    }
+    if output {
+        matmul_forward(out, gelu, &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
+    }
     if let Some(lo) = lora {
         lo.forward(l * LORA_PER_LAYER + MLP_PROJ, &mut la.lora[MLP_PROJ], p, gelu, out, n, train, rng);
     }
     la.drops.fc = Dropout::draw(cfg.resid_pdrop, train, rng);
-    dropout_apply(out, la.drops.fc.as_ref(), 0);
-    add_inplace(out, &la.res2);
+    if output {
+        dropout_apply(out, la.drops.fc.as_ref(), 0);
+        add_inplace(out, &la.res2);
+    }
 }
 
 /// LoRA slots of each block: c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj.
@@ -321,7 +331,7 @@ impl<F: Real> Gpt2<F> {
             let (done, rest) = acts.res.split_at_mut(l);
             let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
             let scratch = (&mut acts.ln[..], &mut acts.gelu[..]);
-            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], scratch, inp, &mut rest[0], batch.mask, shape, scales[l], train, rng);
+            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], scratch, inp, &mut rest[0], batch.mask, shape, scales[l], train, true, rng);
         }
 
         let last = acts.res.last().unwrap_or(&acts.encoded);
@@ -518,12 +528,13 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
             let residual = if l == 0 { &acts.encoded } else { &done[l - 1] };
             let la = &mut acts.layers[k];
             // gradient checkpointing: the block's forward again, with the dropout generator as
-            // it stood then (the last block's activations are still there from the forward);
-            // it rewrites the block's output, whose last reader, block l + 1, is done
+            // it stood then (the last block's activations are still there from the forward),
+            // without its last projection; it leaves garbage in the block's output, whose last
+            // reader, block l + 1, is done
             if acts.checkpointing && l + 1 < cfg.n_layer {
                 let mut rng = SplitMix64::new(acts.rng_at[l]);
                 let scratch = (&mut acts.ln[..], &mut acts.gelu[..]);
-                block_forward(cfg, lp, l, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shape, scales[l], train, &mut rng);
+                block_forward(cfg, lp, l, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shape, scales[l], train, false, &mut rng);
             }
             let la = &*la;
 

@@ -233,9 +233,10 @@ struct Rope<'a, F> {
 
 /// One block's forward: `out` (N, C) = the residual stream after block l, from `inp` (N, C)
 /// before it; `la` gets what the block's backward needs, `ln` (N, C) and `mlp` (N, I) are
-/// scratch. LoRA's dropout masks are drawn
-/// from `rng` in a fixed order, so a second run from the same generator state draws them
-/// again.
+/// scratch. LoRA's dropout masks are drawn from `rng` in a fixed order, so a second run from
+/// the same generator state draws them again. Without `output` (checkpointing's second run,
+/// which wants only `la`) the down projection, which only makes `out`, is skipped; `out` is
+/// then left with garbage.
 #[allow(clippy::too_many_arguments)]
 fn block_forward<F: Real>(
     cfg: &LlamaConfig,
@@ -251,6 +252,7 @@ fn block_forward<F: Real>(
     shape: AttnShape,
     rope: &Rope<'_, F>,
     train: bool,
+    output: bool,
     rng: &mut SplitMix64,
 ) {
     let (n, c, i, hs, eps) = (shape.b * shape.t, cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.rms_norm_eps);
@@ -279,13 +281,20 @@ fn block_forward<F: Real>(
             lo.forward(l * LORA_PER_LAYER + k, &mut la.lora[k], p, ln, &mut la.gu, n, train, rng);
         }
     }
-    swiglu_forward(mlp, &la.gu, i);
     // out = res2 + down_proj(h)
-    linear_forward(out, mlp, &p[lp.down_w.clone()], None, n, i, c);
+    let adapted = lora.is_some_and(|lo| lo.adapts(l * LORA_PER_LAYER + DOWN));
+    if output || adapted {
+        swiglu_forward(mlp, &la.gu, i);
+    }
+    if output {
+        linear_forward(out, mlp, &p[lp.down_w.clone()], None, n, i, c);
+    }
     if let Some(lo) = lora {
         lo.forward(l * LORA_PER_LAYER + DOWN, &mut la.lora[DOWN], p, mlp, out, n, train, rng);
     }
-    add_inplace(out, &la.res2);
+    if output {
+        add_inplace(out, &la.res2);
+    }
 }
 
 /// LoRA slots of each block: q, k, v, o, gate, up, down projections.
@@ -347,7 +356,7 @@ impl<F: Real> Llama<F> {
             let (done, rest) = acts.res.split_at_mut(l);
             let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
             let scratch = (&mut acts.ln[..], &mut acts.mlp[..]);
-            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], scratch, inp, &mut rest[0], batch.mask, shapes[l], &rope, train, rng);
+            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], scratch, inp, &mut rest[0], batch.mask, shapes[l], &rope, train, true, rng);
         }
 
         let last = acts.res.last().unwrap_or(&acts.encoded);
@@ -552,12 +561,13 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             let residual = if l == 0 { &acts.encoded } else { &done[l - 1] };
             let la = &mut acts.layers[k];
             // gradient checkpointing: the block's forward again, with the dropout generator as
-            // it stood then (the last block's activations are still there from the forward);
-            // it rewrites the block's output, whose last reader, block l + 1, is done
+            // it stood then (the last block's activations are still there from the forward),
+            // without its down projection; it leaves garbage in the block's output, whose last
+            // reader, block l + 1, is done
             if acts.checkpointing && l + 1 < cfg.num_hidden_layers {
                 let mut rng = SplitMix64::new(acts.rng_at[l]);
                 let scratch = (&mut acts.ln[..], &mut acts.mlp[..]);
-                block_forward(cfg, lp, l, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shapes[l], &rope, train, &mut rng);
+                block_forward(cfg, lp, l, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shapes[l], &rope, train, false, &mut rng);
             }
             let la = &*la;
 

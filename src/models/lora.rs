@@ -120,6 +120,11 @@ impl Lora {
         Ok(Self { spec, sites })
     }
 
+    /// Whether slot has an adapter.
+    pub fn adapts(&self, slot: usize) -> bool {
+        self.sites[slot].is_some()
+    }
+
     pub fn sites(&self) -> impl Iterator<Item = &LoraSite> {
         self.sites.iter().flatten()
     }
