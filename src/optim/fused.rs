@@ -150,7 +150,8 @@ impl<F: Real> FusedBackward<F> {
     ///
     /// Non-finite gradients: the blocks folded before the first non-finite one keep their
     /// moments' update (it cannot be undone), nothing else is folded, no parameter changes,
-    /// and the error says so.
+    /// and the error says so. A non-finite loss (with finite gradients, as an infinite
+    /// cross-entropy has) is refused the same way, after every block was folded.
     pub fn step(&mut self, model: &mut dyn CausalLm<F>, opt: &mut AdamW<F>, batch: &Batch<'_>, num_items: Option<f64>) -> Result<(LossStats, f64)> {
         model.state_mut().release_grads();
         self.outer.fill(F::zero());
@@ -159,19 +160,21 @@ impl<F: Real> FusedBackward<F> {
         let stats = model.backward_with(batch, num_items, Some(Fused { bufs: self, opt }))?;
         let outer_ss = sum_of_squares(&self.outer);
         let last = self.blocks.len().saturating_sub(1);
-        if let Some(l) = self.nonfinite {
+        // the plain loop refuses a step with a non-finite loss or gradient norm (Trainer); here
+        // the blocks' moments cannot be taken back, so the error says how far the step went
+        let (what, folded) = match self.nonfinite {
+            Some(l) => (format!("the gradients of block {l} are"), format!("blocks {}..={last}, folded before it,", l + 1)),
+            None if !outer_ss.is_finite() => {
+                ("the gradients outside the blocks (embeddings, final norm, heads, adapters) are".into(), "every block".into())
+            }
+            None if !stats.loss_sum.is_finite() => (format!("the loss ({}) is", stats.loss_sum), "every block".into()),
+            None => (String::new(), String::new()),
+        };
+        if !what.is_empty() {
             return Err(Error::NonFinite(format!(
-                "the gradients of block {l} are not finite (NaN or inf): no parameter was updated, but the \
-                 optimizer moments of blocks {}..={last}, folded before it, took this step's gradients",
-                l + 1
+                "{what} not finite (NaN or inf): no parameter was updated, but the optimizer moments of {folded} took \
+                 this step's gradients"
             )));
-        }
-        if !outer_ss.is_finite() {
-            return Err(Error::NonFinite(
-                "the gradients outside the blocks (embeddings, final norm, heads, adapters) are not finite (NaN or \
-                 inf): no parameter was updated, but every block's optimizer moments took this step's gradients"
-                    .into(),
-            ));
         }
         let (lo, hi, total) = (self.lo, self.hi, self.outer.len() + self.hi - self.lo);
         opt.fold_range(0..lo, &self.outer[..lo]);
