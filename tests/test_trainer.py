@@ -286,7 +286,7 @@ def test_checkpoint_contents(tmp_path):
     assert safetensors_metadata(ckpt / "optimizer.safetensors")["step"] == "2"
     reloaded = ferrotune.Model.from_pretrained(str(ckpt))
     assert max_abs_diff(reloaded.state_dict(), trainer.model.state_dict()) == 0.0
-    assert not [p for p in os.listdir(args.output_dir) if p.startswith(".tmp")]
+    assert not [p for p in os.listdir(args.output_dir) if ".tmp-" in p]
 
 
 class InterruptAt(TrainerCallback):
@@ -429,7 +429,7 @@ def test_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypat
     real_save = ferrotune.io.save_safetensors
 
     def failing_save(tensors, path, *a, **kw):
-        if os.path.basename(str(path)) == "optimizer.safetensors" and "-4-" in str(path):
+        if os.path.basename(str(path)) == "optimizer.safetensors" and ".checkpoint-4.tmp-" in str(path):
             raise OSError(28, "No space left on device (simulated)")
         return real_save(tensors, path, *a, **kw)
 
@@ -442,14 +442,15 @@ def test_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypat
     m = ferrotune.Model.from_pretrained(str(out / "checkpoint-2"))
     assert m.num_parameters() > 0
 
-    # a save killed outright (no cleanup) leaves only a hidden temp dir, which is never taken as a checkpoint
-    (out / ".tmp-checkpoint-4-12345").mkdir()
-    (out / ".tmp-checkpoint-4-12345" / "model.safetensors").write_bytes(b"\0" * 10)
+    # a save killed outright (no cleanup) leaves only a hidden temp dir, which is never taken as a
+    # checkpoint (999999999: a process id that no process has)
+    (out / ".checkpoint-4.tmp-999999999-0123abcd").mkdir()
+    (out / ".checkpoint-4.tmp-999999999-0123abcd" / "model.safetensors").write_bytes(b"\0" * 10)
     assert ferrotune.trainer.get_last_checkpoint(str(out)).endswith("checkpoint-2")
     monkeypatch.setattr(ferrotune.io, "save_safetensors", real_save)
     resumed = Trainer(tiny_model(), args, train_dataset=rows)
     assert resumed.train(resume_from_checkpoint=True).global_step == 6
-    assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
+    assert not [p for p in os.listdir(out) if ".tmp-" in p]
 
 
 def test_resume_errors(tmp_path):

@@ -28,11 +28,13 @@ import json
 import math
 import os
 import time
+import typing
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
 from ._core import ConfigError
+from .io import read_checkpoint_json
 
 __all__ = [
     "TrainerState",
@@ -90,13 +92,16 @@ class TrainerState:
 
     @classmethod
     def load_from_json(cls, json_path: Union[str, os.PathLike]) -> "TrainerState":
-        """Read ``trainer_state.json``; keys this version does not know are ignored."""
+        """Read ``trainer_state.json``; keys this version does not know are ignored. A file that
+        is not valid JSON, or a known key of the wrong type, raises
+        :class:`ferrotune.CheckpointError` naming the file (and the key)."""
         json_path = os.fspath(json_path)
         if not os.path.isfile(json_path):
             raise FileNotFoundError(2, f"No such file or directory: {json_path}", json_path)
-        with open(json_path, encoding="utf-8") as f:
-            d = json.load(f)
         names = {f.name for f in dataclasses.fields(cls)}
+        types = {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
+        types.update(log_history=Optional[list], stateful_callbacks=Optional[dict])  # null: empty
+        d = read_checkpoint_json(json_path, types)
         state = cls(**{k: v for k, v in d.items() if k in names})
         if state.stateful_callbacks is None:
             state.stateful_callbacks = {}

@@ -20,6 +20,8 @@ Accepted training/evaluation data (each row a dict):
 - ``{"input_ids": [...], "attention_mask": [...] (optional), "labels": [...] (optional)}``:
   already tokenized; used as is (truncated to ``max_length``).
 
+With a tokenizer, a plain string row ``s`` is read as ``{"text": s}`` (``text_field``).
+
 A dataset may be a list of such dicts, a dict of columns (``{"text": [...]}``), a
 ``datasets.Dataset`` (when that package is installed; it is never required), or any
 object with ``__len__`` and ``__getitem__`` returning dicts.  :func:`load_jsonl` reads a
@@ -87,8 +89,10 @@ def load_jsonl(path: Union[str, os.PathLike], encoding: str = "utf-8") -> List[D
     return rows
 
 
-def as_examples(dataset: Any) -> List[Dict[str, Any]]:
-    """Turn a dataset (list of dicts, dict of columns, ``datasets.Dataset``, indexable) into a list of dicts."""
+def as_examples(dataset: Any, text_field: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Turn a dataset (list of dicts, dict of columns, ``datasets.Dataset``, indexable) into a
+    list of dicts. With ``text_field``, a plain string row ``s`` becomes ``{text_field: s}``;
+    otherwise a row that is not a dict raises DataError naming the accepted keys."""
     if dataset is None:
         raise DataError("no dataset was given")
     if isinstance(dataset, Mapping):
@@ -106,10 +110,18 @@ def as_examples(dataset: Any) -> List[Dict[str, Any]]:
         rows = list(dataset)
     else:
         raise DataError(f"cannot read examples from a {type(dataset).__name__}")
+    examples = []
     for i, row in enumerate(rows):
+        if isinstance(row, str) and text_field is not None:
+            row = {text_field: row}
         if not isinstance(row, Mapping):
-            raise DataError(f"example {i} is a {type(row).__name__}, expected a dict")
-    return [dict(r) for r in rows]
+            raise DataError(
+                f"example {i} is a {type(row).__name__}, expected a dict with 'text', 'prompt' + 'completion', "
+                "'messages' or 'input_ids' (plain strings are read as 'text' when a tokenizer "
+                "(processing_class) is given)"
+            )
+        examples.append(dict(row))
+    return examples
 
 
 def _encode(tokenizer: Any, text: str, add_special_tokens: bool = True) -> List[int]:
@@ -283,7 +295,7 @@ def prepare_dataset(
     label_key: str = "labels",
 ) -> List[Feature]:
     """Tokenize every example of ``dataset`` (see the module docs), optionally packing them."""
-    rows = as_examples(dataset)
+    rows = as_examples(dataset, text_field if tokenizer is not None else None)
     feats = [
         tokenize_example(
             r, tokenizer, max_length, text_field=text_field, add_eos_token=add_eos_token, label_key=label_key, index=i
@@ -412,7 +424,7 @@ def prepare_classification_dataset(
     tokenized with ``tokenizer``, truncated to ``max_length``) and one class per example in
     ``label`` or ``labels`` (an int; -100 to ignore)."""
     feats: List[Feature] = []
-    for i, r in enumerate(as_examples(dataset)):
+    for i, r in enumerate(as_examples(dataset, text_field if tokenizer is not None else None)):
         label = r.get("labels", r.get("label"))
         if label is None or isinstance(label, (list, tuple)) or not float(label).is_integer():
             raise DataError(f"example {i}: a classification example needs an integer 'label' (got {label!r})")

@@ -482,9 +482,14 @@ class Model:
 
     def save_pretrained(self, save_directory: PathLike) -> None:
         """Writes ``config.json``, ``model.safetensors`` and ``generation_config.json`` that
-        transformers loads."""
-        self._core.save_pretrained(os.fspath(save_directory))
-        self.generation_config.save_pretrained(save_directory)
+        transformers loads, all at once: the directory holds either its previous files or
+        all the new ones, never a mix, even when the process is killed or a write fails
+        (see :func:`ferrotune.io.atomic_directory`; other files in it are kept)."""
+        from .io import atomic_directory
+
+        with atomic_directory(save_directory) as out:
+            self._core.save_pretrained(out)
+            self.generation_config.save_pretrained(out)
 
     #: The weights file ``save_pretrained`` writes (checkpoints resume from it).
     weights_name = "model.safetensors"

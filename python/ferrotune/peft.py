@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from ._core import ConfigError, InputError
-from .io import load_safetensors, save_safetensors
+from .io import atomic_directory, load_safetensors, save_safetensors
 from .modeling import Model, PathLike
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -164,18 +164,15 @@ class PeftModel(Model):
     def save_pretrained(self, save_directory: PathLike, save_embedding_layers: Union[bool, str] = "auto") -> None:
         """Writes adapter_config.json + adapter_model.safetensors (PEFT's format): the adapters,
         ``modules_to_save`` and, like PEFT, the embedding layers when ``save_embedding_layers``
-        is True or (``"auto"``) the vocabulary was resized."""
-        out = os.fspath(save_directory)
-        os.makedirs(out, exist_ok=True)
+        is True or (``"auto"``) the vocabulary was resized. The files are written all at once
+        (see :func:`ferrotune.io.atomic_directory`; other files in the directory are kept)."""
         tensors = {**self._embedding_layers(save_embedding_layers), **self.adapter_state_dict()}
-        save_safetensors(tensors, os.path.join(out, ADAPTER_WEIGHTS_NAME), {"format": "pt"})
-        text = json.dumps(self.peft_config.to_dict(), indent=2, sort_keys=True) + "\n"
-        tmp = os.path.join(out, f".{ADAPTER_CONFIG_NAME}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(out, ADAPTER_CONFIG_NAME))
-        if self.generation_config is not None:
-            self.generation_config.save_pretrained(out)
+        with atomic_directory(save_directory) as out:
+            save_safetensors(tensors, os.path.join(out, ADAPTER_WEIGHTS_NAME), {"format": "pt"})
+            with open(os.path.join(out, ADAPTER_CONFIG_NAME), "w", encoding="utf-8") as f:
+                f.write(json.dumps(self.peft_config.to_dict(), indent=2, sort_keys=True) + "\n")
+            if self.generation_config is not None:
+                self.generation_config.save_pretrained(out)
 
     weights_name = ADAPTER_WEIGHTS_NAME
 

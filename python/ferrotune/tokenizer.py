@@ -28,6 +28,7 @@ import numpy as np
 
 from . import _core
 from ._core import DataError, InputError
+from .io import atomic_directory
 
 #: transformers' ``model_max_length`` for "no limit".
 VERY_LARGE_INTEGER = int(1e30)
@@ -787,30 +788,31 @@ class Tokenizer:
 
     def save_pretrained(self, save_directory: PathLike) -> tuple[str, ...]:
         """Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json
-        (and vocab.json + merges.txt for BPE) into ``save_directory``, each
-        written to a temporary name and renamed; returns the paths.
+        (and vocab.json + merges.txt for BPE) into ``save_directory``, all at once (see
+        :func:`ferrotune.io.atomic_directory`; other files in it are kept); returns the paths.
 
         A chat template is written as transformers 5 writes it: to ``chat_template.jinja``
         (other named templates to ``additional_chat_templates/<name>.jinja``), never as a
         tokenizer_config.json key."""
-        directory = os.fspath(save_directory)
-        written = list(self._core.save_pretrained(directory))
-        template = self.chat_template
-        _drop_config_template(os.path.join(directory, _TOKENIZER_CONFIG_FILE))
-        if isinstance(template, str):
-            written.append(_write_text(os.path.join(directory, "chat_template.jinja"), template))
-        elif isinstance(template, dict):
-            for name, text in template.items():
-                if name == "default":
-                    written.append(_write_text(os.path.join(directory, "chat_template.jinja"), text))
-                    continue
-                folder = os.path.join(directory, "additional_chat_templates")
-                target = os.path.join(folder, f"{name}.jinja")
-                if os.path.dirname(os.path.abspath(target)) != os.path.abspath(folder):
-                    raise InputError(f"invalid chat template name {name!r}")
-                os.makedirs(folder, exist_ok=True)
-                written.append(_write_text(target, text))
-        return tuple(written)
+        with atomic_directory(save_directory) as directory:
+            written = list(self._core.save_pretrained(directory))
+            template = self.chat_template
+            _drop_config_template(os.path.join(directory, _TOKENIZER_CONFIG_FILE))
+            if isinstance(template, str):
+                written.append(_write_text(os.path.join(directory, "chat_template.jinja"), template))
+            elif isinstance(template, dict):
+                for name, text in template.items():
+                    if name == "default":
+                        written.append(_write_text(os.path.join(directory, "chat_template.jinja"), text))
+                        continue
+                    folder = os.path.join(directory, "additional_chat_templates")
+                    target = os.path.join(folder, f"{name}.jinja")
+                    if os.path.dirname(os.path.abspath(target)) != os.path.abspath(folder):
+                        raise InputError(f"invalid chat template name {name!r}")
+                    os.makedirs(folder, exist_ok=True)
+                    written.append(_write_text(target, text))
+        saved = os.fspath(save_directory)
+        return tuple(os.path.join(saved, os.path.relpath(p, directory)) for p in written)
 
     def to_str(self, pretty: bool = False) -> str:
         """The tokenizer.json text."""

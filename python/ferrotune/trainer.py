@@ -37,7 +37,10 @@ Safety:
   resume_from_checkpoint=True)`` then continues exactly where the uninterrupted run would
   have been: same data order, learning rates, dropout masks, losses and final weights.
 * Checkpoints are written into a temporary directory inside ``output_dir`` and renamed into
-  place, so a crash or kill during a save never leaves a half-written ``checkpoint-*``.
+  place, so a crash or kill during a save never leaves a half-written ``checkpoint-*``;
+  ``save_total_limit`` renames an old checkpoint away before deleting it, so a kill never
+  leaves a half-deleted one. Resuming only ever picks a complete ``checkpoint-*``; damaged
+  JSON files in it raise :class:`ferrotune.CheckpointError` naming the file and key.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -68,6 +70,7 @@ from .callbacks import (
     TrainerControl,
     TrainerState,
 )
+from .io import atomic_directory, read_checkpoint_json, remove_directory, remove_stale_temporaries
 from .data import (
     IGNORE_INDEX,
     DataCollatorForLanguageModeling,
@@ -93,7 +96,6 @@ __all__ = [
 
 PREFIX_CHECKPOINT_DIR = "checkpoint"
 _re_checkpoint = re.compile(r"^" + PREFIX_CHECKPOINT_DIR + r"-(\d+)$")
-_TMP_PREFIX = ".tmp-checkpoint-"
 
 TRAINER_STATE_NAME = "trainer_state.json"
 TRAINING_ARGS_NAME = "training_args.json"
@@ -101,6 +103,16 @@ OPTIMIZER_NAME = "optimizer.safetensors"
 SCHEDULER_NAME = "scheduler.json"
 RNG_STATE_NAME = "rng_state.json"
 LOOP_STATE_NAME = "loop_state.json"
+
+# the types of the keys read back from rng_state.json and loop_state.json on resume
+_RNG_STATE_TYPES = {"model_rng_state": Optional[int], "data_seed": Optional[int]}
+_LOOP_STATE_TYPES = {
+    "tr_loss_sum": float,
+    "globalstep_last_logged": int,
+    "last_grad_norm": Optional[float],
+    "last_learning_rate": Optional[float],
+    "post": Optional[Dict[str, Any]],
+}
 
 
 class TrainOutput(NamedTuple):
@@ -249,19 +261,6 @@ def _perplexity(loss: float) -> float:
     if math.isnan(loss):
         return float("nan")
     return math.exp(loss) if loss < 709.0 else float("inf")
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -422,15 +421,26 @@ class Trainer:
             cfg_pad = getattr(getattr(self.model, "config", None), "pad_token_id", None)
             tok_pad = getattr(self.processing_class, "pad_token_id", None)
             return DataCollatorWithPadding(self.processing_class, pad_token_id=cfg_pad if cfg_pad is not None else tok_pad)
-        pad_id = None
-        if self.processing_class is None:
-            cfg = getattr(self.model, "config", None)
-            pad_id = getattr(cfg, "pad_token_id", None) or getattr(cfg, "eos_token_id", None)
-            if isinstance(pad_id, (list, tuple)):
-                pad_id = pad_id[0] if pad_id else None
+        pad_id = None if self.processing_class is not None else self._config_pad_id()
         return DataCollatorForLanguageModeling(
             self.processing_class, pad_token_id=pad_id, max_length=None, padding_side="right"
         )
+
+    def _config_pad_id(self) -> Optional[int]:
+        """The id to pad with when there is no tokenizer: the config's pad (else first eos) id,
+        or None (the collator then pads with 0) when that id is not in the vocabulary. Padding
+        has attention_mask 0 and label -100, so its id never changes the loss; it only must be
+        a token the model has."""
+        cfg = getattr(self.model, "config", None)
+        pad_id = getattr(cfg, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = getattr(cfg, "eos_token_id", None)
+        if isinstance(pad_id, (list, tuple)):
+            pad_id = pad_id[0] if pad_id else None
+        vocab_size = getattr(cfg, "vocab_size", None)
+        if isinstance(pad_id, int) and isinstance(vocab_size, int) and not 0 <= pad_id < vocab_size:
+            return None
+        return pad_id
 
     def _features(self, dataset: Any) -> List[Dict[str, List[int]]]:
         """Tokenized examples of ``dataset`` (cached per dataset object)."""
@@ -1107,39 +1117,33 @@ class Trainer:
     # ------------------------------------------------------------------ saving
 
     def save_model(self, output_dir: Optional[Union[str, os.PathLike]] = None) -> None:
-        """Save the model (``config.json`` + ``model.safetensors``), the tokenizer and ``training_args.json``."""
+        """Save the model (``config.json`` + ``model.safetensors``), the tokenizer and
+        ``training_args.json``, all at once (see :func:`ferrotune.io.atomic_directory`: the
+        directory holds its previous files or all the new ones; other files in it are kept)."""
         out = os.fspath(output_dir) if output_dir is not None else self.args.output_dir
-        os.makedirs(out, exist_ok=True)
-        self.model.save_pretrained(out)
-        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
-            self.processing_class.save_pretrained(out)
-        with open(os.path.join(out, TRAINING_ARGS_NAME), "w", encoding="utf-8") as f:
-            f.write(self.args.to_json_string())
+        with atomic_directory(out) as tmp:
+            self.model.save_pretrained(tmp)
+            if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
+                self.processing_class.save_pretrained(tmp)
+            with open(os.path.join(tmp, TRAINING_ARGS_NAME), "w", encoding="utf-8") as f:
+                f.write(self.args.to_json_string())
 
     def _remove_stale_tmp_dirs(self) -> None:
-        out = self.args.output_dir
-        if not os.path.isdir(out):
-            return
-        for name in os.listdir(out):
-            if name.startswith(_TMP_PREFIX):
-                shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+        """Removes what killed saves and rotations left in ``output_dir`` (hidden temporaries)."""
+        remove_stale_temporaries(self.args.output_dir)
 
     def _save_checkpoint(self, interrupt: bool = False) -> str:
-        """Write ``output_dir/checkpoint-<step>`` atomically (temp dir + rename), then rotate."""
+        """Write ``output_dir/checkpoint-<step>`` atomically (it replaces a checkpoint of the
+        same step wholesale), then rotate."""
         args, state = self.args, self.state
         run_dir = args.output_dir
-        os.makedirs(run_dir, exist_ok=True)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        final = os.path.join(run_dir, name)
-        tmp = os.path.join(run_dir, f"{_TMP_PREFIX}{state.global_step}-{os.getpid()}")
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
         if state.best_global_step:
             best_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
             if state.best_global_step == state.global_step or os.path.exists(best_dir):
                 state.best_model_checkpoint = best_dir
-        try:
+        with atomic_directory(final, keep_other_files=False) as tmp:
             self.save_model(tmp)
             if not args.save_only_model:
                 self._save_optimizer(tmp)
@@ -1148,18 +1152,6 @@ class Trainer:
                 _write_json(os.path.join(tmp, LOOP_STATE_NAME), self._loop_state(interrupt))
             self._store_callback_states()
             state.save_to_json(os.path.join(tmp, TRAINER_STATE_NAME))
-            _fsync_dir(tmp)
-            if os.path.exists(final):
-                trash = os.path.join(run_dir, f"{_TMP_PREFIX}old-{state.global_step}-{os.getpid()}")
-                os.replace(final, trash)
-                os.replace(tmp, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync_dir(run_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self._last_saved_step = state.global_step
         self._rotate_checkpoints(run_dir)
         return final
@@ -1229,7 +1221,8 @@ class Trainer:
         return max(nb // ga + int(nb % ga > 0), 1)
 
     def _rotate_checkpoints(self, run_dir: str) -> None:
-        """Keep the ``save_total_limit`` most recent checkpoints, plus the best one."""
+        """Keep the ``save_total_limit`` most recent checkpoints, plus the best one. Each one
+        deleted is renamed away first, so no ``checkpoint-*`` is ever seen half-deleted."""
         limit = self.args.save_total_limit
         if limit is None or limit <= 0:
             return
@@ -1240,7 +1233,7 @@ class Trainer:
         for c in ckpts:
             if c in keep or (best_path is not None and os.path.abspath(c) == best_path):
                 continue
-            shutil.rmtree(c, ignore_errors=True)
+            remove_directory(c)
 
     # ------------------------------------------------------------------ loading
 
@@ -1294,8 +1287,7 @@ class Trainer:
 
         rng_path = os.path.join(ckpt, RNG_STATE_NAME)
         if os.path.isfile(rng_path):
-            with open(rng_path, encoding="utf-8") as f:
-                rng = json.load(f)
+            rng = read_checkpoint_json(rng_path, _RNG_STATE_TYPES)
             if rng.get("model_rng_state") is not None and hasattr(self.model, "set_rng_state"):
                 self.model.set_rng_state(int(rng["model_rng_state"]))
             if rng.get("data_seed") is not None and int(rng["data_seed"]) != self._data_seed():
@@ -1309,8 +1301,7 @@ class Trainer:
         loop: Dict[str, Any] = {}
         loop_path = os.path.join(ckpt, LOOP_STATE_NAME)
         if os.path.isfile(loop_path):
-            with open(loop_path, encoding="utf-8") as f:
-                loop = json.load(f)
+            loop = read_checkpoint_json(loop_path, _LOOP_STATE_TYPES)
             self._tr_loss_sum = float(loop.get("tr_loss_sum", 0.0))
             self._globalstep_last_logged = int(loop.get("globalstep_last_logged", self.state.global_step))
             self._last_grad_norm = loop.get("last_grad_norm")
@@ -1336,11 +1327,7 @@ class Trainer:
         path = os.path.join(ckpt, TRAINING_ARGS_NAME)
         if not os.path.isfile(path):
             return
-        try:
-            with open(path, encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            return
+        old = read_checkpoint_json(path, {})
         keys = (
             "per_device_train_batch_size",
             "gradient_accumulation_steps",
