@@ -27,6 +27,24 @@ fn default_token() -> Option<i64> {
     Some(50256)
 }
 
+/// The largest width, vocabulary, context or head count a config may ask for: far above any
+/// released model (Llama 4's 10M-token context included), low enough that a typo or a
+/// hostile file is refused before anything is sized from it.
+pub const MAX_DIM: u64 = 1 << 24;
+/// The most layers a config may ask for.
+pub const MAX_LAYERS: u64 = 1 << 12;
+
+/// Ok when `value` is a size in 1..=limit; otherwise a message that names `key`.
+pub fn check_size(key: &str, value: u64, limit: u64) -> std::result::Result<(), String> {
+    if value == 0 {
+        return Err(format!("{key} must be a positive integer, got 0"));
+    }
+    if value > limit {
+        return Err(format!("{key} = {value} is larger than any model ferrotune can hold (at most {limit})"));
+    }
+    Ok(())
+}
+
 /// transformers' `GPT2Config`. The sizes have no default: a config without them is an error.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Gpt2Config {
@@ -86,8 +104,16 @@ impl Gpt2Config {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.vocab_size == 0 || self.n_positions == 0 || self.n_embd == 0 || self.n_layer == 0 || self.n_head == 0 {
-            return bad("vocab_size, n_positions, n_embd, n_layer and n_head must all be positive".into());
+        let sizes = [
+            ("vocab_size", self.vocab_size, MAX_DIM),
+            ("n_positions", self.n_positions, MAX_DIM),
+            ("n_embd", self.n_embd, MAX_DIM),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+            ("n_head", self.n_head, MAX_DIM),
+            ("n_inner", self.n_inner.unwrap_or(1), MAX_DIM),
+        ];
+        for (key, value, limit) in sizes {
+            check_size(key, value as u64, limit).map_err(|m| Error::Config(format!("gpt2 config: {m}")))?;
         }
         if self.n_embd % self.n_head != 0 {
             return bad(format!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head));
@@ -180,12 +206,22 @@ fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.get(key).filter(|x| !x.is_null())
 }
 
+/// A required size, in 1..=MAX_DIM (1..=MAX_LAYERS for num_hidden_layers).
 fn req_usize(v: &Value, key: &str, arch: &str) -> Result<usize> {
     let x = get(v, key).ok_or_else(|| Error::Config(format!("{arch} config is missing the key {key:?}")))?;
-    x.as_u64()
-        .filter(|&n| n > 0)
-        .map(|n| n as usize)
-        .ok_or_else(|| Error::Config(format!("{arch} config: {key:?} must be a positive integer, got {x}")))
+    let n = x.as_u64().ok_or_else(|| Error::Config(format!("{arch} config: {key} must be a positive integer, got {x}")))?;
+    let limit = if key == "num_hidden_layers" { MAX_LAYERS } else { MAX_DIM };
+    check_size(key, n, limit).map_err(|m| Error::Config(format!("{arch} config: {m}")))?;
+    Ok(n as usize)
+}
+
+/// A rope parameter that must be a finite number > 0 (0 makes inv_freq infinite, and every
+/// rotated query and key NaN).
+fn positive(value: f64, key: &str) -> Result<f64> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(Error::Config(format!("{key} must be a finite number > 0, got {value}")));
+    }
+    Ok(value)
 }
 
 fn opt_f64(v: &Value, key: &str) -> Option<f64> {
@@ -223,6 +259,7 @@ impl LlamaConfig {
             .and_then(|r| opt_f64(r, "rope_theta"))
             .or_else(|| opt_f64(&v, "rope_theta"))
             .unwrap_or(10000.0);
+        positive(rope_theta, "rope_theta")?;
         let rope_type = rope
             .and_then(|r| get(r, "rope_type").or_else(|| get(r, "type")))
             .and_then(Value::as_str)
@@ -230,13 +267,18 @@ impl LlamaConfig {
         let factor = || {
             rope.and_then(|r| opt_f64(r, "factor"))
                 .ok_or_else(|| Error::Config(format!("rope type {rope_type:?} needs a \"factor\"")))
+                .and_then(|f| positive(f, "rope scaling factor"))
         };
         let rope_scaling = match rope_type {
             "default" => RopeScaling::Default,
             "linear" => RopeScaling::Linear { factor: factor()? },
             "llama3" => {
                 let r = rope.expect("a rope type comes from a rope dict");
-                let need = |k: &str| opt_f64(r, k).ok_or_else(|| Error::Config(format!("llama3 rope scaling needs {k:?}")));
+                let need = |k: &str| {
+                    opt_f64(r, k)
+                        .ok_or_else(|| Error::Config(format!("llama3 rope scaling needs {k:?}")))
+                        .and_then(|x| positive(x, k))
+                };
                 RopeScaling::Llama3 {
                     factor: factor()?,
                     low_freq_factor: need("low_freq_factor")?,
@@ -247,7 +289,12 @@ impl LlamaConfig {
             other => return Err(Error::Config(format!("rope type {other:?} is not supported (supported: default, linear, llama3)"))),
         };
         let attention_bias = get(&v, "attention_bias").and_then(Value::as_bool).unwrap_or(false);
-        let window = get(&v, "sliding_window").and_then(Value::as_u64).map(|w| w as usize);
+        let window = match get(&v, "sliding_window") {
+            None => None,
+            Some(w) => Some(w.as_u64().filter(|&w| w > 0).map(|w| w as usize).ok_or_else(|| {
+                Error::Config(format!("{a} config: sliding_window must be a positive integer or null, got {w}"))
+            })?),
+        };
         let layer_windows = match get(&v, "layer_types").and_then(Value::as_array) {
             Some(types) => {
                 if types.len() != layers {
@@ -328,5 +375,48 @@ impl LlamaConfig {
         };
         v.as_object_mut().expect("config is an object").entry("architectures").or_insert_with(|| serde_json::json!([arch]));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn gpt2(key: &str, value: Value) -> Result<Gpt2Config> {
+        let mut v = json!({"model_type": "gpt2", "vocab_size": 10, "n_positions": 8, "n_embd": 4, "n_layer": 1, "n_head": 2});
+        v[key] = value;
+        Gpt2Config::from_value(v)
+    }
+
+    fn llama(key: &str, value: Value) -> Result<LlamaConfig> {
+        let mut v = json!({"model_type": "llama", "vocab_size": 10, "hidden_size": 4, "intermediate_size": 8,
+                           "num_hidden_layers": 1, "num_attention_heads": 2});
+        v[key] = value;
+        LlamaConfig::from_value(v)
+    }
+
+    #[test]
+    fn sizes_are_bounded_and_named() {
+        for (key, value) in [("vocab_size", json!(1e12 as u64)), ("n_layer", json!(1_000_000_000)), ("n_positions", json!(1e15 as u64)), ("n_inner", json!(1u64 << 62))] {
+            let e = gpt2(key, value).unwrap_err().to_string();
+            assert!(e.contains(&format!("{key} = ")) && e.contains("larger than any model"), "{e}");
+        }
+        assert!(gpt2("n_head", json!(0)).unwrap_err().to_string().contains("n_head must be a positive integer"));
+        for key in ["intermediate_size", "num_hidden_layers", "vocab_size", "head_dim"] {
+            let e = llama(key, json!(1u64 << 40)).unwrap_err().to_string();
+            assert!(e.contains(&format!("{key} = 1099511627776")), "{e}");
+        }
+        assert!(gpt2("n_layer", json!(4096)).is_ok());
+    }
+
+    #[test]
+    fn rope_parameters_must_be_positive() {
+        let e = llama("rope_theta", json!(0.0)).unwrap_err().to_string();
+        assert!(e.contains("rope_theta must be a finite number > 0, got 0"), "{e}");
+        let e = llama("rope_scaling", json!({"rope_type": "linear", "factor": 0.0})).unwrap_err().to_string();
+        assert!(e.contains("rope scaling factor must be"), "{e}");
+        let e = llama("sliding_window", json!(0)).unwrap_err().to_string();
+        assert!(e.contains("sliding_window must be a positive integer"), "{e}");
     }
 }

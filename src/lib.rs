@@ -1,6 +1,7 @@
 //! ferrotune: fine-tune Hugging Face causal language models on CPU, with forward and
 //! backward passes we own. The `python` feature adds the pyo3 bindings (`ferrotune._core`).
 
+pub mod alloc;
 pub mod config;
 pub mod error;
 pub mod generate;

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use half::f16;
 use serde_json::{json, Value};
 
+use crate::config::{check_size, MAX_DIM, MAX_LAYERS};
 use crate::error::{Error, Result};
 
 pub use super::gguf_tokenizer::{tokenizer_from_gguf, GgufTokenizer};
@@ -279,7 +280,15 @@ impl std::fmt::Debug for GgufFile {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Bytes the parsed metadata may still take in memory (each value costs its enum slot,
+    /// plus its text for a string), so that a small file cannot ask for gigabytes.
+    budget: usize,
 }
+
+/// Metadata may take in memory this much, plus METADATA_PER_FILE_BYTE per byte of the file:
+/// a tokenizer's arrays (the largest metadata real files hold) take 3-4x their bytes on disk.
+const METADATA_BASE: usize = 64 << 20;
+const METADATA_PER_FILE_BYTE: usize = 8;
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
@@ -308,8 +317,21 @@ impl<'a> Cursor<'a> {
         }
         Ok(n as usize)
     }
+    /// Takes `bytes` from the memory budget of the parsed metadata.
+    fn charge(&mut self, what: &str, bytes: usize) -> std::result::Result<(), String> {
+        self.budget = self.budget.checked_sub(bytes).ok_or_else(|| {
+            format!(
+                "{what} at offset {} would take {} in memory, more than a file of {} may ask for",
+                self.pos,
+                crate::alloc::human_bytes(bytes as u128),
+                crate::alloc::human_bytes(self.buf.len() as u128)
+            )
+        })?;
+        Ok(())
+    }
     fn string(&mut self) -> std::result::Result<String, String> {
         let n = self.len("string length", 1)?;
+        self.charge("a string", n)?;
         let b = self.take(n)?;
         // llama.cpp writes UTF-8; a stray invalid byte should not make the file unreadable.
         Ok(String::from_utf8_lossy(b).into_owned())
@@ -337,6 +359,7 @@ impl<'a> Cursor<'a> {
                 }
                 let item = self.u32()?;
                 let n = self.len("array length", 1)?;
+                self.charge(&format!("an array of {n} items"), n.saturating_mul(std::mem::size_of::<GgufValue>()))?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     v.push(self.value(item, depth + 1)?);
@@ -369,7 +392,8 @@ impl GgufFile {
 
     fn parse(path: PathBuf, bytes: Bytes) -> Result<Self> {
         let err = |msg: String| Error::checkpoint(&path, format!("not a valid GGUF file: {msg}"));
-        let mut c = Cursor { buf: &bytes, pos: 0 };
+        let budget = METADATA_BASE.saturating_add(bytes.len().saturating_mul(METADATA_PER_FILE_BYTE));
+        let mut c = Cursor { buf: &bytes, pos: 0, budget };
         let magic = c.take(4).map_err(|_| err("shorter than the 4-byte magic".into()))?;
         if magic != GGUF_MAGIC {
             return Err(err(format!("bad magic {magic:02x?} (expected \"GGUF\")")));
@@ -404,6 +428,11 @@ impl GgufFile {
             for _ in 0..n_dims {
                 dims.push(c.u64().map_err(err)?);
             }
+            // values must be countable and, as f32, addressable (numel() and nbytes() rely on it)
+            let numel = dims.iter().try_fold(1u64, |p, &d| p.checked_mul(d)).filter(|&n| n <= isize::MAX as u64 / 4);
+            if numel.is_none() {
+                return Err(err(format!("tensor {name:?} has dims {dims:?}: more values than any memory can hold")));
+            }
             let ggml_type = GgmlType(c.u32().map_err(err)?);
             let offset = c.u64().map_err(err)?;
             tensors.push(GgufTensorInfo { name, dims, ggml_type, offset });
@@ -422,13 +451,11 @@ impl GgufFile {
                 return Err(err(format!("tensor {:?} offset {} is not a multiple of the alignment {alignment}", t.name, t.offset)));
             }
             if let Some(nb) = t.nbytes() {
-                let end = data_offset + t.offset + nb as u64;
-                if end > file_len {
+                let end = data_offset.checked_add(t.offset).and_then(|start| start.checked_add(nb as u64));
+                if end.is_none_or(|end| end > file_len) {
                     return Err(err(format!(
-                        "tensor {:?} ({} bytes at {}) runs past the end of the file ({file_len} bytes)",
-                        t.name,
-                        nb,
-                        data_offset + t.offset
+                        "tensor {:?} ({} bytes at data offset {}) runs past the end of the file ({file_len} bytes)",
+                        t.name, nb, t.offset
                     )));
                 }
             }
@@ -485,7 +512,8 @@ impl GgufFile {
     /// Dequantises a tensor to f32 in row-major order of `info.shape()`.
     pub fn dequantize(&self, info: &GgufTensorInfo) -> Result<Vec<f32>> {
         let bytes = self.tensor_bytes(info)?;
-        let mut out = vec![0f32; info.numel()];
+        let mut out = crate::alloc::try_filled(info.numel(), 0f32)
+            .map_err(|why| Error::checkpoint(&self.path, format!("tensor {:?} {why}", info.name)))?;
         dequantize_into(info.ggml_type, bytes, &mut out).map_err(|m| Error::checkpoint(&self.path, format!("tensor {:?}: {m}", info.name)))?;
         Ok(out)
     }
@@ -717,16 +745,22 @@ fn arch_of(file: &GgufFile) -> Result<String> {
 pub fn hf_config(file: &GgufFile) -> Result<Value> {
     let arch = arch_of(file)?;
     let key = |k: &str| format!("{arch}.{k}");
-    let req_u = |k: &str| -> Result<u64> {
-        file.get(&key(k))
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| Error::checkpoint(&file.path, format!("GGUF metadata {:?} is missing or not an integer", key(k))))
+    // a size, in 1..=limit: the model is sized from these before any tensor is read
+    let size = |k: &str, v: Option<&GgufValue>, limit: u64| -> Result<Option<u64>> {
+        let Some(v) = v else { return Ok(None) };
+        let n = v.as_u64().ok_or_else(|| Error::checkpoint(&file.path, format!("GGUF metadata {:?} is not an integer", key(k))))?;
+        check_size(&key(k), n, limit).map_err(|m| Error::checkpoint(&file.path, format!("GGUF metadata {m}")))?;
+        Ok(Some(n))
+    };
+    let opt_u = |k: &str| size(k, file.get(&key(k)), if k == "block_count" { MAX_LAYERS } else { MAX_DIM });
+    let req_u = |k: &str| {
+        opt_u(k)?.ok_or_else(|| Error::checkpoint(&file.path, format!("GGUF metadata {:?} is missing", key(k))))
     };
     let hidden = req_u("embedding_length")?;
     let n_heads = req_u("attention.head_count")?;
-    let n_kv = file.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(n_heads);
+    let n_kv = opt_u("attention.head_count_kv")?.unwrap_or(n_heads);
     let has = |n: &str| file.tensors.iter().any(|t| t.name == n);
-    let vocab = match file.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
+    let vocab = match opt_u("vocab_size")? {
         Some(v) => v,
         None => match file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(t) => t.len() as u64,
@@ -755,9 +789,9 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
     c.insert("num_hidden_layers".into(), json!(req_u("block_count")?));
     c.insert("num_attention_heads".into(), json!(n_heads));
     c.insert("num_key_value_heads".into(), json!(n_kv));
-    let head_dim = match file.get(&key("attention.key_length")).and_then(|v| v.as_u64()) {
+    let head_dim = match opt_u("attention.key_length")? {
         Some(k) => k,
-        None if arch == "llama" => file.get(&key("rope.dimension_count")).and_then(|v| v.as_u64()).unwrap_or(hidden / n_heads),
+        None if arch == "llama" => opt_u("rope.dimension_count")?.unwrap_or(hidden / n_heads),
         None => hidden / n_heads,
     };
     c.insert("head_dim".into(), json!(head_dim));
@@ -783,7 +817,7 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
         }
     }
     c.insert("rope_parameters".into(), Value::Object(rope));
-    if let Some(n) = file.get(&key("context_length")).and_then(|v| v.as_u64()) {
+    if let Some(n) = opt_u("context_length")? {
         c.insert("max_position_embeddings".into(), json!(n));
     }
     c.insert("tie_word_embeddings".into(), json!(!has("output.weight")));
@@ -1024,6 +1058,51 @@ mod tests {
         b.extend(1000u64.to_le_bytes());
         let e = GgufFile::from_bytes("x.gguf", b).unwrap_err().to_string();
         assert!(e.contains("past the end"), "{e}");
+    }
+
+    #[test]
+    fn hostile_sizes_are_refused_before_allocation() {
+        // a tensor offset that wraps around to the start of the file
+        let mut w = Writer::new();
+        w.tensor("w", &[4], 0, &[0u8; 16]);
+        let at = 24 + w.kv.len() + w.ti.len() - 8;
+        let mut b = w.finish();
+        let data_offset = GgufFile::from_bytes("ok.gguf", b.clone()).unwrap().data_offset;
+        b[at..at + 8].copy_from_slice(&0u64.wrapping_sub(data_offset).to_le_bytes());
+        let e = GgufFile::from_bytes("wrap.gguf", b).unwrap_err().to_string();
+        assert!(e.contains("\"w\"") && e.contains("past the end"), "{e}");
+        // dims whose product overflows
+        let mut w = Writer::new();
+        w.tensor("big", &[1 << 40, 1 << 40], 0, &[]);
+        let e = GgufFile::from_bytes("dims.gguf", w.finish()).unwrap_err().to_string();
+        assert!(e.contains("\"big\"") && e.contains("more values"), "{e}");
+        // a byte array costs 32x its size in parsed values: refused by the metadata budget
+        let n = 12 << 20;
+        let mut arr = 0u32.to_le_bytes().to_vec();
+        arr.extend((n as u64).to_le_bytes());
+        arr.resize(arr.len() + n, 7);
+        let mut w = Writer::new();
+        w.kv("huge", 9, &arr);
+        let e = GgufFile::from_bytes("arr.gguf", w.finish()).unwrap_err().to_string();
+        assert!(e.contains("\"huge\"") && e.contains("more than a file of"), "{e}");
+    }
+
+    #[test]
+    fn model_sizes_are_checked_with_their_gguf_key() {
+        let config_error = |key: &str, value: u32| {
+            let mut w = Writer::new();
+            w.kv_str("general.architecture", "llama");
+            for (k, v) in [("embedding_length", 64), ("attention.head_count", 4), ("feed_forward_length", 128), ("block_count", 2), ("vocab_size", 100)] {
+                w.kv_u32(&format!("llama.{k}"), if k == key { value } else { v });
+            }
+            hf_config(&GgufFile::from_bytes("m.gguf", w.finish()).unwrap()).map(|_| ()).unwrap_err().to_string()
+        };
+        let e = config_error("attention.head_count", 0);
+        assert!(e.contains("llama.attention.head_count must be a positive integer"), "{e}");
+        let e = config_error("block_count", 1 << 30);
+        assert!(e.contains("llama.block_count = 1073741824 is larger than"), "{e}");
+        let e = config_error("embedding_length", u32::MAX);
+        assert!(e.contains("llama.embedding_length"), "{e}");
     }
 
     #[test]

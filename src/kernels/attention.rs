@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::cpu::simd;
 use super::matmul::{gemm_serial, View};
 use super::dropout::Dropout;
-use super::{lane_dot, lane_sum, Real, SyncPtr};
+use super::{lane_dot, lane_sum, nan_max, Real, SyncPtr};
 
 /// Sizes of one attention call. Query head h reads key/value head h / (NH / NKV)
 /// (grouped-query attention; NKV = NH is plain multi-head attention).
@@ -138,7 +138,7 @@ pub fn attention_forward<F: Real>(
             block_scores(s, View::strided(&q_all[q0 * w..], w), View::strided_t(k_all, w), &shape, mask, b, block, scale);
             for (i, row) in s.chunks_exact_mut(kend).enumerate() {
                 let tq = q0 + i;
-                let max = row.iter().fold(F::neg_infinity(), |m, &x| m.max(x));
+                let max = row.iter().fold(F::neg_infinity(), |m, &x| nan_max(m, x));
                 let inv = if max == F::neg_infinity() {
                     F::one() / F::lit(t as f64)
                 } else {
@@ -286,7 +286,7 @@ pub fn attention_cached_forward<F: Real>(
             for s in 0..=tq {
                 row[s] = if km[s] != 0 && window.is_none_or(|wd| tq - s < wd) {
                     let x = lane_dot(q, &kb[s * hs..(s + 1) * hs]) * scale;
-                    max = max.max(x);
+                    max = nan_max(max, x);
                     x
                 } else {
                     F::neg_infinity()
@@ -484,5 +484,25 @@ mod tests {
         assert_close("uniform row output", &out[0..4], &v_mean, 1e-12);
         // query 1 sees only key 1 (key 0 is padding): its output is v_1
         assert_close("one visible key", &out[4..8], &qkv[12 + 8..12 + 12], 1e-12);
+    }
+
+    #[test]
+    fn nan_scores_propagate_and_never_reach_future_keys() {
+        // a NaN query of query 0 (head 0): its row is NaN, not "sees no key" (uniform over
+        // all keys, future ones included); the other queries are untouched
+        let shape = AttnShape::mha(1, 4, 4, 1);
+        let mut qkv = rand_vec(4 * 12, 3);
+        qkv[0] = f64::NAN;
+        let (out, stats) = forward(&qkv, None, None, shape, 0.5);
+        assert!(stats[0].is_nan(), "row max {}", stats[0]);
+        assert!(out[0..4].iter().all(|x| x.is_nan()), "{:?}", &out[0..4]);
+        let clean = forward(&rand_vec(4 * 12, 3), None, None, shape, 0.5).0;
+        assert_eq!(out[4..], clean[4..]);
+        // a NaN key poisons the queries that see it (1..4), not query 0
+        let mut qkv = rand_vec(4 * 12, 3);
+        qkv[12 + 4] = f64::NAN;
+        let (out, _) = forward(&qkv, None, None, shape, 0.5);
+        assert_eq!(out[0..4], clean[0..4]);
+        assert!(out[4..].iter().all(|x| x.is_nan()));
     }
 }

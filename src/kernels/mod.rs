@@ -67,6 +67,17 @@ impl Real for f64 {
     }
 }
 
+/// The larger of `m` and `x`, NaN if either is NaN (`Float::max` drops a NaN, which would make
+/// a row of NaN scores look like a row that sees no key).
+#[inline(always)]
+pub fn nan_max<F: Real>(m: F, x: F) -> F {
+    if x > m || x.is_nan() {
+        x
+    } else {
+        m
+    }
+}
+
 /// e^x for f32 without branches or libm calls (Cephes' expf polynomial): x = n ln2 + r with
 /// |r| <= ln2 / 2, e^r by a degree-7 polynomial, 2^n applied as two exponent-field scalings
 /// so that overflow gives inf, deep underflow 0 (with subnormals in between), NaN stays NaN.

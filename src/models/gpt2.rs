@@ -348,7 +348,7 @@ impl<F: Real> Gpt2<F> {
             let score = table.push("score.weight".into(), &[spec.num_labels, config.n_embd]);
             SeqClsHead::new(spec, score)
         });
-        Ok(Self { config, lora: None, cls, state: ModelState::new(table), layout, acts: None })
+        Ok(Self { config, lora: None, cls, state: ModelState::new(table)?, layout, acts: None })
     }
 
     /// transformers' initialisation: N(0, initializer_range) for weights and embeddings,

@@ -373,7 +373,7 @@ impl<F: Real> Llama<F> {
             let score = table.push("score.weight".into(), &[spec.num_labels, config.hidden_size]);
             SeqClsHead::new(spec, score)
         });
-        Ok(Self { config, lora: None, cls, state: ModelState::new(table), layout, acts: None })
+        Ok(Self { config, lora: None, cls, state: ModelState::new(table)?, layout, acts: None })
     }
 
     /// transformers' initialisation: N(0, initializer_range) for linear weights and the

@@ -128,8 +128,17 @@ pub struct GradSlot {
 }
 
 impl<F: Real> ModelState<F> {
-    pub fn new(table: ParamTable) -> Self {
-        let params = vec![F::zero(); table.total()];
+    /// The zeroed parameter buffer of `table`; a ConfigError that states the size when the
+    /// parameters cannot be held in memory (a config's dimensions decide it).
+    pub fn new(table: ParamTable) -> Result<Self> {
+        let largest = table.infos().iter().max_by_key(|p| p.range.len());
+        let params = crate::alloc::try_filled(table.total(), F::zero()).map_err(|why| {
+            let (name, shape) = largest.map_or(("none", &[][..]), |p| (p.name.as_str(), &p.shape[..]));
+            Error::Config(format!(
+                "the model's {} parameters {why} (largest: {name} {shape:?}); check the config's sizes",
+                table.total()
+            ))
+        })?;
         let n = table.infos().len();
         let mut s = Self {
             table,
@@ -143,7 +152,7 @@ impl<F: Real> ModelState<F> {
             checkpointing: false,
         };
         s.relayout_grads();
-        s
+        Ok(s)
     }
 
     fn relayout_grads(&mut self) {
@@ -474,14 +483,15 @@ pub trait CausalLm<F: Real>: Send + Sync {
 /// The scale of the loss gradient: 1 / (tokens counted in the whole optimizer step).
 pub(crate) fn loss_scale(targets: &[i64], num_items: Option<f64>) -> Result<f64> {
     let counted = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
-    let denom = num_items.unwrap_or(counted as f64);
+    if let Some(n) = num_items {
+        if !(n.is_finite() && n > 0.0) {
+            return Err(Error::Input(format!("num_items_in_batch must be a positive finite number, got {n}")));
+        }
+    }
     if counted == 0 {
         return Ok(0.0);
     }
-    if denom <= 0.0 {
-        return Err(Error::Input(format!("num_items_in_batch must be positive, got {denom}")));
-    }
-    Ok(1.0 / denom)
+    Ok(1.0 / num_items.unwrap_or(counted as f64))
 }
 
 pub type BoxedModel = Box<dyn CausalLm<f32>>;
@@ -654,5 +664,31 @@ pub(crate) mod testing {
             }
         }
         (worst, analytic.iter().fold(0.0f64, |a, b| a.max(b.abs())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn num_items_must_be_positive_and_finite() {
+        let targets = [3, IGNORE_INDEX, 5];
+        assert_eq!(loss_scale(&targets, None).unwrap(), 0.5);
+        assert_eq!(loss_scale(&targets, Some(8.0)).unwrap(), 0.125);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = loss_scale(&targets, Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("num_items_in_batch must be a positive finite number"), "{e}");
+        }
+        // checked even when the micro-batch counts no token
+        assert!(loss_scale(&[IGNORE_INDEX], Some(f64::NAN)).is_err());
+    }
+
+    #[test]
+    fn a_model_larger_than_memory_is_a_config_error() {
+        let mut table = ParamTable::default();
+        table.push("wte".into(), &[1 << 40, 1 << 30]);
+        let e = ModelState::<f32>::new(table).err().expect("refused").to_string();
+        assert!(e.contains("more than this machine's") && e.contains("wte"), "{e}");
     }
 }

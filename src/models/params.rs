@@ -18,11 +18,13 @@ pub struct ParamTable {
 
 impl ParamTable {
     /// Appends a parameter and returns its range in the flat buffer.
+    /// Sizes saturate instead of wrapping: a table too large for memory is refused by
+    /// `ModelState::new` before anything is allocated.
     pub fn push(&mut self, name: String, shape: &[usize]) -> Range<usize> {
-        let n: usize = shape.iter().product();
-        let range = self.total..self.total + n;
+        let n = shape.iter().fold(1usize, |p, &d| p.saturating_mul(d));
+        let range = self.total..self.total.saturating_add(n);
         self.infos.push(ParamInfo { name, shape: shape.to_vec(), range: range.clone() });
-        self.total += n;
+        self.total = range.end;
         range
     }
 
