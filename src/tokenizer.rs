@@ -242,10 +242,14 @@ pub fn pad_rows<T: Copy>(rows: &mut [Vec<T>], target: usize, value: T, side: Sid
 
 fn round_up(n: usize, multiple: Option<usize>) -> usize {
     match multiple {
-        Some(m) if m > 1 => n.div_ceil(m) * m,
+        Some(m) if m > 1 => n.div_ceil(m).saturating_mul(m),
         _ => n,
     }
 }
+
+/// Bytes one padded position costs from here to the caller's arrays: the id and the mask
+/// as u32 here, then as int64 in numpy.
+const PADDED_POSITION_BYTES: u128 = 24;
 
 /// transformers' `clean_up_tokenization`: removes spaces before punctuation and
 /// English contractions.
@@ -764,10 +768,12 @@ impl Tokenizer {
         })
     }
 
-    /// The length a batch is padded to, or `None` for no padding.
+    /// The length `rows` sequences are padded to, or `None` for no padding; an error when
+    /// the padded batch cannot be held in memory.
     fn padding_target(
         &self,
         padding: Padding,
+        rows: usize,
         longest: usize,
         max_length: Option<usize>,
         multiple: Option<usize>,
@@ -781,7 +787,11 @@ impl Tokenizer {
                 )
             })?,
         };
-        Ok(Some(round_up(base, multiple)))
+        let target = round_up(base, multiple);
+        crate::alloc::check_bytes(rows as u128 * target as u128 * PADDED_POSITION_BYTES).map_err(|why| {
+            Error::Input(format!("padding {rows} sequences to length {target} (max_length={max_length:?}, pad_to_multiple_of={multiple:?}) {why}"))
+        })?;
+        Ok(Some(target))
     }
 
     /// Encodes a batch: special tokens, truncation to `max_length` (or
@@ -834,7 +844,7 @@ impl Tokenizer {
         let mut attention_mask: Vec<Vec<u32>> = input_ids.iter().map(|r| vec![1u32; r.len()]).collect();
         let longest = input_ids.iter().map(Vec::len).max().unwrap_or(0);
         if let Some(target) =
-            self.padding_target(opts.padding, longest, opts.max_length, opts.pad_to_multiple_of)?
+            self.padding_target(opts.padding, input_ids.len(), longest, opts.max_length, opts.pad_to_multiple_of)?
         {
             let pad_id = pad_id.expect("pad id checked above");
             pad_rows(&mut input_ids, target, pad_id, self.padding_side);
@@ -899,7 +909,7 @@ impl Tokenizer {
             }
         }
         let longest = columns.iter().flat_map(|(_, rows)| rows.iter().map(Vec::len)).max().unwrap_or(0);
-        let Some(target) = self.padding_target(padding, longest, max_length, pad_to_multiple_of)? else {
+        let Some(target) = self.padding_target(padding, n_rows, longest, max_length, pad_to_multiple_of)? else {
             return Ok(columns);
         };
         for (name, rows) in columns.iter_mut() {

@@ -2,6 +2,7 @@
 
 from . import datasets, io, metrics
 from ._core import (
+    BusyError,
     CheckpointError,
     ConfigError,
     DataError,
@@ -52,6 +53,7 @@ __all__ = [
     "DataError",
     "DefaultFlowCallback",
     "EarlyStoppingCallback",
+    "BusyError",
     "EvalPrediction",
     "FerrotuneError",
     "GenerationConfig",

@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "TokenizerError",
     "NonFiniteError",
+    "BusyError",
     "CausalLM",
     "AdamW",
     "Tokenizer",
@@ -67,6 +68,9 @@ class TokenizerError(FerrotuneError):
 
 class NonFiniteError(FerrotuneError):
     """A loss or gradient became NaN or infinite."""
+
+class BusyError(FerrotuneError):
+    """A model was called from a second thread while a call into it was still running."""
 
 _Texts = Union[Iterable[str], Iterable[Sequence[str]]]
 _Path = Union[str, PathLike[str]]

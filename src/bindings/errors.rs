@@ -15,6 +15,7 @@ create_exception!(ferrotune, InputError, FerrotuneError, "An argument or input v
 create_exception!(ferrotune, DataError, FerrotuneError, "A dataset or batch cannot be used.");
 create_exception!(ferrotune, TokenizerError, FerrotuneError, "A tokenizer cannot be loaded, trained or used.");
 create_exception!(ferrotune, NonFiniteError, FerrotuneError, "A loss or gradient became NaN or infinite.");
+create_exception!(ferrotune, BusyError, FerrotuneError, "A model was called from a second thread while a call into it was still running.");
 
 pub struct PyFerrotuneErr(Error);
 
@@ -61,5 +62,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DataError", py.get_type::<DataError>())?;
     m.add("TokenizerError", py.get_type::<TokenizerError>())?;
     m.add("NonFiniteError", py.get_type::<NonFiniteError>())?;
+    m.add("BusyError", py.get_type::<BusyError>())?;
     Ok(())
 }

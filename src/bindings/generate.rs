@@ -12,11 +12,11 @@ use crate::models::Batch;
 use super::convert::{ids_2d, to_numpy};
 use super::detach;
 use super::errors::PyFtResult;
-use super::model::PyModel;
+use super::model::{ModelCell, PyModel};
 
 
 /// The GPT-2 behind a model: the KV-cached path covers GPT-2 so far.
-fn decoder(m: &PyModel) -> PyFtResult<&dyn Decoder<f32>> {
+fn decoder(m: &ModelCell) -> PyFtResult<&dyn Decoder<f32>> {
     m.model().as_decoder().ok_or_else(|| {
         let arch = m.model().config_value().get("model_type").and_then(|v| v.as_str()).unwrap_or("?").to_string();
         Error::Input(format!("generate() does not support {arch:?} models")).into()
@@ -82,10 +82,10 @@ impl PyGeneration {
             pad_token_id,
             seed,
         };
-        let guard = model.borrow(py);
+        let guard = model.get().lock()?;
         let m = decoder(&guard)?;
         let batch = Batch { ids, mask, labels: None, b, t };
-        let half = if bf16_weights { Some(guard.half_weights(py)?) } else { None };
+        let half = if bf16_weights { Some(guard.half_weights_detached(py)?) } else { None };
         let inner = detach(py, move || {
             let mut g = Generation::new(m, &batch, params, output_logits)?;
             if let Some(h) = half {
@@ -100,7 +100,7 @@ impl PyGeneration {
     /// Runs up to `max_steps` decoding steps (GIL released); returns the new tokens
     /// (B, steps done), steps done = 0 once generation is over.
     fn step<'py>(&mut self, py: Python<'py>, max_steps: usize) -> PyResult<Bound<'py, PyAny>> {
-        let guard = self.model.borrow(py);
+        let guard = self.model.get().lock()?;
         let m = decoder(&guard)?;
         let gen = &mut self.inner;
         let b = gen.batch_size();
@@ -157,7 +157,7 @@ impl PyGeneration {
     fn logits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let h = self.inner.logits_history();
         let b = self.inner.batch_size();
-        let v = self.model.borrow(py).model().vocab_size();
+        let v = self.model.get().lock()?.model().vocab_size();
         let steps = if b * v == 0 { 0 } else { h.len() / (b * v) };
         let mut out = vec![0f32; h.len()];
         for s in 0..steps {

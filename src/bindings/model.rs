@@ -2,7 +2,7 @@
 //! `ferrotune.Model`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use numpy::{PyReadonlyArray2, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
@@ -11,17 +11,23 @@ use pyo3::types::PyDict;
 use crate::error::Error;
 use crate::generate::HalfWeights;
 use crate::models::lora::LoraSpec;
-use crate::models::{attach_lora, from_config, from_pretrained, from_pretrained_as, merge_lora, Batch, BoxedModel};
+use crate::models::{attach_lora, from_config, from_pretrained, from_pretrained_as, merge_lora, Batch};
 use crate::optim::clip::clip_grad_norm;
 
 use super::convert::{f32_nd, ids_2d, to_numpy};
 use super::detach;
-use super::errors::PyFtResult;
+use super::errors::{BusyError, PyFtResult};
 
-#[pyclass(name = "CausalLM", module = "ferrotune._core")]
+/// One call at a time: a call from a second thread while one runs (a forward during
+/// `train()`, a save during a forward) gets BusyError instead of a half-updated model.
+#[pyclass(name = "CausalLM", module = "ferrotune._core", frozen)]
 pub struct PyModel {
-    cell: cell::ModelCell,
+    cell: Mutex<cell::ModelCell>,
 }
+
+/// The model, held for one call.
+pub type ModelGuard<'a> = MutexGuard<'a, ModelCell>;
+pub use cell::ModelCell;
 
 mod cell {
     //! The model and what is derived from its weights, behind accessors: every mutable
@@ -41,6 +47,9 @@ mod cell {
     impl ModelCell {
         pub fn new(model: BoxedModel) -> Self {
             Self { model, half: Mutex::new(None) }
+        }
+        pub fn into_py(self) -> super::PyModel {
+            super::PyModel { cell: Mutex::new(self) }
         }
         pub fn model(&self) -> &BoxedModel {
             &self.model
@@ -84,19 +93,26 @@ pub(crate) fn batch<'a>(ids: &'a Ids<'_>, mask: &'a Option<Ids<'_>>, labels: &'a
 }
 
 impl PyModel {
-    pub fn model(&self) -> &BoxedModel {
-        self.cell.model()
+    /// The model for this call, or BusyError while a call from another thread holds it.
+    pub fn lock(&self) -> PyResult<ModelGuard<'_>> {
+        match self.cell.try_lock() {
+            Ok(guard) => Ok(guard),
+            // a panic inside a call is caught and reported by `detach`; the model stays usable
+            Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) => Err(BusyError::new_err(
+                "the model is in use by a call from another thread (e.g. a forward, train() or save_pretrained still \
+                 running); a ferrotune model runs one call at a time: wait for it to return, or give each thread its own model",
+            )),
+        }
     }
-    /// Mutable access; drops the derived bf16 copies of the weights.
-    pub fn model_mut(&mut self) -> &mut BoxedModel {
-        self.cell.model_mut()
-    }
+}
+
+impl cell::ModelCell {
     /// bf16 copies of the weights for decoding, made (GIL released) at the first call after
     /// the weights last changed.
-    pub fn half_weights(&self, py: Python<'_>) -> PyResult<Arc<HalfWeights>> {
-        let cell = &self.cell;
+    pub fn half_weights_detached(&self, py: Python<'_>) -> PyResult<Arc<HalfWeights>> {
         detach(py, move || {
-            cell.half_weights().ok_or_else(|| Error::Input("this model has no KV-cached decoder".into()).into())
+            self.half_weights().ok_or_else(|| Error::Input("this model has no KV-cached decoder".into()).into())
         })
     }
 }
@@ -107,7 +123,7 @@ impl PyModel {
     #[staticmethod]
     fn from_pretrained(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let inner = detach(py, move || Ok(from_pretrained(&path)?))?;
-        Ok(Self { cell: cell::ModelCell::new(inner) })
+        Ok(cell::ModelCell::new(inner).into_py())
     }
 
     /// A freshly initialised model from a config.json string.
@@ -118,7 +134,7 @@ impl PyModel {
         let value: serde_json::Value = serde_json::from_str(config_json)
             .map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Config(format!("invalid config JSON: {e}")))))?;
         let inner = detach(py, move || Ok(from_pretrained_as(&path, value, seed)?))?;
-        Ok(Self { cell: cell::ModelCell::new(inner) })
+        Ok(cell::ModelCell::new(inner).into_py())
     }
 
     #[staticmethod]
@@ -126,37 +142,40 @@ impl PyModel {
         let value: serde_json::Value = serde_json::from_str(config_json)
             .map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Config(format!("invalid config JSON: {e}")))))?;
         let inner = detach(py, move || Ok(from_config(value, seed)?))?;
-        Ok(Self { cell: cell::ModelCell::new(inner) })
+        Ok(cell::ModelCell::new(inner).into_py())
     }
 
     /// L for a model with a sequence-classification head, else None.
     #[getter]
-    fn num_labels(&self) -> Option<usize> {
-        self.cell.model().num_labels()
+    fn num_labels(&self) -> PyResult<Option<usize>> {
+        let cell = self.lock()?;
+        Ok(cell.model().num_labels())
     }
 
-    fn config_json(&self) -> String {
-        serde_json::to_string(&self.cell.model().config_value()).expect("config serialises")
+    fn config_json(&self) -> PyResult<String> {
+        let cell = self.lock()?;
+        Ok(serde_json::to_string(&cell.model().config_value()).expect("config serialises"))
     }
 
     /// (loss or None, (B, T, V) float32 logits or None).
     #[pyo3(signature = (input_ids, attention_mask=None, labels=None, return_logits=true))]
     fn forward<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         input_ids: Ids<'py>,
         attention_mask: Option<Ids<'py>>,
         labels: Option<Ids<'py>>,
         return_logits: bool,
     ) -> PyResult<(Option<f64>, Option<Bound<'py, PyAny>>)> {
-        let batch = batch(&input_ids, &attention_mask, &labels, self.cell.model().num_labels().is_some())?;
+        let mut cell = self.lock()?;
+        let batch = batch(&input_ids, &attention_mask, &labels, cell.model().num_labels().is_some())?;
         let has_labels = labels.is_some();
         let (b, t) = (batch.b, batch.t);
-        let shape = match self.cell.model().num_labels() {
+        let shape = match cell.model().num_labels() {
             Some(l) => vec![b, l],
-            None => vec![b, t, self.cell.model().vocab_size()],
+            None => vec![b, t, cell.model().vocab_size()],
         };
-        let model = self.cell.model_mut();
+        let model = cell.model_mut();
         let (loss, logits) = detach(py, move || {
             model.forward(&batch)?;
             let loss = has_labels.then(|| {
@@ -172,14 +191,15 @@ impl PyModel {
     /// Forward only, nothing (B, T, V) returned: (summed loss, counted tokens, correct argmax).
     #[pyo3(signature = (input_ids, attention_mask=None, labels=None))]
     fn loss_stats(
-        &mut self,
+        &self,
         py: Python<'_>,
         input_ids: Ids<'_>,
         attention_mask: Option<Ids<'_>>,
         labels: Option<Ids<'_>>,
     ) -> PyResult<(f64, usize, usize)> {
-        let batch = batch(&input_ids, &attention_mask, &labels, self.cell.model().num_labels().is_some())?;
-        let model = self.cell.model_mut();
+        let mut cell = self.lock()?;
+        let batch = batch(&input_ids, &attention_mask, &labels, cell.model().num_labels().is_some())?;
+        let model = cell.model_mut();
         detach(py, move || {
             model.forward(&batch)?;
             let s = model.loss_stats();
@@ -190,44 +210,51 @@ impl PyModel {
     /// Forward + backward, adding to the gradients: (summed loss, counted tokens).
     #[pyo3(signature = (input_ids, attention_mask=None, labels=None, num_items_in_batch=None))]
     fn forward_backward(
-        &mut self,
+        &self,
         py: Python<'_>,
         input_ids: Ids<'_>,
         attention_mask: Option<Ids<'_>>,
         labels: Option<Ids<'_>>,
         num_items_in_batch: Option<f64>,
     ) -> PyResult<(f64, usize)> {
-        let batch = batch(&input_ids, &attention_mask, &labels, self.cell.model().num_labels().is_some())?;
-        let model = self.cell.model_mut();
+        let mut cell = self.lock()?;
+        let batch = batch(&input_ids, &attention_mask, &labels, cell.model().num_labels().is_some())?;
+        let model = cell.model_mut();
         detach(py, move || {
             let s = model.forward_backward(&batch, num_items_in_batch)?;
             Ok((s.loss_sum, s.count))
         })
     }
 
-    fn zero_grad(&mut self) {
-        self.cell.model_mut().state_mut().zero_grad();
+    fn zero_grad(&self) -> PyResult<()> {
+        let mut cell = self.lock()?;
+        cell.model_mut().state_mut().zero_grad();
+        Ok(())
     }
 
-    fn clip_grad_norm(&mut self, py: Python<'_>, max_norm: f64) -> PyResult<f64> {
-        let model = self.cell.model_mut();
+    fn clip_grad_norm(&self, py: Python<'_>, max_norm: f64) -> PyResult<f64> {
+        let mut cell = self.lock()?;
+        let model = cell.model_mut();
         detach(py, move || Ok(clip_grad_norm(model.state_mut().grads_mut(), max_norm)))
     }
 
     /// [(name, shape)] of every parameter, in storage order.
-    fn param_info(&self) -> Vec<(String, Vec<usize>)> {
-        self.cell.model().state().table.infos().iter().map(|i| (i.name.clone(), i.shape.clone())).collect()
+    fn param_info(&self) -> PyResult<Vec<(String, Vec<usize>)>> {
+        let cell = self.lock()?;
+        Ok(cell.model().state().table.infos().iter().map(|i| (i.name.clone(), i.shape.clone())).collect())
     }
 
     #[pyo3(signature = (trainable_only=false))]
-    fn num_parameters(&self, trainable_only: bool) -> usize {
-        let state = self.cell.model().state();
-        if trainable_only { state.trainable_total() } else { state.table.total() }
+    fn num_parameters(&self, trainable_only: bool) -> PyResult<usize> {
+        let cell = self.lock()?;
+        let state = cell.model().state();
+        Ok(if trainable_only { state.trainable_total() } else { state.table.total() })
     }
 
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let cell = self.lock()?;
         let d = PyDict::new(py);
-        let state = self.cell.model().state();
+        let state = cell.model().state();
         for i in state.table.infos() {
             d.set_item(&i.name, to_numpy(py, state.params[i.range.clone()].to_vec(), &i.shape)?)?;
         }
@@ -235,10 +262,11 @@ impl PyModel {
     }
 
     /// {name: gradient} of the trainable parameters.
-    fn gradients<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let slots = self.cell.model().state().grad_slots();
-        let infos = self.cell.model().state().table.infos().to_vec();
-        let g = self.cell.model_mut().state_mut().grads_mut();
+    fn gradients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let mut cell = self.lock()?;
+        let slots = cell.model().state().grad_slots();
+        let infos = cell.model().state().table.infos().to_vec();
+        let g = cell.model_mut().state_mut().grads_mut();
         let d = PyDict::new(py);
         for slot in slots {
             let i = &infos[slot.index];
@@ -249,54 +277,61 @@ impl PyModel {
 
     /// Freezes (False) or unfreezes (True) the named parameters; unknown names are an error
     /// and nothing changes then.
-    fn set_trainable(&mut self, names: Vec<String>, trainable: bool) -> PyResult<()> {
-        let table = &self.cell.model().state().table;
+    fn set_trainable(&self, names: Vec<String>, trainable: bool) -> PyResult<()> {
+        let mut cell = self.lock()?;
+        let table = &cell.model().state().table;
         let mut idx = Vec::with_capacity(names.len());
         for n in &names {
             let i = table.infos().iter().position(|p| &p.name == n);
             idx.push(i.ok_or_else(|| PyErr::from(super::errors::PyFerrotuneErr::from(Error::Input(format!("no parameter named {n:?}")))))?);
         }
         for i in idx {
-            self.cell.model_mut().state_mut().set_trainable(i, trainable);
+            cell.model_mut().state_mut().set_trainable(i, trainable);
         }
         Ok(())
     }
 
     /// [(module name, in_features, out_features)] of the linear modules LoRA can adapt.
-    fn lora_modules(&self) -> Vec<(String, usize, usize)> {
-        self.cell.model().lora_modules().1.into_iter().map(|m| (m.name, m.in_f, m.out_f)).collect()
+    fn lora_modules(&self) -> PyResult<Vec<(String, usize, usize)>> {
+        let cell = self.lock()?;
+        Ok(cell.model().lora_modules().1.into_iter().map(|m| (m.name, m.in_f, m.out_f)).collect())
     }
 
     /// Adds LoRA adapters to the named modules; every other parameter is frozen.
-    fn add_lora(&mut self, modules: Vec<String>, r: usize, alpha: f64, dropout: f64, use_rslora: bool, seed: u64) -> PyResult<()> {
+    fn add_lora(&self, modules: Vec<String>, r: usize, alpha: f64, dropout: f64, use_rslora: bool, seed: u64) -> PyResult<()> {
+        let mut cell = self.lock()?;
         let spec = LoraSpec { r, alpha, dropout, use_rslora };
-        attach_lora(self.cell.model_mut().as_mut(), &modules, spec, seed).map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(e)))
+        attach_lora(cell.model_mut().as_mut(), &modules, spec, seed).map_err(|e| PyErr::from(super::errors::PyFerrotuneErr::from(e)))
     }
 
     /// Folds the adapters into the base weights and removes them.
-    fn merge_lora(&mut self, py: Python<'_>) -> PyResult<()> {
-        let model = self.cell.model_mut();
+    fn merge_lora(&self, py: Python<'_>) -> PyResult<()> {
+        let mut cell = self.lock()?;
+        let model = cell.model_mut();
         detach(py, move || Ok(merge_lora(model.as_mut())?))
     }
 
     /// (r, alpha, dropout, use_rslora, [adapted module names]) or None.
     #[allow(clippy::type_complexity)]
-    fn lora_info(&self) -> Option<(usize, f64, f64, bool, Vec<String>)> {
-        self.cell.model().lora().map(|l| {
+    fn lora_info(&self) -> PyResult<Option<(usize, f64, f64, bool, Vec<String>)>> {
+        let cell = self.lock()?;
+        Ok(cell.model().lora().map(|l| {
             let s = &l.spec;
             (s.r, s.alpha, s.dropout, s.use_rslora, l.sites().map(|x| x.module.name.clone()).collect())
-        })
+        }))
     }
 
     /// Names of the trainable parameters, in storage order.
-    fn trainable_names(&self) -> Vec<String> {
-        let state = self.cell.model().state();
-        state.grad_slots().into_iter().map(|s| state.table.infos()[s.index].name.clone()).collect()
+    fn trainable_names(&self) -> PyResult<Vec<String>> {
+        let cell = self.lock()?;
+        let state = cell.model().state();
+        Ok(state.grad_slots().into_iter().map(|s| state.table.infos()[s.index].name.clone()).collect())
     }
 
     /// Copies float32 arrays into the named parameters (shapes checked; all-or-nothing).
-    fn load_state_dict(&mut self, tensors: Vec<(String, PyReadonlyArrayDyn<'_, f32>)>, strict: bool) -> PyResult<()> {
-        let table = self.cell.model().state().table.clone();
+    fn load_state_dict(&self, tensors: Vec<(String, PyReadonlyArrayDyn<'_, f32>)>, strict: bool) -> PyResult<()> {
+        let mut cell = self.lock()?;
+        let table = cell.model().state().table.clone();
         let mut updates = Vec::with_capacity(tensors.len());
         for (name, arr) in &tensors {
             let (data, shape) = f32_nd(name, arr)?;
@@ -311,7 +346,7 @@ impl PyModel {
                 return Err(super::errors::PyFerrotuneErr::from(Error::MissingTensor { name: missing.name.clone(), path: None }).into());
             }
         }
-        let params = &mut self.cell.model_mut().state_mut().params;
+        let params = &mut cell.model_mut().state_mut().params;
         for (range, data) in updates {
             params[range].copy_from_slice(data);
         }
@@ -319,44 +354,55 @@ impl PyModel {
     }
 
     #[getter]
-    fn training(&self) -> bool {
-        self.cell.model().state().training
+    fn training(&self) -> PyResult<bool> {
+        let cell = self.lock()?;
+        Ok(cell.model().state().training)
     }
 
     #[setter]
-    fn set_training(&mut self, training: bool) {
-        self.cell.model_mut().state_mut().training = training;
+    fn set_training(&self, training: bool) -> PyResult<()> {
+        let mut cell = self.lock()?;
+        cell.model_mut().state_mut().training = training;
+        Ok(())
     }
 
     /// Gradient checkpointing: the forward keeps each block's input only and the backward
     /// recomputes each block right before its backward (same gradients, less memory).
     #[getter]
-    fn gradient_checkpointing(&self) -> bool {
-        self.cell.model().state().checkpointing
+    fn gradient_checkpointing(&self) -> PyResult<bool> {
+        let cell = self.lock()?;
+        Ok(cell.model().state().checkpointing)
     }
 
     #[setter]
-    fn set_gradient_checkpointing(&mut self, on: bool) {
-        self.cell.model_mut().state_mut().checkpointing = on;
+    fn set_gradient_checkpointing(&self, on: bool) -> PyResult<()> {
+        let mut cell = self.lock()?;
+        cell.model_mut().state_mut().checkpointing = on;
+        Ok(())
     }
 
     /// Bytes held by the activation buffers of the last forward (and the backward's scratch).
-    fn activation_bytes(&self) -> usize {
-        self.cell.model().activation_bytes()
+    fn activation_bytes(&self) -> PyResult<usize> {
+        let cell = self.lock()?;
+        Ok(cell.model().activation_bytes())
     }
 
     #[getter]
-    fn rng_state(&self) -> u64 {
-        self.cell.model().state().rng.state()
+    fn rng_state(&self) -> PyResult<u64> {
+        let cell = self.lock()?;
+        Ok(cell.model().state().rng.state())
     }
 
     #[setter]
-    fn set_rng_state(&mut self, state: u64) {
-        self.cell.model_mut().state_mut().rng.set_state(state);
+    fn set_rng_state(&self, state: u64) -> PyResult<()> {
+        let mut cell = self.lock()?;
+        cell.model_mut().state_mut().rng.set_state(state);
+        Ok(())
     }
 
     fn save_pretrained(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let model = self.cell.model();
+        let cell = self.lock()?;
+        let model = cell.model();
         detach(py, move || Ok(model.save_pretrained(&path)?))
     }
 }

@@ -10,7 +10,7 @@ use crate::optim::fused::FusedBackward;
 use super::convert::{f32_nd, to_numpy};
 use super::detach;
 use super::errors::PyFerrotuneErr;
-use super::model::{batch, Ids, PyModel};
+use super::model::{batch, Ids, ModelCell, PyModel};
 
 #[pyclass(name = "AdamW", module = "ferrotune._core")]
 pub struct PyAdamW {
@@ -27,7 +27,7 @@ fn err(e: Error) -> PyErr {
 }
 
 impl PyAdamW {
-    fn check_trainable_set(&self, model: &PyModel) -> PyResult<()> {
+    fn check_trainable_set(&self, model: &ModelCell) -> PyResult<()> {
         if model.model().state().grad_version() != self.grad_version {
             return Err(err(Error::Input(
                 "the model's trainable parameters changed (freeze/unfreeze/adapters) since this optimizer was built; build a new one".into(),
@@ -51,7 +51,7 @@ impl PyAdamW {
         no_decay: Vec<String>,
     ) -> PyResult<Self> {
         let config = AdamWConfig { lr, beta1, beta2, eps, weight_decay };
-        let m = model.borrow();
+        let m = model.get().lock()?;
         let state = m.model().state();
         let inner = AdamW::new(config, &state.table, &state.grad_slots(), &no_decay).map_err(err)?;
         let grad_version = state.grad_version();
@@ -60,7 +60,7 @@ impl PyAdamW {
     }
 
     fn step(&mut self, py: Python<'_>) -> PyResult<()> {
-        let mut model = self.model.borrow_mut(py);
+        let mut model = self.model.get().lock()?;
         self.check_trainable_set(&model)?;
         let (params, grads) = model.model_mut().state_mut().params_and_grads();
         let opt = &mut self.inner;
@@ -81,7 +81,7 @@ impl PyAdamW {
         labels: Option<Ids<'_>>,
         num_items_in_batch: Option<f64>,
     ) -> PyResult<(f64, usize, f64)> {
-        let mut model = self.model.borrow_mut(py);
+        let mut model = self.model.get().lock()?;
         self.check_trainable_set(&model)?;
         let batch = batch(&input_ids, &attention_mask, &labels, model.model().num_labels().is_some())?;
         if self.fused.is_none() {
@@ -116,7 +116,7 @@ impl PyAdamW {
 
     /// (step, [(name, exp_avg, exp_avg_sq)])
     fn moments<'py>(&self, py: Python<'py>) -> PyResult<(u64, Vec<(String, Bound<'py, PyAny>, Bound<'py, PyAny>)>)> {
-        let model = self.model.borrow(py);
+        let model = self.model.get().lock()?;
         let state = model.model().state();
         let mut out = Vec::new();
         for slot in state.grad_slots() {
@@ -131,11 +131,10 @@ impl PyAdamW {
     /// Restores the step count and every parameter's moments (all must be given).
     fn load_moments(
         &mut self,
-        py: Python<'_>,
         step: u64,
         moments: Vec<(String, PyReadonlyArrayDyn<'_, f32>, PyReadonlyArrayDyn<'_, f32>)>,
     ) -> PyResult<()> {
-        let model = self.model.borrow(py);
+        let model = self.model.get().lock()?;
         let state = model.model().state();
         let table = &state.table;
         let slots = state.grad_slots();

@@ -61,6 +61,19 @@ pub fn load_file(path: &Path) -> Result<(BTreeMap<String, RawTensor>, HashMap<St
     Ok((tensors, metadata))
 }
 
+/// A shard named by the index: a relative path inside the model directory. Unlike
+/// transformers, ferrotune refuses `..` and absolute paths, so that a downloaded index cannot
+/// make it read files outside the model.
+fn shard_path<'a>(index: &Path, tensor: &str, shard: &'a serde_json::Value) -> Result<&'a str> {
+    let bad = |why: &str| Error::checkpoint(index, format!("weight_map[{tensor:?}] = {shard}: {why}"));
+    let s = shard.as_str().ok_or_else(|| bad("a shard must be a file name"))?;
+    let inside = Path::new(s).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    if s.is_empty() || !inside {
+        return Err(bad("shards must be files inside the model directory (no '..' or absolute paths)"));
+    }
+    Ok(s)
+}
+
 /// Loads the weights of a Hugging Face model directory: `model.safetensors`, or the shards
 /// listed by `model.safetensors.index.json`.
 pub fn load_model_dir(dir: &Path) -> Result<BTreeMap<String, RawTensor>> {
@@ -77,7 +90,10 @@ pub fn load_model_dir(dir: &Path) -> Result<BTreeMap<String, RawTensor>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::checkpoint(&index, "no \"weight_map\" object"))?;
-        let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
+        let mut shards = Vec::with_capacity(map.len());
+        for (name, shard) in map {
+            shards.push(shard_path(&index, name, shard)?);
+        }
         shards.sort_unstable();
         shards.dedup();
         let mut out = BTreeMap::new();
