@@ -132,8 +132,13 @@ def test_dataset_containers():
 
     assert as_examples(Indexable()) == rows
     assert as_examples(iter(rows)) == rows
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="expected a dict with 'text', 'prompt' \\+ 'completion', 'messages' or 'input_ids'"):
         as_examples([1, 2])
+    with pytest.raises(DataError, match="plain strings are read as 'text' when a tokenizer"):
+        as_examples(["a", "b"])
+    assert as_examples(["a", "b"], text_field="text") == rows
+    # with a tokenizer, prepare_dataset reads plain strings as text rows
+    assert prepare_dataset(["ab", "cde"], TOK) == prepare_dataset([{"text": "ab"}, {"text": "cde"}], TOK)
 
 
 def test_datasets_dataset_when_installed():
