@@ -90,11 +90,11 @@ def _temporary_sibling(path: str) -> str:
 
 def _pid_running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: another user's process, running
     except (ProcessLookupError, OverflowError):  # none, or an impossible pid
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:
+        pass
     return True
 
 
