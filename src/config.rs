@@ -91,9 +91,10 @@ impl Gpt2Config {
     pub fn from_value(v: Value) -> Result<Self> {
         let obj = v.as_object().ok_or_else(|| Error::Config("config must be a JSON object".into()))?;
         for key in GPT2_REQUIRED {
-            if !obj.contains_key(key) {
-                return Err(Error::Config(format!("gpt2 config is missing the key {key:?}")));
-            }
+            req_usize(&v, key, "gpt2")?;
+        }
+        if get(&v, "n_inner").is_some() {
+            req_usize(&v, "n_inner", "gpt2")?;
         }
         let mut cfg: Gpt2Config =
             serde_json::from_value(v).map_err(|e| Error::Config(format!("invalid gpt2 config: {e}")))?;
@@ -124,6 +125,7 @@ impl Gpt2Config {
                 self.activation_function
             ));
         }
+        positive(self.layer_norm_epsilon, "layer_norm_epsilon")?;
         for (name, p) in [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), ("attn_pdrop", self.attn_pdrop)] {
             if !(0.0..1.0).contains(&p) {
                 return bad(format!("{name} must be in [0, 1), got {p}"));
@@ -153,7 +155,11 @@ impl Gpt2Config {
 pub fn read_config_json(path: &Path) -> Result<Value> {
     let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
     let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json { context: file.display().to_string(), source: e })
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Json { context: file.display().to_string(), source: e })?;
+    if !v.is_object() {
+        return Err(Error::Config(format!("{} must hold a JSON object, got {v}", file.display())));
+    }
+    Ok(v)
 }
 
 /// The `model_type` of a config value, required to pick an architecture.
@@ -215,8 +221,8 @@ fn req_usize(v: &Value, key: &str, arch: &str) -> Result<usize> {
     Ok(n as usize)
 }
 
-/// A rope parameter that must be a finite number > 0 (0 makes inv_freq infinite, and every
-/// rotated query and key NaN).
+/// A parameter that must be a finite number > 0 (a rope_theta of 0 makes inv_freq infinite
+/// and every rotated query and key NaN; a norm epsilon <= 0 can divide by zero).
 fn positive(value: f64, key: &str) -> Result<f64> {
     if !(value.is_finite() && value > 0.0) {
         return Err(Error::Config(format!("{key} must be a finite number > 0, got {value}")));
@@ -321,7 +327,7 @@ impl LlamaConfig {
             vocab_size: req_usize(&v, "vocab_size", a)?,
             intermediate_size: req_usize(&v, "intermediate_size", a)?,
             max_position_embeddings: get(&v, "max_position_embeddings").map_or(Ok(2048), |_| req_usize(&v, "max_position_embeddings", a))?,
-            rms_norm_eps: opt_f64(&v, "rms_norm_eps").unwrap_or(1e-6),
+            rms_norm_eps: positive(opt_f64(&v, "rms_norm_eps").unwrap_or(1e-6), "rms_norm_eps")?,
             initializer_range: opt_f64(&v, "initializer_range").unwrap_or(0.02),
             tie_word_embeddings: get(&v, "tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             pad_token_id: get(&v, "pad_token_id").and_then(Value::as_i64),
@@ -408,6 +414,18 @@ mod tests {
             assert!(e.contains(&format!("{key} = 1099511627776")), "{e}");
         }
         assert!(gpt2("n_layer", json!(4096)).is_ok());
+        for bad in [json!("32"), json!(-32)] {
+            let e = gpt2("n_embd", bad).unwrap_err().to_string();
+            assert!(e.contains("n_embd must be a positive integer"), "{e}");
+        }
+    }
+
+    #[test]
+    fn norm_epsilons_must_be_positive() {
+        let e = gpt2("layer_norm_epsilon", json!(-1.0)).unwrap_err().to_string();
+        assert!(e.contains("layer_norm_epsilon must be a finite number > 0"), "{e}");
+        let e = llama("rms_norm_eps", json!(0.0)).unwrap_err().to_string();
+        assert!(e.contains("rms_norm_eps must be a finite number > 0"), "{e}");
     }
 
     #[test]

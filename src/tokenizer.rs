@@ -1291,8 +1291,8 @@ fn bpe_trainer(
             special_tokens.len()
         )));
     }
-    if vocab_size == 0 {
-        return Err(Error::Input("vocab_size must be positive".into()));
+    if let Err(m) = crate::config::check_size("vocab_size", vocab_size as u64, crate::config::MAX_DIM) {
+        return Err(Error::Input(m));
     }
     let mut b = BpeTrainer::builder()
         .vocab_size(vocab_size)

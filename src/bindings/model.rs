@@ -235,7 +235,12 @@ impl PyModel {
     fn clip_grad_norm(&self, py: Python<'_>, max_norm: f64) -> PyResult<f64> {
         let mut cell = self.lock()?;
         let model = cell.model_mut();
-        detach(py, move || Ok(clip_grad_norm(model.state_mut().grads_mut(), max_norm)))
+        detach(py, move || {
+            if !(max_norm >= 0.0) {
+                return Err(Error::Input(format!("max_norm must be a number >= 0, got {max_norm}")).into());
+            }
+            Ok(clip_grad_norm(model.state_mut().grads_mut(), max_norm))
+        })
     }
 
     /// [(name, shape)] of every parameter, in storage order.

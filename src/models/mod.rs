@@ -557,6 +557,21 @@ fn build(config: Value, init_seed: Option<u64>) -> Result<BoxedModel> {
     })
 }
 
+/// Whether a checkpoint path is a GGUF file; otherwise it is a model directory, and any
+/// other file is an error that says what is expected.
+fn is_gguf(path: &Path) -> Result<bool> {
+    if !path.exists() {
+        return Err(Error::FileNotFound(path.to_path_buf()));
+    }
+    if path.is_dir() {
+        return Ok(false);
+    }
+    if path.extension().is_some_and(|e| e == "gguf") {
+        return Ok(true);
+    }
+    Err(Error::checkpoint(path, "this is a file; expected a model directory (config.json + model.safetensors) or a .gguf file"))
+}
+
 /// A fresh model with transformers' initialisation, from a config.json value.
 pub fn from_config(config: Value, seed: u64) -> Result<BoxedModel> {
     build(config, Some(seed))
@@ -566,11 +581,9 @@ pub fn from_config(config: Value, seed: u64) -> Result<BoxedModel> {
 /// parameters a checkpoint may lack, such as a new classification head, have transformers'
 /// initialisation). The checkpoint is a model directory or a GGUF file.
 pub fn from_pretrained_as(path: &Path, config: Value, seed: u64) -> Result<BoxedModel> {
-    if !path.exists() {
-        return Err(Error::FileNotFound(path.to_path_buf()));
-    }
+    let gguf = is_gguf(path)?;
     let mut model = build(config, Some(seed))?;
-    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+    if gguf {
         let gguf = load_gguf(path)?;
         let tensors = gguf.tensors.into_iter().map(|(name, (shape, values))| (name, RawTensor::from_f32(shape, &values))).collect();
         model.load_tensors(tensors, path)?;
@@ -583,10 +596,7 @@ pub fn from_pretrained_as(path: &Path, config: Value, seed: u64) -> Result<Boxed
 /// Loads a Hugging Face model directory (config.json + safetensors weights), or a GGUF
 /// file (dequantised into trainable f32 weights with Hugging Face names and layout).
 pub fn from_pretrained(path: &Path) -> Result<BoxedModel> {
-    if !path.exists() {
-        return Err(Error::FileNotFound(path.to_path_buf()));
-    }
-    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+    if is_gguf(path)? {
         let gguf = load_gguf(path)?;
         let mut model = build(gguf.config, None)?;
         let tensors = gguf.tensors.into_iter().map(|(name, (shape, values))| (name, RawTensor::from_f32(shape, &values))).collect();
