@@ -314,6 +314,12 @@ def example_length(feature: Mapping[str, Any]) -> int:
     return len(feature["input_ids"])
 
 
+def _check_not_empty(features: Sequence[Mapping[str, Any]]) -> None:
+    """The collators' check: a batch needs at least one example."""
+    if len(features) == 0:
+        raise DataError("cannot collate an empty list of examples")
+
+
 class DataCollatorForLanguageModeling:
     """Pad examples into a causal-LM batch, like transformers' collator with ``mlm=False``.
 
@@ -374,8 +380,7 @@ class DataCollatorForLanguageModeling:
         self.padding_side = padding_side
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
-        if len(features) == 0:
-            raise DataError("cannot collate an empty list of examples")
+        _check_not_empty(features)
         rows = []
         for i, f in enumerate(features):
             if "input_ids" not in f:
@@ -458,6 +463,7 @@ class DataCollatorWithPadding:
         self.padding_side = padding_side or getattr(tokenizer, "padding_side", "right")
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
+        _check_not_empty(features)
         longest = max(len(f["input_ids"]) for f in features)
         ids = np.full((len(features), longest), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(features), longest), dtype=np.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +18,36 @@ from .generation import generate as _generate
 
 PathLike = Union[str, "os.PathLike[str]"]
 ArrayLike = Any
+
+# The Rust core's config.MAX_DIM (src/config.rs): the largest width, vocabulary or label count a
+# config may ask for. Sizes that Python turns into dicts or arrays before the core sees them
+# (num_labels, resize_token_embeddings) are bounded here, so a typo fails before it allocates.
+MAX_DIM = 1 << 24
+
+
+def _non_finite(value: Any, key: str = "") -> Optional[Tuple[str, float]]:
+    """(key, value) of the first NaN or infinity in a config (nested keys joined by dots), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, value
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{key}.{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
+
+
+def _config_json(config: Mapping[str, Any]) -> str:
+    """A config dict as JSON for the Rust core. json.dumps would write NaN and Infinity, which
+    are not JSON (the core would only say "expected value at line 1 column N"): raises
+    :class:`ConfigError` naming the key instead."""
+    try:
+        return json.dumps(config, allow_nan=False)
+    except ValueError:
+        found = _non_finite(config)
+        if found is None:
+            raise
+        raise ConfigError(f"config key {found[0]!r} is {found[1]!r}; config values must be finite numbers") from None
 
 
 class ModelConfig:
@@ -160,8 +191,10 @@ class Model:
     @classmethod
     def from_config(cls, config: Union[ModelConfig, Mapping[str, Any]], seed: int = 0) -> "Model":
         """A new model with transformers' random initialisation, seeded."""
+        if not isinstance(config, (ModelConfig, Mapping)):
+            raise ConfigError(f"config must be a dict or a ModelConfig, got {type(config).__name__} {config!r}")
         d = config.to_dict() if isinstance(config, ModelConfig) else dict(config)
-        return cls(_core.CausalLM.from_config(json.dumps(d), int(seed)))
+        return cls(_core.CausalLM.from_config(_config_json(d), int(seed)))
 
     @classmethod
     def for_sequence_classification(
@@ -193,8 +226,13 @@ class Model:
             raise ConfigError(f"no sequence-classification head for model_type {config.get('model_type')!r}")
         if id2label is not None:
             id2label = {int(k): str(v) for k, v in dict(id2label).items()}
-            num_labels = num_labels or len(id2label)
-        num_labels = num_labels or config.get("num_labels") or 2
+            if num_labels is None:
+                num_labels = len(id2label)
+        if num_labels is None:
+            num_labels = config.get("num_labels") or 2
+        if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or not 1 <= num_labels <= MAX_DIM:
+            raise ConfigError(f"num_labels must be an integer in [1, {MAX_DIM}], got {num_labels!r}")
+        num_labels = int(num_labels)
         if id2label is None:
             id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()} or {i: f"LABEL_{i}" for i in range(num_labels)}
         if len(id2label) != num_labels:
@@ -207,7 +245,7 @@ class Model:
         )
         if pad_token_id is not None:
             config["pad_token_id"] = int(pad_token_id)
-        core = _core.CausalLM.from_pretrained_with_config(path, json.dumps(config), int(seed))
+        core = _core.CausalLM.from_pretrained_with_config(path, _config_json(config), int(seed))
         return cls(core)
 
     @property
@@ -336,7 +374,12 @@ class Model:
 
     def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True) -> None:
         """Copies arrays into the parameters; shapes are checked and nothing changes on error."""
-        tensors = [(str(k), np.ascontiguousarray(v, dtype=np.float32)) for k, v in state_dict.items()]
+        tensors = []
+        for k, v in state_dict.items():
+            try:
+                tensors.append((str(k), np.ascontiguousarray(v, dtype=np.float32)))
+            except (TypeError, ValueError) as e:
+                raise InputError(f"state_dict[{str(k)!r}] is not an array of numbers ({type(v).__name__}: {e})") from None
         self._core.load_state_dict(tensors, bool(strict))
 
     # ---- vocabulary -------------------------------------------------------------------------
@@ -397,6 +440,8 @@ class Model:
             return old_num
         if isinstance(new_num_tokens, bool) or int(new_num_tokens) != new_num_tokens or new_num_tokens < 1:
             raise InputError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
+        if new_num_tokens > MAX_DIM:
+            raise InputError(f"new_num_tokens must be at most {MAX_DIM} (the largest vocab_size), got {new_num_tokens!r}")
         new_num = int(new_num_tokens)
         if new_num == old_num:
             return old_num
@@ -419,7 +464,7 @@ class Model:
 
         config["vocab_size"] = new_num
         frozen = [n for n, trainable in self.requires_grad().items() if not trainable]
-        core = type(self._core).from_config(json.dumps(config), int(seed))
+        core = type(self._core).from_config(_config_json(config), int(seed))
         core.load_state_dict([(k, np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()], True)
         if frozen:
             core.set_trainable(frozen, False)
@@ -478,6 +523,8 @@ class Model:
         return self._core.rng_state
 
     def set_rng_state(self, state: int) -> None:
+        if isinstance(state, bool) or not isinstance(state, (int, np.integer)) or not 0 <= state < 1 << 64:
+            raise InputError(f"rng state must be an integer in [0, 2**64), got {state!r}")
         self._core.rng_state = int(state)
 
     def save_pretrained(self, save_directory: PathLike) -> None:

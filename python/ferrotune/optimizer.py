@@ -7,6 +7,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 import numpy as np
 
 from . import _core
+from ._core import CheckpointError
 from .modeling import ArrayLike, Model, _training_call
 
 
@@ -99,10 +100,13 @@ class AdamW:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        absent = [k for k in ("step", "exp_avg", "exp_avg_sq") if k not in state]
+        if absent:
+            raise CheckpointError(f"optimizer state is missing {', '.join(map(repr, absent))} (has {sorted(state)})")
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         missing = set(exp_avg) ^ set(exp_avg_sq)
         if missing:
-            raise KeyError(f"optimizer state has exp_avg and exp_avg_sq for different parameters: {sorted(missing)}")
+            raise CheckpointError(f"optimizer state has exp_avg and exp_avg_sq for different parameters: {sorted(missing)}")
         moments = [
             (name, np.ascontiguousarray(exp_avg[name], np.float32), np.ascontiguousarray(exp_avg_sq[name], np.float32))
             for name in exp_avg

@@ -10,16 +10,18 @@ adapters back.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
 from ._core import ConfigError, InputError
-from .io import atomic_directory, load_safetensors, save_safetensors
+from .io import atomic_directory, load_safetensors, read_checkpoint_json, save_safetensors
 from .modeling import Model, PathLike
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -56,6 +58,8 @@ class LoraConfig:
     def __post_init__(self) -> None:
         if self.r <= 0:
             raise ConfigError(f"LoraConfig.r must be positive, got {self.r}")
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, Real) or not math.isfinite(self.lora_alpha):
+            raise ConfigError(f"LoraConfig.lora_alpha must be a finite number, got {self.lora_alpha!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.bias not in ("none", "all", "lora_only"):
@@ -95,8 +99,7 @@ class LoraConfig:
         path = os.path.join(os.fspath(directory), ADAPTER_CONFIG_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(2, f"No such file or directory: {path}", path)
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_checkpoint_json(path, {}))
 
 
 def _matches(module: str, targets: Union[List[str], str]) -> bool:
