@@ -472,7 +472,7 @@ impl Tokenizer {
 
     fn read_tokenizer_json(path: &Path) -> Result<tk::Tokenizer> {
         let text = read_text(path)?;
-        tk::Tokenizer::from_str(&text)
+        backend_from_str(&text)
             .map_err(|e| Error::Tokenizer(format!("{}: not a valid tokenizer file: {e}", path.display())))
     }
 
@@ -1239,7 +1239,7 @@ impl Tokenizer {
 
     /// Inverse of `to_state`.
     pub fn from_state(tokenizer_json: &str, config_json: &str) -> Result<Self> {
-        let inner = tk::Tokenizer::from_str(tokenizer_json).map_err(tok_err)?;
+        let inner = backend_from_str(tokenizer_json).map_err(tok_err)?;
         let config = match serde_json::from_str(config_json).map_err(tok_err)? {
             Value::Object(m) => m,
             _ => return Err(Error::Tokenizer("tokenizer state: config is not an object".into())),
@@ -1253,6 +1253,45 @@ impl Tokenizer {
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
+
+/// `tokenizers::Tokenizer::from_str`, after the checks that keep tokenizers 0.23 from
+/// panicking on a bad file (both found by fuzz/): it panics (`expect("Helper")` in its
+/// decoder deserializer) when the JSON is malformed inside `"decoder"`, and (see
+/// `check_bpe_merges`) on a merge whose token is longer than any in the vocabulary.
+fn backend_from_str(text: &str) -> std::result::Result<tk::Tokenizer, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    check_bpe_merges(&v["model"])?;
+    tk::Tokenizer::from_str(text).map_err(|e| e.to_string())
+}
+
+/// tokenizers' BPE builder copies `a + b[prefix..]` of each merge into a buffer as long as the
+/// longest vocabulary token and only then checks that the merged token is in the vocabulary;
+/// a longer one panics. The same check, made first.
+fn check_bpe_merges(model: &Value) -> std::result::Result<(), String> {
+    let (Some(vocab), Some(merges)) = (model["vocab"].as_object(), model["merges"].as_array()) else { return Ok(()) };
+    if model.get("type").is_some_and(|t| t != "BPE") {
+        return Ok(());
+    }
+    let prefix = model["continuing_subword_prefix"].as_str().map_or(0, str::len);
+    for m in merges {
+        let (a, b) = match m {
+            Value::String(line) if !line.starts_with("#version") => match line.split(' ').collect::<Vec<_>>()[..] {
+                [a, b] => (a, b),
+                _ => continue, // tokenizers' own error
+            },
+            Value::Array(pair) => match (pair.first().and_then(Value::as_str), pair.get(1).and_then(Value::as_str)) {
+                (Some(a), Some(b)) if pair.len() == 2 => (a, b),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        let merged = b.as_bytes().get(prefix..).map(|rest| [a.as_bytes(), rest].concat());
+        if !merged.and_then(|m| String::from_utf8(m).ok()).is_some_and(|m| vocab.contains_key(&m)) {
+            return Err(format!("merge ({a:?}, {b:?}) makes a token that is not in the vocabulary"));
+        }
+    }
+    Ok(())
+}
 
 /// GPT-2's pipeline around a BPE model: byte-level pre-tokenizer, decoder and
 /// post-processor (trim_offsets), as in GPT-2's tokenizer.json.
@@ -1378,6 +1417,39 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzz/ (tokenizer target): JSON cut inside "decoder" made tokenizers panic.
+    #[test]
+    fn malformed_decoder_json_is_an_error_not_a_panic() {
+        for text in [r#"{"decoder": {"type": "ByteLevel"#, r#"{"decoder": {"type": "ByteLevel", "x": [1,]}, "model": {}}"#] {
+            let e = Tokenizer::from_state(text, "{}").unwrap_err().to_string();
+            assert!(e.contains("not JSON"), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, r#"{"version": "1.0", "decoder": {"type": "#).unwrap();
+        let e = Tokenizer::from_pretrained(&path).unwrap_err().to_string();
+        assert!(e.contains("not a valid tokenizer file: not JSON"), "{e}");
+    }
+
+    /// Found by fuzz/ (tokenizer target): a merge longer than every vocabulary token made
+    /// tokenizers' BPE builder index past its buffer.
+    #[test]
+    fn bpe_merge_outside_the_vocabulary_is_an_error_not_a_panic() {
+        let bpe = |merges: Value, prefix: Value| {
+            serde_json::json!({"model": {"type": "BPE", "vocab": {"ab": 0, "cd": 1, "a": 2, "b": 3, "##b": 4, "ab#": 5},
+                "merges": merges, "continuing_subword_prefix": prefix}})
+            .to_string()
+        };
+        use serde_json::json;
+        for (merges, prefix) in [(json!([["ab", "cd"]]), json!(null)), (json!(["ab cd"]), json!(null)), (json!([["a", "b"]]), json!("###"))] {
+            let e = Tokenizer::from_state(&bpe(merges.clone(), prefix), "{}").unwrap_err().to_string();
+            assert!(e.contains("not in the vocabulary"), "{merges}: {e}");
+        }
+        // valid merges still load
+        assert!(Tokenizer::from_state(&bpe(json!([["a", "b"]]), json!(null)), "{}").is_ok());
+        assert!(Tokenizer::from_state(&bpe(json!(["a ##b"]), json!("##")), "{}").is_ok());
+    }
 
     const CORPUS: &[&str] = &[
         "Hello world! The quick brown fox jumps over the lazy dog.",

@@ -927,8 +927,8 @@ pub fn hf_tensors(file: &GgufFile, config: &Value) -> Result<HfTensors> {
         let mut data = file.dequantize(info)?;
         if arch == "llama" && (info.name.contains(".attn_q.") || info.name.contains(".attn_k.")) {
             let heads = if info.name.contains(".attn_q.") { n_heads } else { n_kv };
-            let rows = shape[0];
-            if heads == 0 || !rows.is_multiple_of(2 * heads) {
+            let rows = shape.first().copied().unwrap_or(0);
+            if heads == 0 || rows == 0 || !rows.is_multiple_of(2 * heads) {
                 return Err(Error::checkpoint(
                     &file.path,
                     format!("tensor {:?}: {rows} rows do not split into {heads} heads", info.name),
@@ -1192,6 +1192,22 @@ mod tests {
         dequantize_into(GgmlType::Q6_K, &b, &mut o).unwrap();
         assert_eq!(o[128 + 96 + 1], 0.5 * -3.0 * 5.0);
         assert_eq!(o[0], 0.5 * -32.0);
+    }
+
+    /// Found by fuzz/ (gguf target): a llama Q/K tensor with no dims (or a zero dim)
+    /// indexed shape[0] / divided by 0 rows in hf_tensors.
+    #[test]
+    fn qk_tensors_without_rows_are_errors_not_panics() {
+        for dims in [&[][..], &[4, 0][..]] {
+            let mut w = Writer::new();
+            w.kv_str("general.architecture", "llama");
+            let nbytes = dims.iter().product::<u64>() as usize * 4;
+            w.tensor("blk.0.attn_q.weight", dims, 0, &vec![0u8; nbytes]);
+            let f = GgufFile::from_bytes("mem.gguf", w.finish()).unwrap();
+            let config = serde_json::json!({"num_attention_heads": 2, "num_key_value_heads": 1});
+            let e = hf_tensors(&f, &config).unwrap_err().to_string();
+            assert!(e.contains("0 rows do not split into 2 heads"), "{dims:?}: {e}");
+        }
     }
 
     #[test]

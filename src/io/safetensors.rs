@@ -47,9 +47,15 @@ impl RawTensor {
 /// Reads every tensor of one safetensors file, plus its metadata.
 pub fn load_file(path: &Path) -> Result<(BTreeMap<String, RawTensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
+    parse_bytes(path, &bytes)
+}
+
+/// The tensors and metadata of a safetensors file held in memory (`path` is only used in
+/// messages); what `load_file` does after reading the file.
+pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<(BTreeMap<String, RawTensor>, HashMap<String, String>)> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file ({e})")))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
+    let (_, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file ({e})")))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let tensors = st
