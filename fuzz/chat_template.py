@@ -14,8 +14,6 @@ Run by scripts/fuzz.sh; by hand (libFuzzer flags):
     .venv/bin/python fuzz/chat_template.py fuzz/corpus/chat_template -max_total_time=60
 """
 
-import collections
-import os
 import sys
 
 import atheris
@@ -27,37 +25,6 @@ from ferrotune import DataError, InputError, TokenizerError
 
 ALLOWED = (TokenizerError, DataError, InputError)
 
-# Known and reported, to be fixed in ferrotune/chat.py (render / compile_template):
-#  1. render() wraps jinja2's TemplateError but lets the plain Python errors that template
-#     code raises (`'a' + 1`, `1 / 0`, a list where a str is expected...) through
-#     unwrapped (as transformers does): "{{ 'a' + 1 }}" raises TypeError.
-#  2. compile_template() lets SyntaxError through: jinja2 turns `{% break %}` or
-#     `{% continue %}` outside a loop (loopcontrols) into Python that does not compile:
-#     "{% break %}" raises SyntaxError.
-# Until chat.py wraps them, inputs that hit only these are counted and printed in the
-# summary instead of failing the run; FUZZ_CHAT_STRICT=1 (or deleting an entry) makes them
-# failures again. Anything else that is not a ferrotune error fails the run.
-TEMPLATE_RUNTIME = (TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
-STRICT = os.environ.get("FUZZ_CHAT_STRICT") == "1"
-known: "collections.Counter[str]" = collections.Counter()
-
-
-def frames(e: BaseException) -> list:
-    out, tb = [], e.__traceback__
-    while tb is not None:
-        out.append((tb.tb_frame.f_code.co_filename, tb.tb_frame.f_code.co_name))
-        tb = tb.tb_next
-    return out
-
-
-def known_issue(e: BaseException):
-    """Which known issue `e` is, or None."""
-    f = frames(e)
-    if isinstance(e, TEMPLATE_RUNTIME) and f and f[-1][0] == "<template>":
-        return f"1:template code raised {type(e).__name__}"
-    if type(e) is SyntaxError and e.filename == "<template>" and any(n == "compile_template" for _, n in f):
-        return "2:SyntaxError compiling loop controls"
-    return None
 ROLES = ["system", "user", "assistant", "tool", "ipython", "developer", "", "SYSTEM"]
 FIELDS = ["content", "reasoning_content", "thinking", "reasoning", "name", "tool_calls", "tool_call_id"]
 
@@ -145,19 +112,6 @@ def test_one_input(data: bytes) -> None:
         )
     except ALLOWED:
         pass
-    except TEMPLATE_RUNTIME + (SyntaxError,) as e:
-        issue = None if STRICT else known_issue(e)
-        if issue is None:
-            raise
-        known[issue] += 1
-        n = known[issue]
-        if n & (n - 1) == 0:  # libFuzzer exits without running atexit: report as it goes
-            report()
-
-
-def report() -> None:
-    kinds = ", ".join(f"{k} x{n}" for k, n in known.most_common())
-    print(f"chat_template-known: {kinds or 'none'}", flush=True)
 
 
 def main() -> None:

@@ -74,8 +74,6 @@ for t in "${TARGETS[@]}"; do
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   corp=$(sed -n 's/.* corp: \([0-9]*\/[0-9A-Za-z]*\).*/\1/p' <<<"$last")
   line="${runs:-?} runs, ${speed:-?} exec/s, corpus ${corp:-?} (files/bytes), cov ${cov:-?}, ft ${ft:-?}"
-  known=$(grep '^chat_template-known:' "$log" | tail -1 || true)
-  [ -n "$known" ] && line="$line; ${known}"
   if [ "$rc" -ne 0 ]; then
     failed+=("$t")
     line="$line  FAILED (rc $rc): see $log and fuzz/artifacts/$t/"

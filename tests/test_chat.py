@@ -447,3 +447,20 @@ def test_malformed_messages_examples(example: dict, match: str, tok: Tokenizer) 
                         + [example], tok)
     with pytest.raises(DataError, match="need a tokenizer"):
         tokenize_example({"messages": [{"role": "assistant", "content": "a"}]}, None)
+
+
+@pytest.mark.parametrize(
+    "template, phrase",
+    [
+        ("{{ 'a' + 1 }}", "TypeError"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+        ("{% break %}", "does not compile"),
+        ("{% if " + "(" * 5000 + "1" + ")" * 5000 + " %}{% endif %}", "nested too deeply"),
+    ],
+)
+def test_template_code_errors_are_chat_template_errors(template: str, phrase: str) -> None:
+    # found by fuzz/chat_template.py: Python errors of the template's own code, and jinja2's
+    # invalid Python for loop controls outside a loop, came through unwrapped
+    with pytest.raises(ChatTemplateError, match=phrase) as info:
+        chat.render([[{"role": "user", "content": "hi"}]], template)
+    assert isinstance(info.value, TokenizerError) and isinstance(info.value, jinja2.exceptions.TemplateError)

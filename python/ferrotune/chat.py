@@ -62,7 +62,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._core import DataError, InputError, TokenizerError
+from ._core import DataError, FerrotuneError, InputError, TokenizerError
 
 try:
     import jinja2
@@ -235,6 +235,10 @@ def compile_template(chat_template: str) -> Any:
         return _make_environment().from_string(chat_template)
     except jinja2.exceptions.TemplateError as e:
         raise ChatTemplateError(f"the chat template does not compile: {_jinja_message(e)}") from e
+    except SyntaxError as e:  # jinja2 compiles `{% break %}` outside a loop into invalid Python
+        raise ChatTemplateError(f"the chat template does not compile: {e.msg}") from e
+    except RecursionError as e:  # jinja2's parser recurses once per nesting level
+        raise ChatTemplateError("the chat template does not compile: it is nested too deeply") from e
 
 
 def has_generation_tags(chat_template: str) -> bool:
@@ -432,6 +436,11 @@ def render(
         except jinja2.exceptions.TemplateError as e:
             where = f"conversation {index}: " if len(conversations) > 1 else ""
             raise ChatTemplateError(f"{where}{_jinja_message(e)}") from e
+        except FerrotuneError:
+            raise
+        except Exception as e:  # the template's own code failed: 'a' + 1, 1 / 0, a list where a str goes
+            where = f"conversation {index}: " if len(conversations) > 1 else ""
+            raise ChatTemplateError(f"{where}the chat template failed: {type(e).__name__}: {e}") from e
         all_indices.append(indices)
         if continue_final_message:
             if final_message.strip() not in text or _CONTINUE_TAG.strip() not in text:
