@@ -1,6 +1,6 @@
-"""One build, two code paths: ferrotune's own kernels take AVX-512 code at run time when the CPU
-has it, and FERROTUNE_CPU=generic forces the portable code. Both must train to the same
-numbers (up to summation order), so a CPU without AVX-512 gets the same model."""
+"""One build, several code paths: ferrotune's own kernels take AVX-512 or AVX2 code at run time
+when the CPU has it, and FERROTUNE_CPU=avx2 / =generic force a lower tier. Every tier must
+train and decode to the same numbers (up to summation order), so every CPU gets the same model."""
 
 import os
 import subprocess
@@ -41,39 +41,46 @@ np.savez(sys.argv[2], **out)
 MODELS = ["gpt2_tiny_a", "llama_tiny", "mistral_tiny"]
 
 
-def run_both(tmp_path, script, *args):
-    """Runs `script` with FERROTUNE_CPU=generic and with the dispatched kernels; each run saves
-    its arrays to the .npz named by its last argument. Returns (generic, native) dicts."""
+TIERS = ("generic", "avx2", "native")
+
+
+def run_tiers(tmp_path, script, *args):
+    """Runs `script` with FERROTUNE_CPU=generic, =avx2 and unset (the best tier); each run
+    saves its arrays to the .npz named by its last argument. Returns {tier: arrays}."""
     (tmp_path / "script.py").write_text(script)
-    results = []
-    for isa in ("generic", "native"):
+    results = {}
+    for tier in TIERS:
         env = {k: v for k, v in os.environ.items() if k != "FERROTUNE_CPU"}
-        if isa == "generic":
-            env["FERROTUNE_CPU"] = "generic"
-        dst = tmp_path / f"{isa}.npz"
+        if tier != "native":
+            env["FERROTUNE_CPU"] = tier
+        dst = tmp_path / f"{tier}.npz"
         subprocess.run([sys.executable, str(tmp_path / "script.py"), *map(str, args), str(dst)], env=env, check=True)
-        results.append(dict(np.load(dst)))
-    gen, nat = results
-    assert str(gen.pop("isa")) == "generic" and str(nat.pop("isa")) == ft.cpu_isa()
-    assert gen.keys() == nat.keys()
-    return gen, nat
+        results[tier] = dict(np.load(dst))
+    isas = {tier: str(r.pop("isa")) for tier, r in results.items()}
+    # a CPU without AVX2 runs generic code for "avx2"; one without AVX-512 runs avx2 natively
+    assert isas["generic"] == "generic" and isas["native"] == ft.cpu_isa()
+    assert isas["avx2"] in ("avx2", "generic") and (isas["avx2"] == "avx2") == (isas["native"] != "generic")
+    assert results["generic"].keys() == results["avx2"].keys() == results["native"].keys()
+    return results
 
 
-def assert_alike(gen, nat):
-    for k in gen:
-        scale = max(float(np.abs(nat[k]).max()), 1e-30)
-        assert np.abs(gen[k] - nat[k]).max() <= 1e-5 * scale, k
+def assert_alike(results):
+    gen = results["generic"]
+    for tier in ("avx2", "native"):
+        for k in gen:
+            scale = max(float(np.abs(results[tier][k]).max()), 1e-30)
+            assert np.abs(gen[k] - results[tier][k]).max() <= 1e-5 * scale, (tier, k)
 
 
-def test_generic_and_dispatched_kernels_train_alike(tmp_path):
+def test_every_tier_trains_alike(tmp_path):
     root = os.path.dirname(fixture_dir(MODELS[0]))
     if not all(os.path.isdir(os.path.join(root, m)) for m in MODELS):
         pytest.skip("fixtures missing: run tests/fixtures/make_fixtures.py")
-    assert_alike(*run_both(tmp_path, SCRIPT, ",".join(MODELS), root))
+    assert_alike(run_tiers(tmp_path, SCRIPT, ",".join(MODELS), root))
 
 
-def test_generic_and_dispatched_kernels_decode_alike(tmp_path):
+def test_every_tier_decodes_alike(tmp_path):
     """KV-cached decoding with f32 and bf16 weights (kernels/matvec.rs has both paths)."""
     if not os.path.isdir(fixture_dir(MODELS[0])):
         pytest.skip("fixtures missing: run tests/fixtures/make_fixtures.py")
-    assert_alike(*run_both(tmp_path, DECODE, fixture_dir(MODELS[0])))
+    assert_alike(run_tiers(tmp_path, DECODE, fixture_dir(MODELS[0])))

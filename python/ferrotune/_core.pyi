@@ -37,7 +37,7 @@ __all__ = [
 __version__: str
 
 def cpu_isa() -> str:
-    """The instruction set ferrotune's kernels use here: "avx512+bf16", "avx512" or "generic"."""
+    """The instruction set ferrotune's kernels use here: "avx512+bf16", "avx512", "avx2" or "generic"."""
 
 def set_bf16_products(on: bool) -> bool:
     """Lets large f32 products run with bf16 operands; False (nothing changed) without AVX512_BF16."""

@@ -36,7 +36,7 @@ def get_float32_matmul_precision() -> str:
 
 
 def bf16_available() -> bool:
-    """Whether this CPU runs bf16 products (AVX512_BF16, not disabled by FERROTUNE_CPU=generic)."""
+    """Whether this CPU runs bf16 products (AVX512_BF16, not disabled by FERROTUNE_CPU=avx2 or =generic)."""
     return _core.cpu_isa() == "avx512+bf16"
 
 
@@ -45,7 +45,7 @@ def require_bf16(who: str) -> None:
     if not bf16_available():
         raise ConfigError(
             f"{who} needs a CPU with AVX512_BF16; this one runs {_core.cpu_isa()!r} kernels "
-            "(FERROTUNE_CPU=generic also disables it): train in float32 (bf16=False)"
+            "(FERROTUNE_CPU=avx2 or =generic also disables it): train in float32 (bf16=False)"
         )
 
 

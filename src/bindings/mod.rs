@@ -32,7 +32,7 @@ pub(crate) fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> PyFtResult<T> 
 }
 
 /// The instruction set ferrotune's own kernels dispatch to on this CPU: "avx512+bf16",
-/// "avx512" or "generic" (forced by FERROTUNE_CPU=generic).
+/// "avx512", "avx2" or "generic" (FERROTUNE_CPU=avx2 or =generic forces a lower tier).
 #[pyfunction]
 fn cpu_isa() -> &'static str {
     crate::kernels::cpu::isa_name()

@@ -1,29 +1,34 @@
 //! Run-time CPU-feature dispatch for our own SIMD kernels. One build runs on any x86-64:
-//! the AVX-512 paths are compiled with `#[target_feature]` and taken only when the CPU has
-//! the features; everything else takes the portable path.
+//! the AVX-512 and AVX2 paths are compiled with `#[target_feature]` and taken only when the
+//! CPU has the features; everything else takes the portable path.
 //!
-//! `FERROTUNE_CPU=generic` in the environment forces the portable path (read once, at the
-//! first kernel call), so that both paths can be tested on one machine.
+//! `FERROTUNE_CPU=generic` (or `avx2`) in the environment forces that tier, or the best one
+//! the CPU has below it (read once, at the first kernel call), so that every tier can be
+//! tested on one machine.
 
 use std::sync::OnceLock;
 
-/// The instruction set our kernels use on this CPU.
+/// The instruction set our kernels use on this CPU, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     /// AVX-512 F + BW + VL (and AVX512_BF16 when `bf16_dot` is true).
     Avx512 {
         bf16_dot: bool,
     },
+    /// AVX2 + FMA + F16C (Intel since Haswell, AMD since Zen): 8 floats wide.
+    Avx2,
     Generic,
 }
 
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        if std::env::var("FERROTUNE_CPU").is_ok_and(|v| v.eq_ignore_ascii_case("generic")) {
-            return Isa::Generic;
+        let best = detect();
+        match std::env::var("FERROTUNE_CPU").map(|v| v.to_ascii_lowercase()).as_deref() {
+            Ok("generic") => Isa::Generic,
+            Ok("avx2") if matches!(best, Isa::Avx512 { .. }) => Isa::Avx2,
+            _ => best,
         }
-        detect()
     })
 }
 
@@ -34,6 +39,8 @@ fn detect() -> Isa {
         Isa::Avx512 {
             bf16_dot: has!("avx512bf16"),
         }
+    } else if has!("avx2") && has!("fma") && has!("f16c") {
+        Isa::Avx2
     } else {
         Isa::Generic
     }
@@ -49,24 +56,37 @@ pub fn isa_name() -> &'static str {
     match isa() {
         Isa::Avx512 { bf16_dot: true } => "avx512+bf16",
         Isa::Avx512 { bf16_dot: false } => "avx512",
+        Isa::Avx2 => "avx2",
         Isa::Generic => "generic",
     }
 }
 
-/// Runs `f` compiled for AVX-512 (+ FMA) when the CPU has it, else as built (baseline
-/// x86-64). `f` is inlined into a function with those target features, so the loops in it
-/// vectorise 16 floats wide; call it inside each parallel task, around the inner loops, with
-/// an `#[inline(always)]` closure (a large closure is otherwise left out of line, baseline).
+/// Runs `f` compiled for the dispatched tier: AVX-512 (+ FMA) or AVX2 + FMA + F16C when the
+/// CPU has them, else as built (baseline x86-64). `f` is inlined into a function with those
+/// target features, so the loops in it vectorise 16 (AVX-512) or 8 (AVX2) floats wide; call
+/// it inside each parallel task, around the inner loops, with an `#[inline(always)]` closure
+/// (a large closure is otherwise left out of line, baseline).
 #[inline(always)]
 pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if let Isa::Avx512 { .. } = isa() {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-        unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
-            f()
+    match isa() {
+        Isa::Avx512 { .. } => {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+            unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU has these features (checked by `isa`).
+            return unsafe { wide(f) };
         }
-        // SAFETY: the CPU has these features (checked by `isa`).
-        return unsafe { wide(f) };
+        Isa::Avx2 => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU has these features (checked by `isa`).
+            return unsafe { wide(f) };
+        }
+        Isa::Generic => {}
     }
     f()
 }

@@ -17,7 +17,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::cpu::{isa, Isa};
+use super::cpu::{isa, simd, Isa};
 use super::{Real, SyncPtr};
 
 /// Output rows of W handled by one parallel task.
@@ -144,13 +144,16 @@ fn matmul_nk_on<F: Real, W: Weight>(isa: Isa, out: &mut [F], x: &[F], w: &[W], m
             unsafe { avx512::nk_cols(of, xf, w, m, n, k, o0, o1, accumulate) };
             return;
         }
-        for o in o0..o1 {
-            let wr = &w[o * k..(o + 1) * k];
-            for r in 0..m {
-                let s = dot(&x[r * k..(r + 1) * k], wr);
-                store(&mut out[r * n + o], s, accumulate);
+        // the portable loops, vectorised for the dispatched tier (AVX2 where AVX-512 is absent)
+        simd(#[inline(always)] || {
+            for o in o0..o1 {
+                let wr = &w[o * k..(o + 1) * k];
+                for r in 0..m {
+                    let s = dot(&x[r * k..(r + 1) * k], wr);
+                    store(&mut out[r * n + o], s, accumulate);
+                }
             }
-        }
+        });
     });
 }
 
@@ -180,18 +183,20 @@ fn matmul_kn_on<F: Real>(isa: Isa, out: &mut [F], x: &[F], w: &[F], m: usize, n:
             return;
         }
         let mut acc = vec![0.0f32; o1 - o0];
-        for r in 0..m {
-            acc.fill(0.0);
-            for kk in 0..k {
-                let xv = x[r * k + kk].widen();
-                for (a, wv) in acc.iter_mut().zip(&w[kk * n + o0..kk * n + o1]) {
-                    *a += xv * wv.widen();
+        simd(#[inline(always)] || {
+            for r in 0..m {
+                acc.fill(0.0);
+                for kk in 0..k {
+                    let xv = x[r * k + kk].widen();
+                    for (a, wv) in acc.iter_mut().zip(&w[kk * n + o0..kk * n + o1]) {
+                        *a += xv * wv.widen();
+                    }
+                }
+                for (o, a) in (o0..o1).zip(&acc) {
+                    store(&mut out[r * n + o], *a, accumulate);
                 }
             }
-            for (o, a) in (o0..o1).zip(&acc) {
-                store(&mut out[r * n + o], *a, accumulate);
-            }
-        }
+        });
     });
 }
 
