@@ -89,7 +89,9 @@ const GPT2_REQUIRED: [&str; 5] = ["vocab_size", "n_positions", "n_embd", "n_laye
 
 impl Gpt2Config {
     pub fn from_value(v: Value) -> Result<Self> {
-        let obj = v.as_object().ok_or_else(|| Error::Config("config must be a JSON object".into()))?;
+        if !v.is_object() {
+            return Err(Error::Config("config must be a JSON object".into()));
+        }
         for key in GPT2_REQUIRED {
             req_usize(&v, key, "gpt2")?;
         }
