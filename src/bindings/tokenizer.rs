@@ -53,7 +53,7 @@ impl PyTexts {
             };
             let item = item?;
             if let Ok(s) = item.cast::<PyString>() {
-                self.buf.push_back(s.to_str()?.to_owned());
+                self.buf.push_back(s.to_cow()?.into_owned());
             } else if item.is_instance_of::<PyList>() || item.is_instance_of::<PyTuple>() {
                 for x in item.try_iter()? {
                     let x = x?;
@@ -63,7 +63,7 @@ impl PyTexts {
                             x.get_type().name().map(|n| n.to_string()).unwrap_or_default()
                         ))
                     })?;
-                    self.buf.push_back(s.to_str()?.to_owned());
+                    self.buf.push_back(s.to_cow()?.into_owned());
                 }
             } else {
                 return Err(PyTypeError::new_err(format!(

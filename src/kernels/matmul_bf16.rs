@@ -110,7 +110,10 @@ fn products(dst: &mut [f32], dst_rs: usize, m: usize, n: usize, k: usize, apack:
                         avx512::kernel(a, b, kps, d, dst_rs, rows, cols, accumulate || k0 > 0, scale);
                     }
                     #[cfg(not(target_arch = "x86_64"))]
-                    unreachable!("available() is false off x86-64: {a:p} {b:p} {rows} {cols} {dptr:p}");
+                    {
+                        let _ = (a, b, kps, rows, cols, &dptr, dst_rs, accumulate, scale);
+                        unreachable!("available() is false off x86-64");
+                    }
                 }
             }
         }

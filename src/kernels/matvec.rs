@@ -127,6 +127,7 @@ pub fn matmul_nk<F: Real, W: Weight>(out: &mut [F], x: &[F], w: &[W], m: usize, 
 }
 
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // `isa` picks x86 code only
 fn matmul_nk_on<F: Real, W: Weight>(isa: Isa, out: &mut [F], x: &[F], w: &[W], m: usize, n: usize, k: usize, accumulate: bool) {
     assert!(
         out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
@@ -166,6 +167,7 @@ pub fn matmul_kn<F: Real>(out: &mut [F], x: &[F], w: &[F], m: usize, n: usize, k
 const COLS_PER_TASK: usize = 64;
 
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // `isa` picks x86 code only
 fn matmul_kn_on<F: Real>(isa: Isa, out: &mut [F], x: &[F], w: &[F], m: usize, n: usize, k: usize, accumulate: bool) {
     assert!(
         out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
