@@ -21,6 +21,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-60}"
+# A fixed seed keeps the test command's runs alike from one machine to the next (how far a
+# run gets still depends on the machine's speed); FUZZ_SEED=0 lets libFuzzer pick one.
+FUZZ_SEED="${FUZZ_SEED:-1}"
 shift || true
 ALL_TARGETS=(safetensors gguf tokenizer config chat_template)
 if [ "$#" -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
@@ -63,7 +66,7 @@ for t in "${TARGETS[@]}"; do
     cmd=("$BIN/$t" -max_len=262144)
   fi
   set +e
-  "${cmd[@]}" "fuzz/corpus/$t" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
+  "${cmd[@]}" "fuzz/corpus/$t" -seed="$FUZZ_SEED" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1
   rc=$?
   set -e

@@ -464,3 +464,12 @@ def test_template_code_errors_are_chat_template_errors(template: str, phrase: st
     with pytest.raises(ChatTemplateError, match=phrase) as info:
         chat.render([[{"role": "user", "content": "hi"}]], template)
     assert isinstance(info.value, TokenizerError) and isinstance(info.value, jinja2.exceptions.TemplateError)
+
+
+@pytest.mark.parametrize("content", [5, [7], [{"type": "text", "text": 3}]])
+def test_continuing_a_final_message_that_is_not_text_is_an_input_error(content) -> None:
+    # found by fuzz/chat_template.py: an int content met `+ "<continue tag>"` (TypeError)
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    msgs = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": content}]]
+    with pytest.raises(InputError, match="continue"):
+        chat.render(msgs, template, continue_final_message=True)

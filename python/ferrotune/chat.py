@@ -404,7 +404,7 @@ def render(
                 )
             if isinstance(final_message, (list, tuple)):
                 for block in reversed(final_message):
-                    if "text" in block:
+                    if isinstance(block, Mapping) and isinstance(block.get("text"), str):
                         final_message = block["text"]
                         block["text"] = block["text"] + _CONTINUE_TAG
                         break
@@ -412,6 +412,11 @@ def render(
                     raise InputError(
                         "continue_final_message is set but there is no text to continue in the final message"
                     )
+            elif not isinstance(final_message, str):
+                raise InputError(
+                    f'continue_final_message is set but the final message\'s "{field}" is a '
+                    f"{type(final_message).__name__}, not text or a list of content blocks"
+                )
             else:
                 for f in fields:
                     chat[-1][f] = chat[-1][f] + _CONTINUE_TAG
