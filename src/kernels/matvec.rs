@@ -10,7 +10,9 @@
 //!   bf16 decoding reads half the bytes of f32. A bf16 weight widens to f32 exactly (a
 //!   16-bit shift); activations are never rounded and products accumulate in f32.
 //!
-//! The AVX-512 paths prefetch the next rows in software: the row streams of a tile are short
+//! f32 activations take tiles written once over `Lanes` (kernels/lanes.rs) and instantiated
+//! for AVX-512, AVX2 + FMA and NEON; f64 (tests) and the generic tier take portable loops.
+//! The tiles prefetch the next rows in software: the row streams of a tile are short
 //! (a few KB) and the hardware prefetcher does not pick them up; without it a core reads
 //! ~10 GB/s instead of ~50. Shapes: M = rows of x, K = input features, N = output features.
 
@@ -18,6 +20,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::cpu::{isa, simd, Isa};
+use super::lanes::Lanes;
 use super::{Real, SyncPtr};
 
 /// Output rows of W handled by one parallel task.
@@ -72,12 +75,11 @@ pub fn round_weight<F: Real>(dst: &mut [bf16], src: &[F], n: usize, k: usize, tr
 pub trait Weight: Copy + Send + Sync + 'static {
     /// The weight as f32 (exact for bf16 and f32).
     fn widen(self) -> f32;
-    /// 16 weights at p (fewer when `mask` clears lanes) as f32 lanes.
+    /// `left.min(V::LANES)` weights at p as f32 lanes (zeros after them).
     ///
     /// # Safety
-    /// AVX-512 F/BW/VL must be present; the unmasked lanes must be readable.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn load16(p: *const Self, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512;
+    /// The CPU has V's features; those elements are readable.
+    unsafe fn load<V: Lanes>(p: *const Self, left: usize) -> V;
 }
 
 impl Weight for f32 {
@@ -85,10 +87,9 @@ impl Weight for f32 {
     fn widen(self) -> f32 {
         self
     }
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load16(p: *const f32, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512 {
-        std::arch::x86_64::_mm512_maskz_loadu_ps(mask, p)
+    unsafe fn load<V: Lanes>(p: *const f32, left: usize) -> V {
+        V::load(p, left)
     }
 }
 
@@ -97,13 +98,9 @@ impl Weight for f64 {
     fn widen(self) -> f32 {
         self as f32
     }
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load16(p: *const f64, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let lo = _mm512_cvtpd_ps(_mm512_maskz_loadu_pd(mask as u8, p));
-        let hi = _mm512_cvtpd_ps(_mm512_maskz_loadu_pd((mask >> 8) as u8, p.add(8)));
-        _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi)
+    unsafe fn load<V: Lanes>(p: *const f64, left: usize) -> V {
+        V::load_f64(p, left)
     }
 }
 
@@ -112,12 +109,9 @@ impl Weight for bf16 {
     fn widen(self) -> f32 {
         self.to_f32()
     }
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load16(p: *const bf16, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let h = _mm256_maskz_loadu_epi16(mask, p as *const i16);
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    unsafe fn load<V: Lanes>(p: *const bf16, left: usize) -> V {
+        V::load_bf16(p, left)
     }
 }
 
@@ -127,7 +121,6 @@ pub fn matmul_nk<F: Real, W: Weight>(out: &mut [F], x: &[F], w: &[W], m: usize, 
 }
 
 #[allow(clippy::too_many_arguments)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // `isa` picks x86 code only
 fn matmul_nk_on<F: Real, W: Weight>(isa: Isa, out: &mut [F], x: &[F], w: &[W], m: usize, n: usize, k: usize, accumulate: bool) {
     assert!(
         out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
@@ -139,13 +132,13 @@ fn matmul_nk_on<F: Real, W: Weight>(isa: Isa, out: &mut [F], x: &[F], w: &[W], m
         // SAFETY: the task writes only columns [o0, o1) of out, which no other task touches;
         // out holds M*N elements (asserted above).
         let out = unsafe { dst.slice_mut(0, m * n) };
-        #[cfg(target_arch = "x86_64")]
-        if let (Isa::Avx512 { .. }, Some(xf), Some(of)) = (isa, F::as_f32(x), F::as_f32_mut(out)) {
-            // SAFETY: the CPU has AVX-512 F/BW/VL (checked by `isa`); bounds asserted above.
-            unsafe { avx512::nk_cols(of, xf, w, m, n, k, o0, o1, accumulate) };
-            return;
+        if let (Some(xf), Some(of)) = (F::as_f32(x), F::as_f32_mut(out)) {
+            // SAFETY: bounds asserted above; `isa` is what the CPU has (or a lower tier).
+            if unsafe { tiers::nk_cols(isa, of, xf, w, m, n, k, o0, o1, accumulate) } {
+                return;
+            }
         }
-        // the portable loops, vectorised for the dispatched tier (AVX2 where AVX-512 is absent)
+        // the portable loops (f64 tests, and the generic tier)
         simd(#[inline(always)] || {
             for o in o0..o1 {
                 let wr = &w[o * k..(o + 1) * k];
@@ -163,11 +156,10 @@ pub fn matmul_kn<F: Real>(out: &mut [F], x: &[F], w: &[F], m: usize, n: usize, k
     matmul_kn_on(isa(), out, x, w, m, n, k, accumulate)
 }
 
-/// Output columns handled by one parallel task of `matmul_kn` (4 AVX-512 vectors).
+/// Output columns handled by one parallel task of `matmul_kn` (4 AVX-512 registers).
 const COLS_PER_TASK: usize = 64;
 
 #[allow(clippy::too_many_arguments)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // `isa` picks x86 code only
 fn matmul_kn_on<F: Real>(isa: Isa, out: &mut [F], x: &[F], w: &[F], m: usize, n: usize, k: usize, accumulate: bool) {
     assert!(
         out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
@@ -178,11 +170,11 @@ fn matmul_kn_on<F: Real>(isa: Isa, out: &mut [F], x: &[F], w: &[F], m: usize, n:
         let (o0, o1) = (task * COLS_PER_TASK, ((task + 1) * COLS_PER_TASK).min(n));
         // SAFETY: as in matmul_nk_on: disjoint columns per task, sizes asserted.
         let out = unsafe { dst.slice_mut(0, m * n) };
-        #[cfg(target_arch = "x86_64")]
-        if let (Isa::Avx512 { .. }, Some(xf), Some(wf), Some(of)) = (isa, F::as_f32(x), F::as_f32(w), F::as_f32_mut(out)) {
-            // SAFETY: AVX-512 present (checked by `isa`); bounds asserted above.
-            unsafe { avx512::kn_cols(of, xf, wf, m, n, k, o0, o1, accumulate) };
-            return;
+        if let (Some(xf), Some(wf), Some(of)) = (F::as_f32(x), F::as_f32(w), F::as_f32_mut(out)) {
+            // SAFETY: as above.
+            if unsafe { tiers::kn_cols(isa, of, xf, wf, m, n, k, o0, o1, accumulate) } {
+                return;
+            }
         }
         let mut acc = vec![0.0f32; o1 - o0];
         simd(#[inline(always)] || {
@@ -225,148 +217,245 @@ fn store<F: Real>(d: &mut F, s: f32, accumulate: bool) {
     *d = if accumulate { *d + s } else { s };
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::Weight;
-
-    #[inline(always)]
-    fn lanes(left: usize) -> __mmask16 {
-        if left >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << left) - 1
+/// out[r0..r0+MR, o..o+OR] = MR x OR dot products of length K over `V`-wide accumulators,
+/// reduced at the end.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nk_tile<V: Lanes, W: Weight, const MR: usize, const OR: usize>(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[W],
+    n: usize,
+    k: usize,
+    r0: usize,
+    o: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[V::zero(); OR]; MR];
+    let (xp, wp) = (x.as_ptr().add(r0 * k), w.as_ptr().add(o * k));
+    let mut kk = 0;
+    while kk < k {
+        let left = k - kk;
+        let mut wv = [V::zero(); OR];
+        for (j, v) in wv.iter_mut().enumerate() {
+            *v = W::load::<V>(wp.add(j * k + kk), left);
+            // the same place in the next tile's rows (a prefetch past the end is harmless)
+            V::prefetch(wp.wrapping_add((OR + j) * k + kk) as *const u8);
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = V::load(xp.add(r * k + kk), left);
+            for j in 0..OR {
+                acc_r[j] = acc_r[j].fma(xv, wv[j]);
+            }
+        }
+        kk += V::LANES;
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (j, a) in acc_r.iter().enumerate() {
+            let s = a.sum();
+            let d = &mut out[(r0 + r) * n + o + j];
+            *d = if accumulate { *d + s } else { s };
         }
     }
+}
 
-    /// out[r, o..o+OR] for r in r0..r0+MR: MR x OR dot products of length K over 16-lane
-    /// f32 accumulators, reduced at the end.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn nk_tile<W: Weight, const MR: usize, const OR: usize>(
-        out: &mut [f32],
-        x: &[f32],
-        w: &[W],
-        n: usize,
-        k: usize,
-        r0: usize,
-        o: usize,
-        accumulate: bool,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); OR]; MR];
-        let (xp, wp) = (x.as_ptr().add(r0 * k), w.as_ptr().add(o * k));
-        let mut kk = 0;
-        while kk < k {
-            let mask = lanes(k - kk);
-            let mut wv = [_mm512_setzero_ps(); OR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = W::load16(wp.add(j * k + kk), mask);
-                // the same place in the next tile's rows (a prefetch past the end is harmless)
-                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((OR + j) * k + kk) as *const i8);
+/// Columns [o0, o1) of out (M, N) = x (M, K) @ w^T, w (N, K), in MR x OR tiles.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nk_cols<V: Lanes, W: Weight, const MR: usize, const OR: usize>(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[W],
+    m: usize,
+    n: usize,
+    k: usize,
+    o0: usize,
+    o1: usize,
+    acc: bool,
+) {
+    let mut r = 0;
+    while r < m {
+        let full = m - r >= MR;
+        let mut o = o0;
+        while o < o1 {
+            let wide = o1 - o >= OR;
+            match (full, wide) {
+                (true, true) => nk_tile::<V, W, MR, OR>(out, x, w, n, k, r, o, acc),
+                (true, false) => nk_tile::<V, W, MR, 1>(out, x, w, n, k, r, o, acc),
+                (false, true) => nk_tile::<V, W, 1, OR>(out, x, w, n, k, r, o, acc),
+                (false, false) => nk_tile::<V, W, 1, 1>(out, x, w, n, k, r, o, acc),
             }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let xv = _mm512_maskz_loadu_ps(mask, xp.add(r * k + kk));
-                for j in 0..OR {
-                    acc_r[j] = _mm512_fmadd_ps(xv, wv[j], acc_r[j]);
-                }
-            }
-            kk += 16;
+            o += if wide { OR } else { 1 };
         }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (j, a) in acc_r.iter().enumerate() {
-                let s = _mm512_reduce_add_ps(*a);
-                let d = &mut out[(r0 + r) * n + o + j];
-                *d = if accumulate { *d + s } else { s };
+        r += if full { MR } else { 1 };
+    }
+}
+
+/// out[r0..r0+MR, c0..c1] of x @ w with w (K, N), c1 - c0 <= NV * LANES: one row segment of
+/// w per step, x[r, k] broadcast times it into MR x NV accumulators.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kn_tile<V: Lanes, const MR: usize, const NV: usize>(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    k: usize,
+    r0: usize,
+    c0: usize,
+    c1: usize,
+    accumulate: bool,
+) {
+    let left: [usize; NV] = std::array::from_fn(|j| (c1 - c0).saturating_sub(V::LANES * j));
+    let mut acc = [[V::zero(); NV]; MR];
+    let (xp, wp) = (x.as_ptr().add(r0 * k), w.as_ptr().add(c0));
+    // rows of w ahead of the one in use (the column block is a few hundred bytes of each row)
+    const AHEAD: usize = 8;
+    for kk in 0..k {
+        let row = wp.add(kk * n);
+        let mut wv = [V::zero(); NV];
+        for j in 0..NV {
+            if left[j] > 0 {
+                wv[j] = V::load(row.add(V::LANES * j), left[j]);
+            }
+            V::prefetch(row.wrapping_add(AHEAD * n + V::LANES * j) as *const u8);
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = V::splat(*xp.add(r * k + kk));
+            for j in 0..NV {
+                acc_r[j] = acc_r[j].fma(xv, wv[j]);
             }
         }
     }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let dst = out.as_mut_ptr().add((r0 + r) * n + c0);
+        for j in (0..NV).filter(|&j| left[j] > 0) {
+            let mut v = acc_r[j];
+            if accumulate {
+                v = v.add(V::load(dst.add(V::LANES * j), left[j]));
+            }
+            v.store(dst.add(V::LANES * j), left[j]);
+        }
+    }
+}
 
-    /// Columns [o0, o1) of out (M, N) = x (M, K) @ w^T, w (N, K).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn nk_cols<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
-        const MR: usize = 4;
-        const OR: usize = 4;
+/// Columns [o0, o1) (at most COLS_PER_TASK) of out (M, N) = x (M, K) @ w, w (K, N), in
+/// blocks of NV registers' width.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kn_cols<V: Lanes, const MR: usize, const NV: usize>(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    o0: usize,
+    o1: usize,
+    acc: bool,
+) {
+    for c0 in (o0..o1).step_by(NV * V::LANES) {
+        let c1 = (c0 + NV * V::LANES).min(o1);
         let mut r = 0;
         while r < m {
-            let full = m - r >= MR;
-            let mut o = o0;
-            while o < o1 {
-                let wide = o1 - o >= OR;
-                match (full, wide) {
-                    (true, true) => nk_tile::<W, MR, OR>(out, x, w, n, k, r, o, acc),
-                    (true, false) => nk_tile::<W, MR, 1>(out, x, w, n, k, r, o, acc),
-                    (false, true) => nk_tile::<W, 1, OR>(out, x, w, n, k, r, o, acc),
-                    (false, false) => nk_tile::<W, 1, 1>(out, x, w, n, k, r, o, acc),
-                }
-                o += if wide { OR } else { 1 };
-            }
-            r += if full { MR } else { 1 };
-        }
-    }
-
-    /// out[r0..r0+MR, o0..o0+16 NV] of x @ w with w (K, N): one row segment of w per step,
-    /// broadcast x[r, k] times it into MR x NV accumulators.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn kn_tile<const MR: usize, const NV: usize>(
-        out: &mut [f32],
-        x: &[f32],
-        w: &[f32],
-        n: usize,
-        k: usize,
-        r0: usize,
-        o0: usize,
-        o1: usize,
-        accumulate: bool,
-    ) {
-        let masks: [__mmask16; NV] = std::array::from_fn(|j| lanes((o1 - o0).saturating_sub(16 * j)));
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        let (xp, wp) = (x.as_ptr().add(r0 * k), w.as_ptr().add(o0));
-        // rows of w ahead of the one in use (the column block is 256 B of each row)
-        const AHEAD: usize = 8;
-        for kk in 0..k {
-            let row = wp.add(kk * n);
-            let mut wv = [_mm512_setzero_ps(); NV];
-            for j in 0..NV {
-                wv[j] = _mm512_maskz_loadu_ps(masks[j], row.add(16 * j));
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(AHEAD * n + 16 * j) as *const i8);
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(*xp.add(r * k + kk));
-                for j in 0..NV {
-                    acc_r[j] = _mm512_fmadd_ps(xv, wv[j], acc_r[j]);
-                }
-            }
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            let dst = out.as_mut_ptr().add((r0 + r) * n + o0);
-            for j in 0..NV {
-                let mut v = acc_r[j];
-                if accumulate {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[j], dst.add(16 * j)));
-                }
-                _mm512_mask_storeu_ps(dst.add(16 * j), masks[j], v);
-            }
-        }
-    }
-
-    /// Columns [o0, o1) (at most 64) of out (M, N) = x (M, K) @ w, w (K, N).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kn_cols(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
-        debug_assert!(o1 - o0 <= 64);
-        let mut r = 0;
-        while r < m {
-            if m - r >= 4 {
-                kn_tile::<4, 4>(out, x, w, n, k, r, o0, o1, acc);
-                r += 4;
+            if m - r >= MR {
+                kn_tile::<V, MR, NV>(out, x, w, n, k, r, c0, c1, acc);
+                r += MR;
             } else {
-                kn_tile::<1, 4>(out, x, w, n, k, r, o0, o1, acc);
+                kn_tile::<V, 1, NV>(out, x, w, n, k, r, c0, c1, acc);
                 r += 1;
             }
         }
+    }
+}
+
+/// The tiles instantiated per tier, each inside a function compiled with the tier's features.
+/// Tile sizes keep accumulators + weight registers + x within the register file (32 zmm,
+/// 16 ymm, 32 NEON q registers).
+mod tiers {
+    use super::{kn_cols as kn, nk_cols as nk, Isa, Weight};
+    #[cfg(target_arch = "aarch64")]
+    use crate::kernels::lanes::Neon;
+    #[cfg(target_arch = "x86_64")]
+    use crate::kernels::lanes::{Avx2, Avx512};
+
+    /// Columns [o0, o1) of `matmul_nk` on the tier's intrinsics; false (nothing done) on the
+    /// generic tier.
+    ///
+    /// # Safety
+    /// out, x and w hold (M, N), (M, K) and (N, K) elements; `isa` is `cpu::isa()` or below.
+    #[allow(clippy::too_many_arguments, unused_variables)]
+    pub(super) unsafe fn nk_cols<W: Weight>(isa: Isa, out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) -> bool {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 { .. } => nk_avx512(out, x, w, m, n, k, o0, o1, acc),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => nk_avx2(out, x, w, m, n, k, o0, o1, acc),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => nk_neon(out, x, w, m, n, k, o0, o1, acc),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Columns [o0, o1) of `matmul_kn` on the tier's intrinsics; false on the generic tier.
+    ///
+    /// # Safety
+    /// As `nk_cols`, with w (K, N).
+    #[allow(clippy::too_many_arguments, unused_variables)]
+    pub(super) unsafe fn kn_cols(isa: Isa, out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) -> bool {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 { .. } => kn_avx512(out, x, w, m, n, k, o0, o1, acc),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => kn_avx2(out, x, w, m, n, k, o0, o1, acc),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => kn_neon(out, x, w, m, n, k, o0, o1, acc),
+            _ => return false,
+        }
+        true
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn nk_avx512<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
+        nk::<Avx512, W, 4, 4>(out, x, w, m, n, k, o0, o1, acc)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kn_avx512(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
+        kn::<Avx512, 4, 4>(out, x, w, m, n, k, o0, o1, acc)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn nk_avx2<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
+        nk::<Avx2, W, 2, 4>(out, x, w, m, n, k, o0, o1, acc)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kn_avx2(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
+        kn::<Avx2, 2, 4>(out, x, w, m, n, k, o0, o1, acc)
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[target_feature(enable = "neon")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn nk_neon<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
+        nk::<Neon, W, 4, 4>(out, x, w, m, n, k, o0, o1, acc)
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[target_feature(enable = "neon")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kn_neon(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
+        kn::<Neon, 4, 4>(out, x, w, m, n, k, o0, o1, acc)
     }
 }
 
@@ -380,7 +469,7 @@ mod tests {
 
     /// Checks out = init (+)= x @ w (via `run`) against f64 sums of `w_at(o, kk)`.
     fn check(name: &str, m: usize, n: usize, k: usize, x: &[f32], w_at: impl Fn(usize, usize) -> f64, run: impl Fn(Isa, &mut [f32], bool)) {
-        for (isa, accumulate) in [(isa(), false), (isa(), true), (Isa::Generic, false), (Isa::Generic, true)] {
+        for (isa, accumulate) in crate::kernels::cpu::available().into_iter().flat_map(|isa| [(isa, false), (isa, true)]) {
             let mut out = vec![1.0f32; m * n];
             run(isa, &mut out, accumulate);
             for (i, &o) in out.iter().enumerate() {

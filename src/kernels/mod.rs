@@ -17,6 +17,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod gelu;
 pub mod hugepages;
+pub mod lanes;
 pub mod layernorm;
 pub mod matmul;
 pub mod matmul_bf16;
