@@ -39,8 +39,19 @@ from .tokenizer import BatchEncoding, Tokenizer
 from .trainer import PredictionOutput, Trainer, TrainOutput, get_last_checkpoint
 from .training_args import TrainingArguments
 
+
+
+def show_config() -> None:
+    """Prints what a bug report needs: version, build, CPU tier, threads, package versions
+    (the same as `python -m ferrotune.info`)."""
+    from .info import show_config as show  # imported here: `python -m ferrotune.info` runs it as __main__
+
+    show()
+
+
 __all__ = [
     "cpu_isa",
+    "show_config",
     "get_float32_matmul_precision",
     "set_float32_matmul_precision",
     "AdamW",

@@ -29,6 +29,7 @@ __all__ = [
     "load_gguf_tokenizer",
     "load_gguf",
     "cpu_isa",
+    "build_info",
     "set_bf16_products",
     "bf16_products",
     "__version__",
@@ -36,8 +37,12 @@ __all__ = [
 
 __version__: str
 
+def build_info() -> dict[str, str]:
+    """How this extension was built and what it runs with: version, commit, profile, target,
+    rustc, crates (the numerics crates' versions), cpu_isa and threads."""
+
 def cpu_isa() -> str:
-    """The instruction set ferrotune's kernels use here: "avx512+bf16", "avx512", "avx2" or "generic"."""
+    """The instruction set ferrotune's kernels use here: "avx512+bf16", "avx512", "avx2", "neon" or "generic"."""
 
 def set_bf16_products(on: bool) -> bool:
     """Lets large f32 products run with bf16 operands; False (nothing changed) without AVX512_BF16."""

@@ -32,10 +32,30 @@ pub(crate) fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> PyFtResult<T> 
 }
 
 /// The instruction set ferrotune's own kernels dispatch to on this CPU: "avx512+bf16",
-/// "avx512", "avx2" or "generic" (FERROTUNE_CPU=avx2 or =generic forces a lower tier).
+/// "avx512", "avx2", "neon" (aarch64) or "generic" (FERROTUNE_CPU=avx2 or =generic forces a
+/// lower tier).
 #[pyfunction]
 fn cpu_isa() -> &'static str {
     crate::kernels::cpu::isa_name()
+}
+
+/// How this extension was built and what it runs with, for bug reports: version, git
+/// commit, cargo profile and target, compiler, the numerics crates' versions, the CPU tier
+/// and the worker threads (`ferrotune.show_config()` prints it).
+#[pyfunction]
+fn build_info() -> std::collections::BTreeMap<&'static str, String> {
+    [
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ("commit", env!("FERROTUNE_COMMIT").to_string()),
+        ("profile", env!("FERROTUNE_PROFILE").to_string()),
+        ("target", env!("FERROTUNE_TARGET").to_string()),
+        ("rustc", env!("FERROTUNE_RUSTC").to_string()),
+        ("crates", env!("FERROTUNE_CRATES").to_string()),
+        ("cpu_isa", crate::kernels::cpu::isa_name().to_string()),
+        ("threads", rayon::current_num_threads().to_string()),
+    ]
+    .into_iter()
+    .collect()
 }
 
 /// Lets (or stops) large f32 products run with bf16 operands and f32 sums; returns false,
@@ -66,6 +86,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gguf::load_gguf_tokenizer, m)?)?;
     m.add_function(wrap_pyfunction!(gguf::load_gguf, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(set_bf16_products, m)?)?;
     m.add_function(wrap_pyfunction!(bf16_products, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
