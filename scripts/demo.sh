@@ -7,7 +7,7 @@
 # (e.g. `--model tiny-gpt2` for the fast GPT-2-from-scratch run, `--help` for all).
 #
 # Installing ferrotune compiles its Rust core unless a wheel is given: FERROTUNE_WHEEL=path.whl,
-# or a ferrotune-*.whl in dist/ (`maturin build --release` puts it there).
+# or this machine's ferrotune-*.whl in dist/ (`bash scripts/build_wheels.sh` puts it there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -16,7 +16,7 @@ python -m pip install --quiet --upgrade pip
 
 wheel="${FERROTUNE_WHEEL:-}"
 if [[ -z "$wheel" ]]; then
-    wheel="$(ls -t dist/ferrotune-*.whl 2>/dev/null | head -n 1 || true)"
+    wheel="$(ls -t dist/ferrotune-*_"$(uname -m)".whl 2>/dev/null | head -n 1 || true)"
 fi
 if [[ -n "$wheel" ]]; then
     echo "==> installing ferrotune from the wheel $wheel (no compilation)"
