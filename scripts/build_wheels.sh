@@ -33,7 +33,8 @@ export FERROTUNE_BUILD_COMMIT
 export CARGO_TARGET_DIR=$PWD/target/wheels
 
 mkdir -p dist
-rm -f dist/ferrotune-"$version"*
+rm -f dist/ferrotune-"$version".tar.gz
+for arch in "${arches[@]}"; do rm -f dist/ferrotune-"$version"-*_"$arch".whl; done
 start=$SECONDS
 $maturin sdist --out dist
 sdist=dist/ferrotune-$version.tar.gz
@@ -61,7 +62,10 @@ echo "sdist: $sdist ($(du -h "$sdist" | cut -f1))"
 for arch in "${arches[@]}"; do
     triple=$arch-unknown-linux-gnu
     if ! rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
-        rustup target add "$triple"
+        if ! rustup target add "$triple"; then
+            echo "SKIPPED the $arch wheel: rustup cannot add the $triple target here" >&2
+            continue
+        fi
     fi
     t0=$SECONDS
     # PATH: maturin finds the zig that ziglang installed in .venv-build
