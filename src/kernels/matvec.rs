@@ -50,7 +50,7 @@ pub fn round_weight<F: Real>(dst: &mut [bf16], src: &[F], n: usize, k: usize, tr
         .enumerate()
         .for_each(|(task, rows)| {
             let n0 = task * ROWS_PER_TASK;
-            if transpose {
+            simd(#[inline(always)] || if transpose {
                 // blocks of 32 source rows: their cache lines stay in L1 while the task's output
                 // rows are written 32 contiguous elements at a time
                 const KB: usize = 32;
@@ -67,7 +67,7 @@ pub fn round_weight<F: Real>(dst: &mut [bf16], src: &[F], n: usize, k: usize, tr
                 for (d, &s) in rows.iter_mut().zip(&src[n0 * k..]) {
                     *d = round(f(s));
                 }
-            }
+            })
         });
 }
 

@@ -3,16 +3,19 @@
 
 use rayon::prelude::*;
 
+use super::cpu::simd;
 use super::Real;
 
 /// out (N, C) = w * inp * rstd; saves rstd (N) for the backward.
 pub fn rmsnorm_forward<F: Real>(out: &mut [F], rstd: &mut [F], inp: &[F], w: &[F], c: usize, eps: f64) {
     let (eps, cf) = (F::lit(eps), F::lit(c as f64));
     out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(rstd.par_iter_mut()).for_each(|((o, x), r)| {
-        let ms = x.iter().map(|&v| v * v).sum::<F>() / cf;
-        let s = F::one() / (ms + eps).sqrt();
-        normalize_row(o, x, s, w);
-        *r = s;
+        simd(#[inline(always)] || {
+            let ms = x.iter().map(|&v| v * v).sum::<F>() / cf;
+            let s = F::one() / (ms + eps).sqrt();
+            normalize_row(o, x, s, w);
+            *r = s;
+        })
     });
 }
 
@@ -26,7 +29,9 @@ fn normalize_row<F: Real>(o: &mut [F], x: &[F], s: F, w: &[F]) {
 /// out (N, C) = the forward's output again, from its input and saved rstd (bit for bit: the
 /// backward recomputes it instead of keeping it).
 pub fn rmsnorm_recompute<F: Real>(out: &mut [F], inp: &[F], rstd: &[F], w: &[F], c: usize) {
-    out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(rstd.par_iter()).for_each(|((o, x), &s)| normalize_row(o, x, s, w));
+    out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(rstd.par_iter()).for_each(|((o, x), &s)| {
+        simd(#[inline(always)] || normalize_row(o, x, s, w))
+    });
 }
 
 /// Backward of `rmsnorm_forward`:
@@ -36,18 +41,22 @@ pub fn rmsnorm_backward<F: Real>(dinp: &mut [F], dw: Option<&mut [F]>, dout: &[F
     let cf = F::lit(c as f64);
     dinp.par_chunks_mut(c).zip(dout.par_chunks(c)).zip(inp.par_chunks(c)).zip(rstd.par_iter()).for_each(
         |(((dx, dy), x), &s)| {
-            let dot = (0..c).map(|i| w[i] * dy[i] * x[i]).sum::<F>() / cf;
-            for i in 0..c {
-                dx[i] += s * (w[i] * dy[i] - x[i] * s * s * dot);
-            }
+            simd(#[inline(always)] || {
+                let dot = (0..c).map(|i| w[i] * dy[i] * x[i]).sum::<F>() / cf;
+                for i in 0..c {
+                    dx[i] += s * (w[i] * dy[i] - x[i] * s * s * dot);
+                }
+            })
         },
     );
     if let Some(dw) = dw {
-        for ((dy, x), &s) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(rstd) {
-            for i in 0..c {
-                dw[i] += dy[i] * x[i] * s;
+        simd(#[inline(always)] || {
+            for ((dy, x), &s) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(rstd) {
+                for i in 0..c {
+                    dw[i] += dy[i] * x[i] * s;
+                }
             }
-        }
+        });
     }
 }
 

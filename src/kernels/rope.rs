@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use super::cpu::simd;
 use super::Real;
 
 /// cos and sin tables (P, HS/2) for positions 0..P, computed in f32 as transformers does
@@ -39,15 +40,17 @@ pub fn rope_apply<F: Real>(
     let half = hs / 2;
     x.par_chunks_mut(w).zip(positions.par_iter()).for_each(|(row, &p)| {
         let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
-        for h in 0..heads {
-            let head = &mut row[h * hs..(h + 1) * hs];
-            for i in 0..half {
-                let (a, b) = (head[i], head[i + half]);
-                let si = if inverse { -s[i] } else { s[i] };
-                head[i] = a * c[i] + (-b) * si;
-                head[i + half] = b * c[i] + a * si;
+        simd(#[inline(always)] || {
+            for h in 0..heads {
+                let head = &mut row[h * hs..(h + 1) * hs];
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    let si = if inverse { -s[i] } else { s[i] };
+                    head[i] = a * c[i] + (-b) * si;
+                    head[i + half] = b * c[i] + a * si;
+                }
             }
-        }
+        })
     });
 }
 

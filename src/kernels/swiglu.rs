@@ -4,9 +4,10 @@
 
 use rayon::prelude::*;
 
+use super::cpu::simd;
 use super::Real;
 
-#[inline]
+#[inline(always)]
 fn sigmoid<F: Real>(x: F) -> F {
     F::one() / (F::one() + (-x).vexp())
 }
@@ -15,9 +16,11 @@ fn sigmoid<F: Real>(x: F) -> F {
 pub fn swiglu_forward<F: Real>(out: &mut [F], gu: &[F], i: usize) {
     out.par_chunks_mut(i).zip(gu.par_chunks(2 * i)).for_each(|(o, row)| {
         let (g, u) = row.split_at(i);
-        for k in 0..i {
-            o[k] = g[k] * sigmoid(g[k]) * u[k];
-        }
+        simd(#[inline(always)] || {
+            for k in 0..i {
+                o[k] = g[k] * sigmoid(g[k]) * u[k];
+            }
+        });
     });
 }
 
@@ -26,12 +29,14 @@ pub fn swiglu_backward<F: Real>(dgu: &mut [F], dout: &[F], gu: &[F], i: usize) {
     dgu.par_chunks_mut(2 * i).zip(dout.par_chunks(i)).zip(gu.par_chunks(2 * i)).for_each(|((d, dy), row)| {
         let (g, u) = row.split_at(i);
         let (dg, du) = d.split_at_mut(i);
-        for k in 0..i {
-            let s = sigmoid(g[k]);
-            let silu = g[k] * s;
-            dg[k] = dy[k] * u[k] * s * (F::one() + g[k] * (F::one() - s));
-            du[k] = dy[k] * silu;
-        }
+        simd(#[inline(always)] || {
+            for k in 0..i {
+                let s = sigmoid(g[k]);
+                let silu = g[k] * s;
+                dg[k] = dy[k] * u[k] * s * (F::one() + g[k] * (F::one() - s));
+                du[k] = dy[k] * silu;
+            }
+        });
     });
 }
 
