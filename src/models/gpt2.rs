@@ -31,7 +31,7 @@ use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, take_lm_logits, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState};
+use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState, Recycled};
 use crate::optim::fused::Fused;
 use crate::rng::SplitMix64;
 
@@ -115,22 +115,27 @@ struct BlockDropout {
 }
 
 impl<F: Real> LayerActs<F> {
-    fn new(cfg: &Gpt2Config, b: usize, t: usize) -> Self {
+    fn new(cfg: &Gpt2Config, b: usize, t: usize, z: &mut Recycled<F>) -> Self {
         let (n, c, i, nh) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head);
-        let z = |len: usize| vec![F::zero(); len];
         LayerActs {
-            ln1_mean: z(n),
-            ln1_rstd: z(n),
-            qkv: z(n * 3 * c),
-            att_stats: z(b * nh * t * ROW_STATS),
-            atty: z(n * c),
-            res2: z(n * c),
-            ln2_mean: z(n),
-            ln2_rstd: z(n),
-            fch: z(n * i),
+            ln1_mean: z.take(n),
+            ln1_rstd: z.take(n),
+            qkv: z.take(n * 3 * c),
+            att_stats: z.take(b * nh * t * ROW_STATS),
+            atty: z.take(n * c),
+            res2: z.take(n * c),
+            ln2_mean: z.take(n),
+            ln2_rstd: z.take(n),
+            fch: z.take(n * i),
             drops: BlockDropout::default(),
             lora: (0..LORA_PER_LAYER).map(|_| SiteActs::default()).collect(),
         }
+    }
+
+    /// Hands every buffer to `free` (the LoRA sites' small ones are dropped).
+    fn recycle(self, free: &mut Vec<Vec<F>>) {
+        let LayerActs { ln1_mean, ln1_rstd, qkv, att_stats, atty, res2, ln2_mean, ln2_rstd, fch, drops: _, lora: _ } = self;
+        free.extend([ln1_mean, ln1_rstd, qkv, att_stats, atty, res2, ln2_mean, ln2_rstd, fch]);
     }
 
     fn bytes(&self) -> usize {
@@ -173,9 +178,9 @@ struct Acts<F> {
 }
 
 impl<F: Real> Acts<F> {
-    fn new(cfg: &Gpt2Config, b: usize, t: usize, checkpointing: bool) -> Self {
+    /// Activations for (B, T), in the buffers of `z` where they fit.
+    fn new(cfg: &Gpt2Config, b: usize, t: usize, checkpointing: bool, z: &mut Recycled<F>) -> Self {
         let (n, c, i) = (b * t, cfg.n_embd, cfg.inner());
-        let z = |len: usize| vec![F::zero(); len];
         let sets = if checkpointing { 1 } else { cfg.n_layer };
         Acts {
             b,
@@ -183,22 +188,32 @@ impl<F: Real> Acts<F> {
             checkpointing,
             ids: vec![0; n],
             targets: vec![IGNORE_INDEX; n],
-            encoded: z(n * c),
+            encoded: z.take(n * c),
             embd_drop: None,
-            layers: (0..sets).map(|_| LayerActs::new(cfg, b, t)).collect(),
-            res: (0..cfg.n_layer).map(|_| z(n * c)).collect(),
+            layers: (0..sets).map(|_| LayerActs::new(cfg, b, t, z)).collect(),
+            res: (0..cfg.n_layer).map(|_| z.take(n * c)).collect(),
             rng_at: vec![0; cfg.n_layer],
-            lnf: z(n * c),
-            lnf_mean: z(n),
-            lnf_rstd: z(n),
-            logits: Vec::new(), // (N, V) by `forward`; (LOSS_ROWS, V) chunks by `forward_backward`
-            ln: z(n * c),
-            gelu: z(n * i),
-            dres: z(n * c),
-            dtmp: z(n * c),
-            dln: z(n * c),
-            dfch: z(n * i.max(4 * c)),
+            lnf: z.take(n * c),
+            lnf_mean: z.take(n),
+            lnf_rstd: z.take(n),
+            // (N, V) by `forward`; (LOSS_ROWS, V) chunks by `forward_backward`: sized there
+            logits: std::mem::take(&mut z.logits),
+            ln: z.take(n * c),
+            gelu: z.take(n * i),
+            dres: z.take(n * c),
+            dtmp: z.take(n * c),
+            dln: z.take(n * c),
+            dfch: z.take(n * i.max(4 * c)),
         }
+    }
+
+    /// Every buffer, for the activations of the next batch shape.
+    fn recycle(self) -> Recycled<F> {
+        let Acts { encoded, layers, res, lnf, lnf_mean, lnf_rstd, logits, ln, gelu, dres, dtmp, dln, dfch, .. } = self;
+        let mut free = vec![encoded, lnf, lnf_mean, lnf_rstd, ln, gelu, dres, dtmp, dln, dfch];
+        free.extend(res);
+        layers.into_iter().for_each(|la| la.recycle(&mut free));
+        Recycled::new(free, logits)
     }
 
     /// Which set of `layers` block l uses.
@@ -304,8 +319,12 @@ impl<F: Real> Gpt2<F> {
         }
         let (b, t, ckpt) = (batch.b, batch.t, self.state.checkpointing);
         if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.checkpointing == ckpt) {
-            self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Acts::new(&self.config, b, t, ckpt));
+            // another (B, T) reuses the buffers; switching checkpointing (other buffers) frees them
+            let mut old = match self.acts.take() {
+                Some(a) if a.checkpointing == ckpt => a.recycle(),
+                _ => Recycled::default(),
+            };
+            self.acts = Some(Acts::new(&self.config, b, t, ckpt, &mut old));
         }
         let scales = self.attn_scales();
         let cfg = &self.config;
@@ -754,6 +773,11 @@ mod tests {
         let batch = Batch { ids: &ids, mask: None, labels: Some(&labels), b, t };
         let (worst, scale) = crate::models::testing::gradient_error(&mut m, &batch);
         assert!(worst < 1e-7 * scale.max(1.0), "max abs error {worst:e} (grad scale {scale:e})");
+    }
+
+    #[test]
+    fn activations_of_changing_shapes_are_exact() {
+        crate::models::testing::recycled_activations_are_exact(|| Gpt2::<f32>::from_config(tiny_config(0.0), 5).unwrap());
     }
 
     #[test]

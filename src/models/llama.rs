@@ -32,7 +32,7 @@ use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, take_lm_logits, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState};
+use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState, Recycled};
 use crate::optim::fused::Fused;
 use crate::rng::SplitMix64;
 
@@ -121,20 +121,25 @@ struct LayerActs<F> {
 }
 
 impl<F: Real> LayerActs<F> {
-    fn new(cfg: &LlamaConfig, b: usize, t: usize) -> Self {
+    fn new(cfg: &LlamaConfig, b: usize, t: usize, z: &mut Recycled<F>) -> Self {
         let (n, c, i, nh, hs) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim);
         let (a, qkv) = (nh * hs, (nh + 2 * cfg.num_key_value_heads) * hs);
-        let z = |len: usize| vec![F::zero(); len];
         LayerActs {
-            ln1_rstd: z(n),
-            qkv: z(n * qkv),
-            att_stats: z(b * nh * t * ROW_STATS),
-            atty: z(n * a),
-            res2: z(n * c),
-            ln2_rstd: z(n),
-            gu: z(n * 2 * i),
+            ln1_rstd: z.take(n),
+            qkv: z.take(n * qkv),
+            att_stats: z.take(b * nh * t * ROW_STATS),
+            atty: z.take(n * a),
+            res2: z.take(n * c),
+            ln2_rstd: z.take(n),
+            gu: z.take(n * 2 * i),
             lora: (0..LORA_PER_LAYER).map(|_| SiteActs::default()).collect(),
         }
+    }
+
+    /// Hands every buffer to `free` (the LoRA sites' small ones are dropped).
+    fn recycle(self, free: &mut Vec<Vec<F>>) {
+        let LayerActs { ln1_rstd, qkv, att_stats, atty, res2, ln2_rstd, gu, lora: _ } = self;
+        free.extend([ln1_rstd, qkv, att_stats, atty, res2, ln2_rstd, gu]);
     }
 
     fn bytes(&self) -> usize {
@@ -178,11 +183,11 @@ struct Acts<F> {
 }
 
 impl<F: Real> Acts<F> {
-    fn new(cfg: &LlamaConfig, b: usize, t: usize, checkpointing: bool) -> Self {
+    /// Activations for (B, T), in the buffers of `z` where they fit.
+    fn new(cfg: &LlamaConfig, b: usize, t: usize, checkpointing: bool, z: &mut Recycled<F>) -> Self {
         let (n, c, i) = (b * t, cfg.hidden_size, cfg.intermediate_size);
         let (nh, hs) = (cfg.num_attention_heads, cfg.head_dim);
         let (a, qkv) = (nh * hs, (nh + 2 * cfg.num_key_value_heads) * hs);
-        let z = |len: usize| vec![F::zero(); len];
         let (cos, sin) = rope_tables(&cfg.inv_freq(), t);
         let sets = if checkpointing { 1 } else { cfg.num_hidden_layers };
         Acts {
@@ -195,20 +200,30 @@ impl<F: Real> Acts<F> {
             positions: (0..n).map(|k| k % t).collect(),
             cos,
             sin,
-            encoded: z(n * c),
-            layers: (0..sets).map(|_| LayerActs::new(cfg, b, t)).collect(),
-            res: (0..cfg.num_hidden_layers).map(|_| z(n * c)).collect(),
+            encoded: z.take(n * c),
+            layers: (0..sets).map(|_| LayerActs::new(cfg, b, t, z)).collect(),
+            res: (0..cfg.num_hidden_layers).map(|_| z.take(n * c)).collect(),
             rng_at: vec![0; cfg.num_hidden_layers],
-            lnf: z(n * c),
-            lnf_rstd: z(n),
-            logits: Vec::new(), // (N, V) by `forward`; (LOSS_ROWS, V) chunks by `forward_backward`
-            ln: z(n * c),
-            mlp: z(n * i),
-            dres: z(n * c),
-            dln: z(n * c),
-            dh: z(n * i),
-            dgu: z(n * (2 * i).max(a + qkv)),
+            lnf: z.take(n * c),
+            lnf_rstd: z.take(n),
+            // (N, V) by `forward`; (LOSS_ROWS, V) chunks by `forward_backward`: sized there
+            logits: std::mem::take(&mut z.logits),
+            ln: z.take(n * c),
+            mlp: z.take(n * i),
+            dres: z.take(n * c),
+            dln: z.take(n * c),
+            dh: z.take(n * i),
+            dgu: z.take(n * (2 * i).max(a + qkv)),
         }
+    }
+
+    /// Every buffer, for the activations of the next batch shape.
+    fn recycle(self) -> Recycled<F> {
+        let Acts { encoded, layers, res, lnf, lnf_rstd, logits, ln, mlp, dres, dln, dh, dgu, .. } = self;
+        let mut free = vec![encoded, lnf, lnf_rstd, ln, mlp, dres, dln, dh, dgu];
+        free.extend(res);
+        layers.into_iter().for_each(|la| la.recycle(&mut free));
+        Recycled::new(free, logits)
     }
 
     /// Which set of `layers` block l uses.
@@ -332,8 +347,12 @@ impl<F: Real> Llama<F> {
         }
         let (b, t, ckpt) = (batch.b, batch.t, self.state.checkpointing);
         if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.checkpointing == ckpt) {
-            self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Acts::new(&self.config, b, t, ckpt));
+            // another (B, T) reuses the buffers; switching checkpointing (other buffers) frees them
+            let mut old = match self.acts.take() {
+                Some(a) if a.checkpointing == ckpt => a.recycle(),
+                _ => Recycled::default(),
+            };
+            self.acts = Some(Acts::new(&self.config, b, t, ckpt, &mut old));
         }
         let shapes: Vec<AttnShape> = (0..self.config.num_hidden_layers).map(|l| self.attn_shape(b, t, l)).collect();
         let cfg = &self.config;
@@ -772,6 +791,11 @@ mod tests {
         let batch = Batch { ids: &ids, mask: Some(&mask), labels: None, b: 2, t: 6 };
         let (worst, scale) = crate::models::testing::gradient_error(&mut m, &batch);
         assert!(worst < 1e-7 * scale.max(1.0), "max abs error {worst:e} (grad scale {scale:e})");
+    }
+
+    #[test]
+    fn activations_of_changing_shapes_are_exact() {
+        crate::models::testing::recycled_activations_are_exact(|| Llama::<f32>::from_config(config(serde_json::json!({})), 5).unwrap());
     }
 
     #[test]

@@ -412,6 +412,42 @@ pub enum Init {
     Normal(f64),
 }
 
+/// The buffers of a set of activations that no longer fits the batch shape, handed to the
+/// next set. Training on batches whose length varies (dynamic padding) would otherwise free
+/// and map hundreds of MB at every step and pay for it in page faults and TLB shootdowns;
+/// reused, the memory stays mapped and the model holds the largest shape it has seen.
+pub(crate) struct Recycled<F> {
+    free: Vec<Vec<F>>,
+    /// The logits / loss-chunk buffer, which the head sizes itself.
+    pub logits: Vec<F>,
+}
+
+impl<F> Default for Recycled<F> {
+    fn default() -> Self {
+        Recycled { free: Vec::new(), logits: Vec::new() }
+    }
+}
+
+impl<F: Real> Recycled<F> {
+    pub fn new(free: Vec<Vec<F>>, logits: Vec<F>) -> Self {
+        Recycled { free, logits }
+    }
+
+    /// A zeroed buffer of `len` elements: the smallest free one that holds them, else the
+    /// largest free one, grown, else a new one.
+    pub fn take(&mut self, len: usize) -> Vec<F> {
+        let cap = |i: &usize| self.free[*i].capacity();
+        let fits = (0..self.free.len()).filter(|i| cap(i) >= len).min_by_key(cap);
+        let mut v = match fits.or_else(|| (0..self.free.len()).max_by_key(cap)) {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::new(),
+        };
+        v.clear();
+        v.resize(len, F::zero());
+        v
+    }
+}
+
 /// Bytes held by buffers (their capacity, what the allocator gave them).
 pub(crate) fn held<T>(bufs: &[&Vec<T>]) -> usize {
     bufs.iter().map(|v| v.capacity()).sum::<usize>() * std::mem::size_of::<T>()
@@ -651,6 +687,32 @@ pub(crate) mod testing {
         (bytes, ck_bytes)
     }
 
+    /// Batches of changing shapes (B, T) through one model, whose activations reuse the
+    /// buffers of the previous shape, give bit for bit the losses, gradients and logits of a
+    /// fresh model (same weights) given only that batch; a smaller shape keeps the buffers.
+    pub fn recycled_activations_are_exact<M: CausalLm<f32>>(make: impl Fn() -> M) {
+        let mut m = make();
+        let shapes = [(2usize, 6usize), (1, 3), (3, 5), (2, 6), (1, 1)];
+        for (step, &(b, t)) in shapes.iter().enumerate() {
+            let ids: Vec<i64> = (0..b * t).map(|i| ((i * 7 + step) % 11) as i64).collect();
+            let batch = Batch { ids: &ids, mask: None, labels: None, b, t };
+            let mut fresh = make();
+            let run = |m: &mut M| {
+                m.state_mut().zero_grad();
+                let loss = m.forward_backward(&batch, None).unwrap().loss_sum;
+                m.forward(&batch).unwrap();
+                (loss, m.state_mut().grads_mut().clone(), m.logits().to_vec())
+            };
+            let (held, got) = (m.activation_bytes(), run(&mut m));
+            assert!(got == run(&mut fresh), "step {step}, shape ({b}, {t}): differs from a fresh model");
+            if step > 0 && b * t < shapes[step - 1].0 * shapes[step - 1].1 {
+                // all float buffers kept (the small index buffers and rotary tables are resized)
+                let now = m.activation_bytes();
+                assert!(10 * now >= 9 * held, "step {step}: {now} bytes after a smaller shape, {held} before");
+            }
+        }
+    }
+
     /// One backward, then central differences in f64 for every trainable parameter:
     /// returns (max |analytic - numeric|, max |analytic|).
     pub fn gradient_error<M: CausalLm<f64>>(m: &mut M, batch: &Batch<'_>) -> (f64, f64) {
@@ -692,6 +754,19 @@ mod tests {
         }
         // checked even when the micro-batch counts no token
         assert!(loss_scale(&[IGNORE_INDEX], Some(f64::NAN)).is_err());
+    }
+
+    #[test]
+    fn recycled_buffers_are_zeroed_and_reused() {
+        let mut pool = Recycled::<f32>::new(vec![vec![7.0; 10], vec![5.0; 100], vec![3.0; 40]], Vec::new());
+        let ptr40 = pool.free[2].as_ptr();
+        let v = pool.take(30); // the smallest that holds 30: the 40
+        assert_eq!((v.len(), v.as_ptr()), (30, ptr40));
+        assert!(v.iter().all(|&x| x == 0.0));
+        let w = pool.take(500); // none holds 500: the largest (100) grows
+        assert!(w.len() == 500 && w.iter().all(|&x| x == 0.0) && pool.free.len() == 1);
+        assert_eq!(pool.take(3).capacity(), 10);
+        assert_eq!(pool.take(3).len(), 3); // nothing left: a new one
     }
 
     #[test]
