@@ -23,7 +23,8 @@ done
 
 [ -x .venv-build/bin/python ] || python3 -m venv .venv-build
 .venv-build/bin/python -m pip install -q --upgrade pip
-.venv-build/bin/python -m pip install -q 'maturin>=1.9.4,<2' ziglang auditwheel
+# the versions these wheels were checked with (a newer zig can change what links)
+.venv-build/bin/python -m pip install -q 'maturin>=1.9.4,<2' 'ziglang==0.17.1' 'auditwheel>=6,<7'
 maturin=.venv-build/bin/maturin
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
