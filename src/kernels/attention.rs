@@ -126,7 +126,7 @@ pub fn attention_forward<F: Real>(
     let (w, c) = (shape.qkv_width(), nh * hs);
     let scale = F::lit(scale);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    stats.par_chunks_mut(t * ROW_STATS).enumerate().for_each(|(bh, st)| simd(#[inline(always)] || {
+    stats.par_chunks_mut(t * ROW_STATS).enumerate().for_each(|(bh, st)| simd(#[inline(always)] move || {
         let (b, h) = (bh / nh, bh % nh);
         let base = b * t * w;
         let (q_all, k_all, v_all) = (&qkv[base + shape.q_off(h)..], &qkv[base + shape.k_off(h)..], &qkv[base + shape.v_off(h)..]);
@@ -190,7 +190,7 @@ pub fn attention_backward<F: Real>(
     let (w, c, group) = (shape.qkv_width(), nh * hs, nh / nkv);
     let scale = F::lit(scale);
     let dptr = SyncPtr(dqkv.as_mut_ptr());
-    (0..nb * nkv).into_par_iter().for_each(|bg| simd(#[inline(always)] || {
+    (0..nb * nkv).into_par_iter().for_each(|bg| simd(#[inline(always)] move || {
         let (b, g) = (bg / nkv, bg % nkv);
         let base = b * t * w;
         let blocks = query_blocks(&shape, mask, b);
@@ -272,7 +272,7 @@ pub fn attention_cached_forward<F: Real>(
     let total = past + t;
     let scale = F::lit(scale);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    (0..nb * nh).into_par_iter().for_each(|bh| simd(#[inline(always)] || {
+    (0..nb * nh).into_par_iter().for_each(|bh| simd(#[inline(always)] move || {
         let (b, h) = (bh / nh, bh % nh);
         let kvh = b * nkv + h / group;
         let kb = &kc[kvh * cap * hs..(kvh * cap + total) * hs];

@@ -49,7 +49,7 @@ pub fn crossentropy_forward<F: Real>(logits: &[F], targets: &[i64], v: usize) ->
             if t == IGNORE_INDEX {
                 return LossStats::default();
             }
-            simd(#[inline(always)] || {
+            simd(#[inline(always)] move || {
                 let (max, arg) = row_max(row);
                 let lse = max + lane_sum_by(row, |x| (x - max).vexp()).ln();
                 let loss = (lse - row[t as usize]).to_f64().unwrap();
@@ -74,7 +74,7 @@ pub fn crossentropy_forward_backward<F: Real>(logits: &mut [F], targets: &[i64],
                 return LossStats::default();
             }
             let t = t as usize;
-            simd(#[inline(always)] || {
+            simd(#[inline(always)] move || {
                 let (max, arg) = row_max(row);
                 let target = row[t];
                 // one exp per logit: e = exp(x - max) in place, then scale * e / sum(e)

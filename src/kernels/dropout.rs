@@ -50,7 +50,7 @@ impl Dropout {
 
     /// x[j] *= mask[offset + j]: the forward on activations, the backward on their gradients.
     pub fn apply<F: Real>(&self, x: &mut [F], offset: usize) {
-        x.par_chunks_mut(BLOCK).enumerate().for_each(|(k, xs)| simd(#[inline(always)] || self.apply_row(xs, offset + k * BLOCK)));
+        x.par_chunks_mut(BLOCK).enumerate().for_each(|(k, xs)| simd(#[inline(always)] move || self.apply_row(xs, offset + k * BLOCK)));
     }
 
     /// `apply` on the calling thread, for short rows inside a parallel task.

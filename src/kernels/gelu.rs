@@ -23,7 +23,7 @@ fn tanh<F: Real>(u: F) -> F {
 pub fn gelu_forward<F: Real>(out: &mut [F], inp: &[F]) {
     let (k, a, half) = (F::lit(SQRT_2_OVER_PI), F::lit(COEF), F::lit(0.5));
     out.par_chunks_mut(BLOCK).zip(inp.par_chunks(BLOCK)).for_each(|(out, inp)| {
-        simd(#[inline(always)] || {
+        simd(#[inline(always)] move || {
             for (o, &x) in out.iter_mut().zip(inp) {
                 let t = tanh(k * (x + a * x * x * x));
                 *o = half * x * (F::one() + t);
@@ -36,7 +36,7 @@ pub fn gelu_forward<F: Real>(out: &mut [F], inp: &[F]) {
 pub fn gelu_backward<F: Real>(d: &mut [F], inp: &[F]) {
     let (k, a, half, three) = (F::lit(SQRT_2_OVER_PI), F::lit(COEF), F::lit(0.5), F::lit(3.0));
     d.par_chunks_mut(BLOCK).zip(inp.par_chunks(BLOCK)).for_each(|(d, inp)| {
-        simd(#[inline(always)] || {
+        simd(#[inline(always)] move || {
             for (g, &x) in d.iter_mut().zip(inp) {
                 let t = tanh(k * (x + a * x * x * x));
                 let dt = F::one() - t * t;

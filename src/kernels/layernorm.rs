@@ -23,7 +23,7 @@ pub fn layernorm_forward<F: Real>(
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .for_each(|((o, x), (m_out, s_out))| {
-            simd(#[inline(always)] || {
+            simd(#[inline(always)] move || {
                 let m = lane_sum(x) / cf;
                 let v = lane_sum_by(x, |xi| (xi - m) * (xi - m)) / cf;
                 let s = F::one() / (v + eps).sqrt();
@@ -48,7 +48,7 @@ pub fn layernorm_recompute<F: Real>(out: &mut [F], inp: &[F], mean: &[F], rstd: 
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter().zip(rstd.par_iter()))
-        .for_each(|((o, x), (&m, &s))| simd(#[inline(always)] || normalize_row(o, x, m, s, w, b)));
+        .for_each(|((o, x), (&m, &s))| simd(#[inline(always)] move || normalize_row(o, x, m, s, w, b)));
 }
 
 /// Backward of `layernorm_forward`:
@@ -72,7 +72,7 @@ pub fn layernorm_backward<F: Real>(
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter().zip(rstd.par_iter()))
         .for_each(|(((dx, dy), x), (&m, &s))| {
-            simd(#[inline(always)] || {
+            simd(#[inline(always)] move || {
                 // dnorm = dy * w; dx = s * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
                 // both sums in the 16 lanes of lane_sum_by
                 let (mut sum, mut sum_xhat) = ([F::zero(); 16], [F::zero(); 16]);
@@ -99,7 +99,7 @@ pub fn layernorm_backward<F: Real>(
             })
         });
     // column sums over the rows, vectorised along C
-    simd(#[inline(always)] || {
+    simd(#[inline(always)] move || {
         if let Some(dw) = dw.as_deref_mut() {
             for ((dy, x), (&m, &s)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(mean.iter().zip(rstd)) {
                 for i in 0..c {

@@ -155,7 +155,7 @@ unsafe fn pack(out: &mut Vec<u32>, x: Operand, len: usize, k: usize, w: usize) {
     // padding rows of the last panel may keep an earlier product's values: they only reach
     // output rows (columns) past M (N), which are never stored
     out.resize(len.div_ceil(w) * kp * w, 0);
-    out.par_chunks_mut(kp * w).enumerate().for_each(|(p, panel)| simd(#[inline(always)] || {
+    out.par_chunks_mut(kp * w).enumerate().for_each(|(p, panel)| simd(#[inline(always)] move || {
         let (i0, rows) = (p * w, w.min(len - p * w));
         if x.sk == 1 {
             // each row is a contiguous run along K: round it into pairs, then scatter them

@@ -50,7 +50,7 @@ pub fn round_weight<F: Real>(dst: &mut [bf16], src: &[F], n: usize, k: usize, tr
         .enumerate()
         .for_each(|(task, rows)| {
             let n0 = task * ROWS_PER_TASK;
-            simd(#[inline(always)] || if transpose {
+            simd(#[inline(always)] move || if transpose {
                 // blocks of 32 source rows: their cache lines stay in L1 while the task's output
                 // rows are written 32 contiguous elements at a time
                 const KB: usize = 32;
@@ -139,7 +139,7 @@ fn matmul_nk_on<F: Real, W: Weight>(isa: Isa, out: &mut [F], x: &[F], w: &[W], m
             }
         }
         // the portable loops (f64 tests, and the generic tier)
-        simd(#[inline(always)] || {
+        simd(#[inline(always)] move || {
             for o in o0..o1 {
                 let wr = &w[o * k..(o + 1) * k];
                 for r in 0..m {
@@ -177,7 +177,7 @@ fn matmul_kn_on<F: Real>(isa: Isa, out: &mut [F], x: &[F], w: &[F], m: usize, n:
             }
         }
         let mut acc = vec![0.0f32; o1 - o0];
-        simd(#[inline(always)] || {
+        simd(#[inline(always)] move || {
             for r in 0..m {
                 acc.fill(0.0);
                 for kk in 0..k {

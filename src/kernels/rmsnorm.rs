@@ -10,7 +10,7 @@ use super::Real;
 pub fn rmsnorm_forward<F: Real>(out: &mut [F], rstd: &mut [F], inp: &[F], w: &[F], c: usize, eps: f64) {
     let (eps, cf) = (F::lit(eps), F::lit(c as f64));
     out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(rstd.par_iter_mut()).for_each(|((o, x), r)| {
-        simd(#[inline(always)] || {
+        simd(#[inline(always)] move || {
             let ms = x.iter().map(|&v| v * v).sum::<F>() / cf;
             let s = F::one() / (ms + eps).sqrt();
             normalize_row(o, x, s, w);
@@ -30,7 +30,7 @@ fn normalize_row<F: Real>(o: &mut [F], x: &[F], s: F, w: &[F]) {
 /// backward recomputes it instead of keeping it).
 pub fn rmsnorm_recompute<F: Real>(out: &mut [F], inp: &[F], rstd: &[F], w: &[F], c: usize) {
     out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(rstd.par_iter()).for_each(|((o, x), &s)| {
-        simd(#[inline(always)] || normalize_row(o, x, s, w))
+        simd(#[inline(always)] move || normalize_row(o, x, s, w))
     });
 }
 
@@ -41,7 +41,7 @@ pub fn rmsnorm_backward<F: Real>(dinp: &mut [F], dw: Option<&mut [F]>, dout: &[F
     let cf = F::lit(c as f64);
     dinp.par_chunks_mut(c).zip(dout.par_chunks(c)).zip(inp.par_chunks(c)).zip(rstd.par_iter()).for_each(
         |(((dx, dy), x), &s)| {
-            simd(#[inline(always)] || {
+            simd(#[inline(always)] move || {
                 let dot = (0..c).map(|i| w[i] * dy[i] * x[i]).sum::<F>() / cf;
                 for i in 0..c {
                     dx[i] += s * (w[i] * dy[i] - x[i] * s * s * dot);
@@ -50,7 +50,7 @@ pub fn rmsnorm_backward<F: Real>(dinp: &mut [F], dw: Option<&mut [F]>, dout: &[F
         },
     );
     if let Some(dw) = dw {
-        simd(#[inline(always)] || {
+        simd(#[inline(always)] move || {
             for ((dy, x), &s) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(rstd) {
                 for i in 0..c {
                     dw[i] += dy[i] * x[i] * s;

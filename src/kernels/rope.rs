@@ -40,7 +40,7 @@ pub fn rope_apply<F: Real>(
     let half = hs / 2;
     x.par_chunks_mut(w).zip(positions.par_iter()).for_each(|(row, &p)| {
         let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
-        simd(#[inline(always)] || {
+        simd(#[inline(always)] move || {
             for h in 0..heads {
                 let head = &mut row[h * hs..(h + 1) * hs];
                 for i in 0..half {

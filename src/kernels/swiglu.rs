@@ -16,7 +16,7 @@ fn sigmoid<F: Real>(x: F) -> F {
 pub fn swiglu_forward<F: Real>(out: &mut [F], gu: &[F], i: usize) {
     out.par_chunks_mut(i).zip(gu.par_chunks(2 * i)).for_each(|(o, row)| {
         let (g, u) = row.split_at(i);
-        simd(#[inline(always)] || {
+        simd(#[inline(always)] move || {
             for k in 0..i {
                 o[k] = g[k] * sigmoid(g[k]) * u[k];
             }
@@ -29,7 +29,7 @@ pub fn swiglu_backward<F: Real>(dgu: &mut [F], dout: &[F], gu: &[F], i: usize) {
     dgu.par_chunks_mut(2 * i).zip(dout.par_chunks(i)).zip(gu.par_chunks(2 * i)).for_each(|((d, dy), row)| {
         let (g, u) = row.split_at(i);
         let (dg, du) = d.split_at_mut(i);
-        simd(#[inline(always)] || {
+        simd(#[inline(always)] move || {
             for k in 0..i {
                 let s = sigmoid(g[k]);
                 let silu = g[k] * s;

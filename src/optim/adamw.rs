@@ -105,7 +105,9 @@ impl<F: Real> AdamW<F> {
             let (ms, vs) = (&mut self.exp_avg[g.clone()], &mut self.exp_avg_sq[g]);
             ps.par_chunks_mut(BLOCK).zip(gs.par_chunks(BLOCK)).zip(ms.par_chunks_mut(BLOCK).zip(vs.par_chunks_mut(BLOCK))).for_each(
                 |((ps, gs), (ms, vs))| {
-                    simd(#[inline(always)] || {
+                    // `move`: the constants are the closure's own copies, which the stores
+                    // cannot alias, so the loop vectorises (through references it stayed scalar)
+                    simd(#[inline(always)] move || {
                         for ((p, &g), (m, v)) in ps.iter_mut().zip(gs).zip(ms.iter_mut().zip(vs.iter_mut())) {
                             fold.apply(m, v, g);
                             update.apply(p, *m, *v, decays);
@@ -143,7 +145,7 @@ impl<F: Real> AdamW<F> {
         let fold = self.fold();
         let (ms, vs) = (&mut self.exp_avg[r.clone()], &mut self.exp_avg_sq[r]);
         ms.par_chunks_mut(BLOCK).zip(vs.par_chunks_mut(BLOCK)).zip(g.par_chunks(BLOCK)).for_each(|((ms, vs), gs)| {
-            simd(#[inline(always)] || {
+            simd(#[inline(always)] move || {
                 for ((m, v), &g) in ms.iter_mut().zip(vs.iter_mut()).zip(gs) {
                     fold.apply(m, v, g);
                 }
@@ -162,7 +164,7 @@ impl<F: Real> AdamW<F> {
             let ps = &mut params[group.params.clone()];
             let (ms, vs) = (&self.exp_avg[g.clone()], &self.exp_avg_sq[g]);
             ps.par_chunks_mut(BLOCK).zip(ms.par_chunks(BLOCK).zip(vs.par_chunks(BLOCK))).for_each(|(ps, (ms, vs))| {
-                simd(#[inline(always)] || {
+                simd(#[inline(always)] move || {
                     for (p, (&m, &v)) in ps.iter_mut().zip(ms.iter().zip(vs)) {
                         update.apply(p, m, v, decays);
                     }

@@ -16,7 +16,7 @@ pub fn grad_norm<F: Real>(grads: &[F]) -> f64 {
 pub fn sum_of_squares<F: Real>(grads: &[F]) -> f64 {
     let partial: Vec<f64> = grads
         .par_chunks(1 << 14)
-        .map(|c| simd(#[inline(always)] || {
+        .map(|c| simd(#[inline(always)] move || {
             let mut lanes = [0.0f64; 8];
             for part in c.chunks(8) {
                 for (l, g) in lanes.iter_mut().zip(part) {
