@@ -20,13 +20,13 @@ if [[ -z "$wheel" ]]; then
 fi
 if [[ -n "$wheel" ]]; then
     echo "==> installing ferrotune from the wheel $wheel (no compilation)"
-    python -m pip install "$wheel[notebook]"
+    python -m pip install "$wheel[notebook,eval]"
 else
     echo "==> compiling the Rust core and installing ferrotune (editable) with its notebook extras:"
     echo "    ~4 minutes on 2 cores the first time (cargo's progress follows; later runs reuse target/)"
     log=.venv/ferrotune-build.log
     set +e
-    python -m pip install --verbose -e '.[notebook]' 2>&1 | tee "$log" \
+    python -m pip install --verbose -e '.[notebook,eval]' 2>&1 | tee "$log" \
         | grep --line-buffered -E '^ *(Compiling|Finished|Collecting|Installing collected|Successfully|ERROR|error)|Building (editable|wheel)|Built wheel|🍹|📦'
     codes=("${PIPESTATUS[@]}")
     set -e

@@ -26,6 +26,7 @@ from .callbacks import (
     TrainerState,
 )
 from .data import DataCollatorForLanguageModeling, DataCollatorWithPadding, load_jsonl
+from .evaluation import EvalResult, evaluate
 from .generation import GenerationConfig, TextIteratorStreamer, TextStreamer
 from .metrics import EvalPrediction
 from .modeling import CausalLMOutput, Model, ModelConfig
@@ -66,6 +67,7 @@ __all__ = [
     "EarlyStoppingCallback",
     "BusyError",
     "EvalPrediction",
+    "EvalResult",
     "FerrotuneError",
     "GenerationConfig",
     "InputError",
@@ -92,6 +94,7 @@ __all__ = [
     "TrainerState",
     "TrainingArguments",
     "__version__",
+    "evaluate",
     "get_last_checkpoint",
     "get_peft_model",
     "get_scheduler",

@@ -211,6 +211,9 @@ class CausalLM:
     def loss_stats(
         self, input_ids: _Ids, attention_mask: Optional[_Ids] = None, labels: Optional[_Ids] = None
     ) -> tuple[float, int, int]: ...
+    def token_losses(
+        self, input_ids: _Ids, attention_mask: Optional[_Ids] = None, labels: Optional[_Ids] = None
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]: ...
     def forward_backward(
         self,
         input_ids: _Ids,

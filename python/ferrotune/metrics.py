@@ -1,5 +1,6 @@
-"""Evaluation metrics: classification scores, confusion matrix, perplexity, and text scores
-(chrF, exact match) for generated replies.
+"""Evaluation metrics: classification scores, confusion matrix, perplexity, and the text
+comparisons of generated replies (normalisation, exact match, token F1; chrF and BLEU come
+from sacrebleu, see ``ferrotune.evaluation``).
 
 Pure numpy. The definitions are scikit-learn's (``sklearn.metrics``), so a number
 computed here matches the one a ``transformers`` user gets from their usual
@@ -20,6 +21,7 @@ any shape are flattened.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -38,10 +40,10 @@ __all__ = [
     "classification_report",
     "perplexity",
     "token_accuracy",
-    "chrf",
-    "chrf_statistics",
-    "normalize_answer",
+    "classification_scores",
+    "normalize_text",
     "exact_match",
+    "token_f1",
 ]
 
 #: Label value that marks a position to ignore (Hugging Face / PyTorch convention).
@@ -256,6 +258,25 @@ def f1(
     return _scores(y_true, y_pred, average, pos_label, zero_division, labels, ignore_index)[2]
 
 
+def classification_scores(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    labels: Optional[Sequence[Any]] = None,
+    zero_division: float = 0.0,
+    ignore_index: Optional[int] = IGNORE_INDEX,
+) -> Dict[str, float]:
+    """The scores a classifier is reported with, by the Trainer's evaluation and by
+    ``ferrotune.evaluate``: ``accuracy``; ``precision``, ``recall`` and ``f1`` averaged over
+    classes (macro); the same three pooled over classes (``*_micro``) and weighted by
+    support (``*_weighted``)."""
+    out = {"accuracy": accuracy(y_true, y_pred, ignore_index=ignore_index)}
+    for average, suffix in (("macro", ""), ("micro", "_micro"), ("weighted", "_weighted")):
+        p, r, f, _ = _scores(y_true, y_pred, average, 1, zero_division, labels, ignore_index)
+        out.update({f"precision{suffix}": p, f"recall{suffix}": r, f"f1{suffix}": f})
+    return out
+
+
 def precision_recall_f1(
     y_true: Any,
     y_pred: Any,
@@ -394,91 +415,39 @@ def token_accuracy(
 # --------------------------------------------------------------------------- text scores
 
 
-def chrf_statistics(hypothesis: str, reference: str, char_order: int = 6) -> List[int]:
-    """Character n-gram counts of one hypothesis/reference pair, as sacrebleu's ``CHRF``
-    collects them: whitespace removed, then for each ``n`` in ``1..char_order`` the number of
-    n-grams in the hypothesis, in the reference, and in common (clipped counts), flattened as
-    ``[hyp_1, ref_1, match_1, hyp_2, ...]``. Summing these over sentences gives corpus statistics."""
-    if char_order < 1:
-        raise ValueError(f"char_order must be >= 1, got {char_order}")
-    hyp = "".join(str(hypothesis).split())
-    ref = "".join(str(reference).split())
-    stats: List[int] = []
-    for n in range(1, char_order + 1):
-        h = Counter(hyp[i : i + n] for i in range(len(hyp) - n + 1))
-        r = Counter(ref[i : i + n] for i in range(len(ref) - n + 1))
-        stats += [sum(h.values()), sum(r.values()), sum((h & r).values())]
-    return stats
-
-
-def _chrf_from_statistics(stats: Sequence[int], char_order: int, beta: float) -> float:
-    # sacrebleu >= 2.0 with eps_smoothing=False (its default): precision and recall are averaged
-    # over the orders where both the hypothesis and the reference have n-grams, then combined.
-    prec = rec = 0.0
-    effective = 0
-    for i in range(char_order):
-        n_hyp, n_ref, n_match = stats[3 * i : 3 * i + 3]
-        if n_hyp > 0 and n_ref > 0:
-            prec += n_match / n_hyp
-            rec += n_match / n_ref
-            effective += 1
-    if effective == 0:
-        return 0.0
-    prec /= effective
-    rec /= effective
-    if prec + rec == 0:
-        return 0.0
-    factor = beta**2
-    return 100.0 * (1 + factor) * prec * rec / (factor * prec + rec)
-
-
-def chrf(
-    hypotheses: Union[str, Sequence[str]],
-    references: Union[str, Sequence[str]],
-    *,
-    char_order: int = 6,
-    beta: float = 2.0,
-) -> float:
-    """Corpus-level chrF (Popović 2015) on a 0-100 scale, equal to sacrebleu's default
-    ``CHRF()`` (``char_order=6``, ``word_order=0``, ``beta=2``, whitespace ignored, case
-    kept, one reference per hypothesis).
-
-    The character n-gram counts of all pairs are summed first, then precision and recall
-    are averaged over the n-gram orders and combined into an F-score that weighs recall
-    ``beta`` times as much as precision. Pass one string each for a sentence-level score.
-    """
-    if isinstance(hypotheses, str):
-        hypotheses = [hypotheses]
-    if isinstance(references, str):
-        references = [references]
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    total = [0] * (3 * char_order)
-    for hyp, ref in zip(hypotheses, references):
-        for i, v in enumerate(chrf_statistics(hyp, ref, char_order)):
-            total[i] += v
-    return _chrf_from_statistics(total, char_order, beta)
-
-
-_TRAILING_PUNCT = ".,;:!?\u3002\uff0c\uff1b\uff1a\uff01\uff1f\"'"
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, whitespace collapsed, surrounding whitespace and trailing punctuation removed."""
-    s = " ".join(str(text).lower().split())
-    return s.rstrip(_TRAILING_PUNCT + " ").strip()
+def normalize_text(text: str) -> str:
+    """Text as exact match and token F1 compare it: Unicode NFKC (full-width letters, digits
+    and punctuation become their ASCII forms: ``"ＡＢＣ１"`` -> ``"abc1"``), case folded,
+    punctuation (every Unicode ``P*`` character) removed, whitespace collapsed and stripped.
+    Unlike SQuAD's script, English articles are kept: the texts are not only English."""
+    s = unicodedata.normalize("NFKC", str(text)).casefold()
+    s = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in s)
+    return " ".join(s.split())
 
 
 def exact_match(prediction: str, reference: str, *, sep: Optional[str] = ";") -> bool:
-    """Whether ``prediction`` equals ``reference`` after :func:`normalize_answer`.
+    """Whether ``prediction`` equals ``reference`` after :func:`normalize_text`.
 
     With ``sep`` (default ``";"``) the reference is also a list of alternatives (dictionary
     senses such as ``"hello; hi"``): a prediction equal to one of them counts too."""
-    pred = normalize_answer(prediction)
+    pred = normalize_text(prediction)
     if not pred:
         return False
-    if pred == normalize_answer(reference):
+    if pred == normalize_text(reference):
         return True
     if sep is None:
         return False
-    return pred in {normalize_answer(s) for s in str(reference).split(sep)}
+    return pred in {normalize_text(s) for s in str(reference).split(sep)}
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style F1 of the whitespace tokens of the normalised texts (:func:`normalize_text`):
+    2 P R / (P + R) over the multiset of shared tokens; 1.0 when both are empty."""
+    pred, ref = normalize_text(prediction).split(), normalize_text(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    p, r = common / len(pred), common / len(ref)
+    return 2 * p * r / (p + r)

@@ -294,6 +294,17 @@ class Model:
         ids, mask, lab = _inputs(input_ids, attention_mask, labels, self.num_labels is not None)
         return self._core.loss_stats(ids, mask, lab)
 
+    def token_losses(
+        self, input_ids: ArrayLike, labels: Optional[ArrayLike] = None, attention_mask: Optional[ArrayLike] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Forward only, per token: ``(loss, right)``, both ``(B, T)``. ``loss[b, t]`` is the
+        cross-entropy (nats) of predicting ``labels[b, t + 1]`` (labels default to the input ids,
+        -100 where the mask is 0) and ``right[b, t]`` whether that was the argmax; 0 and False
+        where nothing is counted. The (B, T, V) logits never leave the model: for per-sequence
+        log-likelihoods (``-loss.sum(axis=1)``) and perplexity over long data."""
+        ids, mask, lab = _inputs(input_ids, attention_mask, labels, False)
+        return self._core.token_losses(ids, mask, lab)
+
     # ---- gradients ------------------------------------------------------------------
     def zero_grad(self) -> None:
         self._core.zero_grad()

@@ -1086,16 +1086,14 @@ class Trainer:
                 model.train()
         loss = loss_sum / n_tokens if n_tokens else float("nan")
         if classifier:
-            from .metrics import precision_recall_f1
+            from .metrics import classification_scores
 
             all_preds, all_labels = np.concatenate(preds), np.concatenate(labels_all)
             keep = all_labels != IGNORE_INDEX
             y_true, y_pred = all_labels[keep], np.argmax(all_preds[keep], axis=-1)
-            prf = precision_recall_f1(y_true, y_pred, average="macro")
             metrics: Dict[str, float] = {
                 f"{prefix}_loss": loss,
-                f"{prefix}_accuracy": float(np.mean(y_true == y_pred)) if y_true.size else float("nan"),
-                **{f"{prefix}_{k}": float(v) for k, v in prf.items()},
+                **{f"{prefix}_{k}": float(v) for k, v in classification_scores(y_true, y_pred).items()},
             }
         else:
             metrics = {

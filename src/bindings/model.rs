@@ -4,19 +4,20 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-use numpy::{PyReadonlyArray2, PyReadonlyArrayDyn};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray2, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::Error;
 use crate::generate::HalfWeights;
+use crate::kernels::crossentropy::crossentropy_rows;
 use crate::models::lora::LoraSpec;
 use crate::models::{attach_lora, from_config, from_pretrained, from_pretrained_as, merge_lora, Batch};
 use crate::optim::clip::clip_grad_norm;
 
 use super::convert::{f32_nd, ids_2d, to_numpy};
 use super::detach;
-use super::errors::{BusyError, PyFtResult};
+use super::errors::{BusyError, PyFerrotuneErr, PyFtResult};
 
 /// One call at a time: a call from a second thread while one runs (a forward during
 /// `train()`, a save during a forward) gets BusyError instead of a half-updated model.
@@ -205,6 +206,36 @@ impl PyModel {
             let s = model.loss_stats();
             Ok((s.loss_sum, s.count, s.correct))
         })
+    }
+
+    /// Forward only, per token: (loss (B, T) float64, argmax right (B, T) bool) against the
+    /// next-token targets; 0 and false where nothing is counted (labels -100, the last
+    /// position). Nothing (B, T, V) leaves the model.
+    #[pyo3(signature = (input_ids, attention_mask=None, labels=None))]
+    fn token_losses<'py>(
+        &self,
+        py: Python<'py>,
+        input_ids: Ids<'py>,
+        attention_mask: Option<Ids<'py>>,
+        labels: Option<Ids<'py>>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let mut cell = self.lock()?;
+        if cell.model().num_labels().is_some() {
+            let e = Error::Input("token_losses needs a language-model head; this model has a sequence-classification head".into());
+            return Err(PyFerrotuneErr::from(e).into());
+        }
+        let batch = batch(&input_ids, &attention_mask, &labels, false)?;
+        let (b, t, v) = (batch.b, batch.t, cell.model().vocab_size());
+        let model = cell.model_mut();
+        let rows = detach(py, move || {
+            model.forward(&batch)?;
+            let mut targets = vec![0i64; b * t];
+            batch.next_token_targets(&mut targets);
+            Ok(crossentropy_rows(model.logits(), &targets, v))
+        })?;
+        let loss = PyArray1::from_iter(py, rows.iter().map(|r| r.loss_sum)).reshape([b, t])?;
+        let right = PyArray1::from_iter(py, rows.iter().map(|r| r.correct == 1)).reshape([b, t])?;
+        Ok((loss.into_any(), right.into_any()))
     }
 
     /// Forward + backward, adding to the gradients: (summed loss, counted tokens).

@@ -42,7 +42,12 @@ fn row_max<F: Real>(row: &[F]) -> (F, usize) {
 
 /// Loss statistics of logits (N, V) against targets (N); logits are not modified.
 pub fn crossentropy_forward<F: Real>(logits: &[F], targets: &[i64], v: usize) -> LossStats {
-    let rows = logits
+    sum_in_order(crossentropy_rows(logits, targets, v))
+}
+
+/// The statistics of each row (N): loss, 1 if counted, 1 if its argmax is the target.
+pub fn crossentropy_rows<F: Real>(logits: &[F], targets: &[i64], v: usize) -> Vec<LossStats> {
+    logits
         .par_chunks(v)
         .zip(targets.par_iter())
         .map(|(row, &t)| {
@@ -56,8 +61,7 @@ pub fn crossentropy_forward<F: Real>(logits: &[F], targets: &[i64], v: usize) ->
                 LossStats { loss_sum: loss, count: 1, correct: (arg == t as usize) as usize }
             })
         })
-        .collect();
-    sum_in_order(rows)
+        .collect()
 }
 
 /// Fused forward + backward, in place: logits (N, V) become dlogits = scale * (softmax - onehot)
@@ -118,5 +122,19 @@ mod tests {
     fn uniform_logits_give_log_v() {
         let st = crossentropy_forward(&[0.0f64; 8], &[3, 1], 4);
         assert!((st.loss_sum / 2.0 - (4.0f64).ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rows_add_up_to_the_totals() {
+        let (n, v) = (5, 7);
+        let logits: Vec<f64> = rand_vec(n * v, 3).iter().map(|x| 4.0 * x).collect();
+        let targets = [6i64, IGNORE_INDEX, 0, 3, IGNORE_INDEX];
+        let rows = crossentropy_rows(&logits, &targets, v);
+        assert_eq!(rows.len(), n);
+        assert_eq!(rows[1], LossStats::default());
+        assert_eq!(sum_in_order(rows.clone()), crossentropy_forward(&logits, &targets, v));
+        let row3 = &logits[3 * v..4 * v];
+        let lse = row3.iter().map(|x| x.exp()).sum::<f64>().ln();
+        assert!((rows[3].loss_sum - (lse - row3[3])).abs() < 1e-12);
     }
 }
