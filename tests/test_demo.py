@@ -158,3 +158,18 @@ def test_resume_needs_output_dir_and_a_checkpoint(tmp_path, capsys):
             argv = ["--model", model, "--quick", "--resume", "--output-dir", str(tmp_path), "--no-progress"]
             assert demo.main(argv) == 2
             assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_untrained_examples_are_never_drawn_for_training():
+    from conftest import fixture_dir
+
+    tok = ferrotune.Tokenizer.from_pretrained(fixture_dir("chat_tokenizer"))
+    cfg = demo.SmolLM2Config(n_train=600, n_eval=64, max_length=10**6)  # far more than the demo draws
+    held, train = demo.smollm2_rows(cfg, tok)
+    kept = demo.untrained_examples(demo.UNTRAINED_RESERVE, cfg)
+    assert len(kept) == demo.UNTRAINED_RESERVE and len(train) == 600
+    assert not {e["zh"] for e in kept} & {e["zh"] for e in held + train}
+    assert demo.untrained_examples(5, cfg) == kept[-5:]
+    with pytest.raises(ValueError, match="1..500"):
+        demo.untrained_examples(501)
+    assert demo.senses("hello; hi") == ["hello; hi", "hello", "hi"]

@@ -48,7 +48,10 @@ __all__ = [
     "SmolLM2Config",
     "DemoConfig",
     "find_smollm2_gguf",
-    "generate_replies",
+    "translate_and_score",
+    "senses",
+    "smollm2_rows",
+    "untrained_examples",
     "text_chart",
     "clean_senses",
     "make_examples",
@@ -485,34 +488,20 @@ def chat_messages(zh: str, en: Optional[str] = None) -> List[Dict[str, str]]:
     return messages
 
 
-def generate_replies(
-    model: Any, tokenizer: Any, words: Sequence[str], max_new_tokens: int = 16, batch_size: int = 16
-) -> List[str]:
-    """Greedy replies to the chat prompt of each word, in left-padded batches (KV cache)."""
-    prompts = [tokenizer.apply_chat_template(chat_messages(zh), add_generation_prompt=True, tokenize=False) for zh in words]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    replies: List[str] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i : i + batch_size], padding=True, return_tensors="np", add_special_tokens=False)
-            ids = enc["input_ids"]
-            out = model.generate(ids, attention_mask=enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False)
-            for row in out[:, ids.shape[1] :]:
-                replies.append(tokenizer.decode([int(t) for t in row], skip_special_tokens=True).strip())
-    finally:
-        tokenizer.padding_side = side
-    return replies
+def translate_and_score(model: Any, tokenizer: Any, rows: Sequence[Dict[str, Any]], cfg: SmolLM2Config) -> Dict[str, Any]:
+    """Greedy replies to each held-out word's chat and their scores, by ``ferrotune.evaluate``:
+    exact match (the reply equals the senses or one of them) and corpus chrF."""
+    from .evaluation import evaluate
 
-
-def _score(replies: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
-    """Exact match (any one sense of the reference) and chrF, as ``ferrotune.evaluate`` scores
-    generations: each reference's senses are its alternatives."""
-    from .evaluation import generation_scores
-
-    metrics, per = generation_scores(replies, [senses(ref) for ref in references])
-    right = int(sum(p["exact_match"] for p in per))
-    return {"exact_match": metrics["exact_match"], "exact_match_count": right, "chrf": metrics["chrf"]}
+    data = [{"messages": chat_messages(e["zh"]), "reference": senses(e["en"])} for e in rows]
+    res = evaluate(model, tokenizer, data, task="generation", batch_size=cfg.generate_batch_size,
+                   max_new_tokens=cfg.max_new_tokens, progress=False)
+    return {
+        "exact_match": res["exact_match"],
+        "exact_match_count": int(sum(r["scores"]["exact_match"] for r in res.records)),
+        "chrf": res["chrf"],
+        "replies": [r["prediction"] for r in res.records],
+    }
 
 
 def text_chart(series: Dict[str, Tuple[Sequence[float], Sequence[float]]], width: int = 56, height: int = 10) -> List[str]:
@@ -612,9 +601,8 @@ def run_smollm2(cfg: SmolLM2Config, output_dir: str, *, progress: bool = True, r
     words = [e["zh"] for e in eval_rows]
     model.eval()
     t = time.perf_counter()
-    before = {"eval_loss": float(trainer.evaluate()["eval_loss"])}
-    replies_before = generate_replies(model, tokenizer, words, cfg.max_new_tokens, cfg.generate_batch_size)
-    before.update(_score(replies_before, refs))
+    before = {"eval_loss": float(trainer.evaluate()["eval_loss"]), **translate_and_score(model, tokenizer, eval_rows, cfg)}
+    replies_before = before.pop("replies")
     _print(f"before: held-out loss {before['eval_loss']:.3f}, chrF {before['chrf']:.1f}, exact match "
            f"{before['exact_match_count']}/{len(refs)} ({time.perf_counter() - t:.0f} s to evaluate)")
 
@@ -623,9 +611,8 @@ def run_smollm2(cfg: SmolLM2Config, output_dir: str, *, progress: bool = True, r
     train_seconds = time.perf_counter() - t_train
     best_ckpt = trainer.state.best_model_checkpoint
     model.eval()
-    after = {"eval_loss": float(trainer.evaluate()["eval_loss"])}
-    replies_after = generate_replies(model, tokenizer, words, cfg.max_new_tokens, cfg.generate_batch_size)
-    after.update(_score(replies_after, refs))
+    after = {"eval_loss": float(trainer.evaluate()["eval_loss"]), **translate_and_score(model, tokenizer, eval_rows, cfg)}
+    replies_after = after.pop("replies")
 
     final_dir = os.path.join(output_dir, "final")
     trainer.save_model(final_dir)
