@@ -108,6 +108,20 @@ def test_adapter_round_trip_in_peft_format(tmp_path):
     np.testing.assert_array_equal(again(**batch(ref)).logits, model(**batch(ref)).logits)
 
 
+@pytest.mark.parametrize("base, fan_in_fan_out", [("gpt2_tiny_a", True), ("llama_tiny", False)])
+def test_new_adapters_name_their_base_as_peft_does(tmp_path, base, fan_in_fan_out):
+    model = ft.Model.from_pretrained(fixture_dir(base))
+    assert model.name_or_path == str(fixture_dir(base).resolve())
+    peft = ft.get_peft_model(model, ft.LoraConfig(r=2))
+    peft.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    # AutoPeftModelForCausalLM loads the base from here; GPT-2's Conv1D weights are (in, out)
+    assert cfg["base_model_name_or_path"] == model.name_or_path
+    assert cfg["fan_in_fan_out"] is fan_in_fan_out
+    assert ft.Model.from_config(model.config.to_dict()).name_or_path == ""
+    assert peft.merge_and_unload().name_or_path == model.name_or_path
+
+
 def test_trainer_with_lora_saves_adapters_and_resumes(tmp_path):
     base = ft.Model.from_pretrained(fixture_dir("gpt2_tiny_a"))
     model = ft.get_peft_model(base, ft.LoraConfig(r=2, target_modules=["c_attn"]))

@@ -166,9 +166,12 @@ class Model:
     >>> out.loss, out.logits.shape          # (B, T, V)
     """
 
-    def __init__(self, core: "_core.CausalLM", generation_config: Optional[GenerationConfig] = None) -> None:
+    def __init__(self, core: "_core.CausalLM", generation_config: Optional[GenerationConfig] = None, name_or_path: str = "") -> None:
         self._core = core
         self.generation_config = generation_config or GenerationConfig.from_model_config(self.config)
+        #: Where the weights were loaded from (an absolute path; "" for a new model), as
+        #: transformers' ``model.name_or_path``; adapters name it as their base.
+        self.name_or_path = name_or_path
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -186,7 +189,7 @@ class Model:
         if os.path.isdir(path):
             gen_file = os.path.join(path, GENERATION_CONFIG_NAME)
             gen_config = GenerationConfig.from_pretrained(gen_file) if os.path.isfile(gen_file) else None
-        return cls(_core.CausalLM.from_pretrained(path), gen_config)
+        return cls(_core.CausalLM.from_pretrained(path), gen_config, os.path.abspath(path))
 
     @classmethod
     def from_config(cls, config: Union[ModelConfig, Mapping[str, Any]], seed: int = 0) -> "Model":
@@ -246,7 +249,7 @@ class Model:
         if pad_token_id is not None:
             config["pad_token_id"] = int(pad_token_id)
         core = _core.CausalLM.from_pretrained_with_config(path, _config_json(config), int(seed))
-        return cls(core)
+        return cls(core, name_or_path=os.path.abspath(path))
 
     @property
     def num_labels(self) -> Optional[int]:

@@ -119,7 +119,7 @@ class PeftModel(Model):
     work unchanged); only the adapters (and ``modules_to_save``) train."""
 
     def __init__(self, model: Model, peft_config: LoraConfig) -> None:
-        super().__init__(model._core, model.generation_config)
+        super().__init__(model._core, model.generation_config, model.name_or_path)
         self.peft_config = peft_config
         self._vocab_resized = getattr(model, "_vocab_resized", False)
 
@@ -129,12 +129,12 @@ class PeftModel(Model):
         print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
 
     def get_base_model(self) -> Model:
-        return Model(self._core, self.generation_config)
+        return Model(self._core, self.generation_config, self.name_or_path)
 
     def merge_and_unload(self) -> Model:
         """Folds the adapters into the base weights: a plain model with the same outputs."""
         self._core.merge_lora()
-        return Model(self._core, self.generation_config)
+        return Model(self._core, self.generation_config, self.name_or_path)
 
     def adapter_state_dict(self) -> Dict[str, np.ndarray]:
         """The adapter (and modules_to_save) tensors under PEFT's file key names."""
@@ -254,6 +254,12 @@ def _attach(model: Model, config: LoraConfig, modules: List[str], seed: int = 0)
         extra += hits
     if extra:
         model._core.set_trainable(sorted(set(extra)), True)
+    # what PEFT writes: the base to load the adapter onto (AutoPeftModel reads it), and
+    # fan_in_fan_out for GPT-2's Conv1D modules, whose weights are (in, out)
+    if config.base_model_name_or_path is None and model.name_or_path:
+        config.base_model_name_or_path = model.name_or_path
+    if model.config.model_type == "gpt2":
+        config.fan_in_fan_out = True
     return PeftModel(model, config)
 
 
