@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for (name, t) in &tensors {
-        let _ = t.to_real::<f32>(name);
+        let mut out = vec![0f32; t.data.len()];
+        let _ = t.convert_into::<f32>(name, &mut out);
     }
 });

@@ -280,8 +280,7 @@ impl<F: Real> ModelState<F> {
             if raw.shape != info.shape {
                 return Err(Error::shape(format!("{name} in {}", source.display()), &info.shape, &raw.shape));
             }
-            let values = raw.to_real::<F>(&name)?;
-            self.params[info.range.clone()].copy_from_slice(&values);
+            raw.convert_into::<F>(&name, &mut self.params[info.range.clone()])?;
             seen[idx] = true;
         }
         let infos = self.table.infos();
