@@ -39,7 +39,10 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.safetensors",
 # The child process: {"mode": "train" | "save_model" | "save_peft", ...} as argv[1]; prints
 # "started" when the work to interrupt has begun.
 CHILD = r"""
-import json, sys, time
+import json, signal, sys, time
+# Ctrl-C raises KeyboardInterrupt as at a terminal, also when the test suite itself runs as a
+# shell's background job (which starts every child with SIGINT ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import ferrotune
 from ferrotune import LoraConfig, Model, Trainer, TrainerCallback, TrainingArguments, get_peft_model
 from ferrotune.callbacks import PrinterCallback
