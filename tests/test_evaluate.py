@@ -289,3 +289,16 @@ def test_bad_rows_name_the_row(lm, tok):
         ft.evaluate(lm, tok, [], task="perplexity", progress=False)
     with pytest.raises(ft.DataError, match="not one dict"):
         ft.evaluate(lm, tok, {"text": "a"}, task="perplexity", progress=False)
+
+
+def test_progress_bar_and_training_mode_restored(lm, tok, capfd):
+    lm.train()
+    try:
+        res = ft.evaluate(lm, tok, [{"text": f"text {i}"} for i in range(5)], task="perplexity", batch_size=2)
+        assert lm.training, "evaluate puts a training model back into training mode"
+    finally:
+        lm.eval()
+    err = capfd.readouterr().err
+    assert "evaluate (perplexity)" in err and "3/3" in err
+    quiet = ft.evaluate(lm, tok, [{"text": f"text {i}"} for i in range(5)], task="perplexity", batch_size=2, progress=False)
+    assert res.metrics == quiet.metrics

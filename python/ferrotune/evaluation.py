@@ -49,6 +49,9 @@ _MAIN_SCORE = {"generation": "chrf", "classification": "correct", "multiple_choi
 
 _EVAL_EXTRA = "pip install 'ferrotune[eval]'"
 
+#: Opens the progress bar of a pass over this many batches.
+Progress = Callable[[int], ProgressBar]
+
 
 @dataclass
 class EvalResult:
@@ -267,15 +270,15 @@ def _generate_texts(
     return out
 
 
-def _evaluate_generation(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, Mapping[str, Any]]], batch_size: int, bar: ProgressBar, **options: Any) -> EvalResult:
+def _evaluate_generation(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, Mapping[str, Any]]], batch_size: int, progress: Progress, **options: Any) -> EvalResult:
     gen = {"max_new_tokens": 32, "do_sample": False, **options}
     prompts = [_prompt_text(tokenizer, r, i) for i, r in rows]
     chats = ["prompt" not in r for _, r in rows]
     refs = [_field(r, i, ("reference",))[1] for i, r in rows]
     for (i, _), ref in zip(rows, refs):
         _reference_list(ref, i)  # bad references fail before decoding
-    bar.reset(total=math.ceil(len(rows) / batch_size))
-    predictions = _generate_texts(model, tokenizer, prompts, chats, batch_size, bar, gen)
+    with progress(math.ceil(len(rows) / batch_size)) as bar:
+        predictions = _generate_texts(model, tokenizer, prompts, chats, batch_size, bar, gen)
     metrics, per = generation_scores(predictions, refs)
     records = [
         {"index": i, "input": p, "prediction": pred, "reference": ref, "scores": s}
@@ -287,7 +290,7 @@ def _evaluate_generation(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, M
 # --------------------------------------------------------------------------- log-likelihood scoring
 
 
-def _loglik(model: Any, pairs: Sequence[Tuple[List[int], List[int]]], batch_size: int, bar: Optional[ProgressBar]) -> List[float]:
+def _loglik(model: Any, pairs: Sequence[Tuple[List[int], List[int]]], batch_size: int, bar: ProgressBar) -> List[float]:
     """Sum of log p(continuation | context) for each (context ids, continuation ids) pair.
 
     Context and continuation are concatenated, cut on the left to the model's context,
@@ -310,20 +313,19 @@ def _loglik(model: Any, pairs: Sequence[Tuple[List[int], List[int]]], batch_size
         loss, _ = model.token_losses(ids, labels=lab, attention_mask=mask)
         for r, i in enumerate(batch):
             out[i] = -float(loss[r].sum())
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
     return out
 
 
-def _choose(model: Any, tokenizer: Any, contexts: Sequence[Tuple[str, bool]], choices: Sequence[Sequence[str]], delimiter: str, batch_size: int, bar: ProgressBar) -> Tuple[List[List[float]], List[int], List[int]]:
+def _choose(model: Any, tokenizer: Any, contexts: Sequence[Tuple[str, bool]], choices: Sequence[Sequence[str]], delimiter: str, batch_size: int, progress: Progress) -> Tuple[List[List[float]], List[int], List[int]]:
     """Log-likelihood of each choice after its context; the argmax, and the argmax per byte."""
     pairs: List[Tuple[List[int], List[int]]] = []
     for (text, chat), opts in zip(contexts, choices):
         ctx = _encode(tokenizer, text, chat)
         for c in opts:
             pairs.append((ctx, [int(t) for t in tokenizer.encode(delimiter + c, add_special_tokens=False)]))
-    bar.reset(total=math.ceil(len(pairs) / batch_size))
-    flat = _loglik(model, pairs, batch_size, bar)
+    with progress(math.ceil(len(pairs) / batch_size)) as bar:
+        flat = _loglik(model, pairs, batch_size, bar)
     scores, best, best_norm, k = [], [], [], 0
     for opts in choices:
         s = flat[k : k + len(opts)]
@@ -334,7 +336,7 @@ def _choose(model: Any, tokenizer: Any, contexts: Sequence[Tuple[str, bool]], ch
     return scores, best, best_norm
 
 
-def _evaluate_multiple_choice(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, Mapping[str, Any]]], batch_size: int, bar: ProgressBar, delimiter: str = " ") -> EvalResult:
+def _evaluate_multiple_choice(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, Mapping[str, Any]]], batch_size: int, progress: Progress, delimiter: str = " ") -> EvalResult:
     contexts, choices, labels = [], [], []
     for i, r in rows:
         contexts.append((_prompt_text(tokenizer, r, i), "prompt" not in r))
@@ -346,7 +348,7 @@ def _evaluate_multiple_choice(model: Any, tokenizer: Any, rows: Sequence[Tuple[i
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < len(opts):
             raise DataError(f"row {i}: 'label' must be the index of the right choice (0..{len(opts) - 1}), got {label!r}")
         labels.append(int(label))
-    scores, best, best_norm = _choose(model, tokenizer, contexts, choices, delimiter, batch_size, bar)
+    scores, best, best_norm = _choose(model, tokenizer, contexts, choices, delimiter, batch_size, progress)
     records = []
     for (i, _), (text, _), opts, s, b, bn, y in zip(rows, contexts, choices, scores, best, best_norm, labels):
         records.append(
@@ -381,7 +383,7 @@ def _label_index(label: Any, names: Sequence[str], index: int) -> int:
     return int(label)
 
 
-def _head_predictions(model: Any, tokenizer: Any, texts: Sequence[Tuple[str, bool]], batch_size: int, bar: ProgressBar) -> List[int]:
+def _head_predictions(model: Any, tokenizer: Any, texts: Sequence[Tuple[str, bool]], batch_size: int, progress: Progress) -> List[int]:
     """Argmax of a sequence-classification head. Rows are right-padded with the config's
     pad_token_id, which the head uses to find each row's last token (as transformers does);
     without one, rows go one at a time."""
@@ -391,17 +393,17 @@ def _head_predictions(model: Any, tokenizer: Any, texts: Sequence[Tuple[str, boo
     encoded = [_encode(tokenizer, t, c) for t, c in texts]
     preds = [0] * len(texts)
     batches = _batches(_by_length([len(e) for e in encoded]), batch_size)
-    bar.reset(total=len(batches))
-    for batch in batches:
-        ids, mask = _pad([encoded[i] for i in batch], 0 if pad is None else int(pad), left=False)
-        logits = model(ids, attention_mask=mask).logits
-        for r, i in enumerate(batch):
-            preds[i] = int(np.argmax(logits[r]))
-        bar.update(1)
+    with progress(len(batches)) as bar:
+        for batch in batches:
+            ids, mask = _pad([encoded[i] for i in batch], 0 if pad is None else int(pad), left=False)
+            logits = model(ids, attention_mask=mask).logits
+            for r, i in enumerate(batch):
+                preds[i] = int(np.argmax(logits[r]))
+            bar.update(1)
     return preds
 
 
-def _evaluate_classification(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, Mapping[str, Any]]], batch_size: int, bar: ProgressBar, label_words: Optional[Sequence[str]] = None, delimiter: str = " ") -> EvalResult:
+def _evaluate_classification(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, Mapping[str, Any]]], batch_size: int, progress: Progress, label_words: Optional[Sequence[str]] = None, delimiter: str = " ") -> EvalResult:
     texts = []
     for i, r in rows:
         name, _ = _field(r, i, ("text", "prompt", "messages"))
@@ -411,7 +413,7 @@ def _evaluate_classification(model: Any, tokenizer: Any, rows: Sequence[Tuple[in
             raise InputError("label_words scores label words with a language model; this model has a classification head")
         id2label = model.config.to_dict().get("id2label") or {}
         names = [str(id2label.get(str(k), id2label.get(k, k))) for k in range(model.num_labels)]
-        preds = _head_predictions(model, tokenizer, texts, batch_size, bar)
+        preds = _head_predictions(model, tokenizer, texts, batch_size, progress)
     else:
         if not label_words or not all(isinstance(w, str) and w for w in label_words):
             raise InputError(
@@ -419,7 +421,7 @@ def _evaluate_classification(model: Any, tokenizer: Any, rows: Sequence[Tuple[in
                 "scored after the text); or give a model with a classification head (Model.for_sequence_classification)"
             )
         names = list(label_words)
-        _, preds, _ = _choose(model, tokenizer, texts, [names] * len(texts), delimiter, batch_size, bar)
+        _, preds, _ = _choose(model, tokenizer, texts, [names] * len(texts), delimiter, batch_size, progress)
     y_true = [_label_index(_field(r, i, ("label",))[1], names, i) for i, r in rows]
     records = [
         {"index": i, "input": t, "prediction": names[p], "reference": names[y], "scores": {"correct": float(p == y)}}
@@ -436,7 +438,7 @@ def _evaluate_classification(model: Any, tokenizer: Any, rows: Sequence[Tuple[in
 # --------------------------------------------------------------------------- perplexity
 
 
-def _evaluate_perplexity(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, Mapping[str, Any]]], batch_size: int, bar: ProgressBar, max_length: Optional[int] = None) -> EvalResult:
+def _evaluate_perplexity(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, Mapping[str, Any]]], batch_size: int, progress: Progress, max_length: Optional[int] = None) -> EvalResult:
     window = min(int(max_length), _context(model)) if max_length is not None else _context(model)
     if window < 2:
         raise InputError(f"max_length must be at least 2 (one token to predict from), got {max_length!r}")
@@ -454,15 +456,15 @@ def _evaluate_perplexity(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, M
     sums = [0.0] * len(rows)
     counts = [0] * len(rows)
     batches = _batches(_by_length([len(p) for _, p in pieces]), batch_size)
-    bar.reset(total=len(batches))
-    for batch in batches:
-        ids, mask = _pad([pieces[j][1] for j in batch], 0, left=False)
-        loss, _ = model.token_losses(ids, attention_mask=mask)
-        for r, j in enumerate(batch):
-            k = pieces[j][0]
-            sums[k] += float(loss[r].sum())
-            counts[k] += int(mask[r].sum()) - 1
-        bar.update(1)
+    with progress(len(batches)) as bar:
+        for batch in batches:
+            ids, mask = _pad([pieces[j][1] for j in batch], 0, left=False)
+            loss, _ = model.token_losses(ids, attention_mask=mask)
+            for r, j in enumerate(batch):
+                k = pieces[j][0]
+                sums[k] += float(loss[r].sum())
+                counts[k] += int(mask[r].sum()) - 1
+            bar.update(1)
     records = [
         {
             "index": i,
@@ -535,14 +537,17 @@ def evaluate(
     if not rows:
         raise DataError("no rows to evaluate")
     t0 = time.perf_counter()
-    with ProgressBar(desc=f"evaluate ({task})", unit="batch", disable=not progress) as bar:
-        was_training = bool(getattr(model, "training", False))
+
+    def bar(total: int) -> ProgressBar:
+        return ProgressBar(total=total, desc=f"evaluate ({task})", unit="batch", disable=not progress)
+
+    was_training = bool(getattr(model, "training", False))
+    if was_training:
+        model.eval()
+    try:
+        result = _RUNNERS[task](model, tokenizer, rows, batch_size, bar, **options)
+    finally:
         if was_training:
-            model.eval()
-        try:
-            result = _RUNNERS[task](model, tokenizer, rows, batch_size, bar, **options)
-        finally:
-            if was_training:
-                model.train()
+            model.train()
     result.details.update(examples=len(rows), seconds=time.perf_counter() - t0)
     return result
