@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from . import _core
+from . import _core, hub
 from ._core import ConfigError, FerrotuneError, InputError
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .generation import generate as _generate
@@ -158,6 +158,13 @@ def _mean_resized_rows(old: np.ndarray, added: int, rng: np.random.Generator) ->
     return mean + rng.standard_normal((added, w.shape[1])) @ chol.T
 
 
+def _local_path(path: PathLike, gguf_file: Optional[PathLike], **hub_kwargs: Any) -> str:
+    """The local directory (or GGUF file) a path or Hub id names; see :func:`hub.resolve`."""
+    if gguf_file is not None:
+        return hub.resolve_gguf(path, gguf_file, **hub_kwargs)
+    return hub.resolve(path, required=hub.MODEL_WEIGHTS, **hub_kwargs)
+
+
 class Model:
     """A causal language model (GPT-2, Llama, Mistral, Qwen2) with the transformers API.
 
@@ -175,14 +182,22 @@ class Model:
 
     # ---- construction -------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: PathLike, gguf_file: Optional[PathLike] = None) -> "Model":
+    def from_pretrained(
+        cls,
+        path: PathLike,
+        gguf_file: Optional[PathLike] = None,
+        *,
+        revision: Optional[str] = None,
+        local_files_only: bool = False,
+        cache_dir: Optional[PathLike] = None,
+    ) -> "Model":
         """Loads a Hugging Face directory (``config.json`` + ``model.safetensors`` or shards),
         or a GGUF file: ``from_pretrained("model.gguf")`` or transformers' spelling
         ``from_pretrained(directory, gguf_file="model.gguf")``; GGUF weights (F32, F16, BF16,
-        Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) are dequantised into trainable float32."""
-        path = os.fspath(path)
-        if gguf_file is not None:
-            path = os.path.join(path, os.fspath(gguf_file))
+        Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) are dequantised into trainable float32.
+        ``path`` may be a Hub id (``"org/name"``), found in the Hugging Face cache at
+        ``revision`` or downloaded (see :func:`ferrotune.hub.resolve`)."""
+        path = _local_path(path, gguf_file, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
         if not os.path.exists(path):
             raise FileNotFoundError(2, f"No such file or directory: {path}", path)
         gen_config = None
@@ -209,15 +224,18 @@ class Model:
         pad_token_id: Optional[int] = None,
         gguf_file: Optional[PathLike] = None,
         seed: int = 0,
+        *,
+        revision: Optional[str] = None,
+        local_files_only: bool = False,
+        cache_dir: Optional[PathLike] = None,
     ) -> "Model":
         """transformers' ``AutoModelForSequenceClassification.from_pretrained``: the backbone
         of a causal LM (or a saved classifier) with a bias-free ``score`` head (num_labels,
         hidden) on the last non-padding token of each row. A new head is initialised like
         transformers (N(0, initializer_range), seeded). ``pad_token_id`` (from the argument
-        or the config) finds the last token; without one only batches of one row work."""
-        path = os.fspath(path)
-        if gguf_file is not None:
-            path = os.path.join(path, os.fspath(gguf_file))
+        or the config) finds the last token; without one only batches of one row work.
+        ``path``, ``revision``, ``local_files_only``, ``cache_dir``: as in :meth:`from_pretrained`."""
+        path = _local_path(path, gguf_file, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
         if not os.path.exists(path):
             raise FileNotFoundError(2, f"No such file or directory: {path}", path)
         if os.path.isdir(path):

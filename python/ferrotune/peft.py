@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from . import hub
 from ._core import ConfigError, InputError
 from .io import atomic_directory, load_safetensors, read_checkpoint_json, save_safetensors
 from .modeling import Model, PathLike
@@ -222,9 +223,26 @@ class PeftModel(Model):
         self.load_state_dict(ours, strict=False)
 
     @classmethod
-    def from_pretrained(cls, model: Model, adapter_dir: PathLike, is_trainable: bool = False) -> "PeftModel":  # type: ignore[override]
-        """Loads a PEFT adapter directory onto ``model`` (like ``peft.PeftModel.from_pretrained``).
-        The adapted modules are read from the adapter file's keys."""
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        model: Model,
+        adapter_dir: PathLike,
+        is_trainable: bool = False,
+        *,
+        revision: Optional[str] = None,
+        local_files_only: bool = False,
+        cache_dir: Optional[PathLike] = None,
+    ) -> "PeftModel":
+        """Loads a PEFT adapter directory, or a Hub id found in the Hugging Face cache or
+        downloaded (see :func:`ferrotune.hub.resolve`), onto ``model`` (like
+        ``peft.PeftModel.from_pretrained``). The adapted modules are read from the adapter file's keys."""
+        adapter_dir = hub.resolve(
+            adapter_dir,
+            revision=revision,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+            filenames=hub.ADAPTER_FILES,
+        )
         config = LoraConfig.from_pretrained(adapter_dir)
         tensors = load_safetensors(os.path.join(os.fspath(adapter_dir), ADAPTER_WEIGHTS_NAME))
         modules = sorted(

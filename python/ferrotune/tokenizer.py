@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, hub
 from ._core import DataError, InputError
 from .io import atomic_directory
 
@@ -36,7 +36,7 @@ VERY_LARGE_INTEGER = int(1e30)
 #: Feature names ``Tokenizer.pad`` pads (with the pad id, 0, -100, 0, 1).
 PAD_KEYS = ("input_ids", "attention_mask", "labels", "token_type_ids", "special_tokens_mask")
 
-_IGNORED_LOAD_KWARGS = frozenset({"use_fast", "trust_remote_code", "local_files_only"})
+_IGNORED_LOAD_KWARGS = frozenset({"use_fast", "trust_remote_code"})
 _TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 _UNSET: Any = object()  # chat template not read from the core's config yet
 _SETTING_KWARGS = frozenset(
@@ -187,14 +187,23 @@ class Tokenizer:
     # ---- construction ----
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: PathLike, **kwargs: Any) -> Tokenizer:
-        """Loads a tokenizer directory (or a tokenizer.json file).
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: PathLike,
+        *,
+        revision: Optional[str] = None,
+        local_files_only: bool = False,
+        cache_dir: Optional[PathLike] = None,
+        **kwargs: Any,
+    ) -> Tokenizer:
+        """Loads a tokenizer directory (or a tokenizer.json file), or a Hub id (``"org/name"``)
+        found in the Hugging Face cache at ``revision`` or downloaded (see
+        :func:`ferrotune.hub.resolve`).
 
         Keyword arguments override the saved settings: ``padding_side``,
         ``truncation_side``, ``model_max_length``, ``clean_up_tokenization_spaces``,
         ``bos_token`` / ``eos_token`` / ``unk_token`` / ``pad_token``, ``chat_template``.
-        ``use_fast``, ``trust_remote_code`` and ``local_files_only`` are accepted and ignored.
-        Missing paths raise FileNotFoundError (nothing is downloaded).
+        ``use_fast`` and ``trust_remote_code`` are accepted and ignored.
 
         The chat template comes, as in transformers, from ``chat_template.jinja`` (plus
         ``additional_chat_templates/<name>.jinja``) when the directory has it, else from
@@ -205,10 +214,13 @@ class Tokenizer:
         tokenizer its ``tokenizer.ggml.*`` metadata describes, built as transformers
         builds it, with the file's chat template.
         """
-        path = os.fspath(pretrained_model_name_or_path)
+        name = pretrained_model_name_or_path
+        hub_kwargs: dict[str, Any] = dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
         gguf_file = kwargs.pop("gguf_file", None)
-        if gguf_file is not None:
-            path = os.path.join(path, os.fspath(gguf_file))
+        if gguf_file is None:
+            path = hub.resolve(name, filenames=hub.TOKENIZER_FILES, required=hub.TOKENIZER_VOCABULARY, **hub_kwargs)
+        else:
+            path = hub.resolve_gguf(name, gguf_file, **hub_kwargs)
         if gguf_file is not None or (path.endswith(".gguf") and os.path.isfile(path)):
             tokenizer_json, config_json, _template = _core.load_gguf_tokenizer(path)
             core = _core.Tokenizer.from_state(tokenizer_json, config_json)
