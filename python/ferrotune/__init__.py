@@ -1,6 +1,6 @@
 """ferrotune: fine-tune Hugging Face language models on CPU, with a Rust core and no PyTorch."""
 
-from . import datasets, io, metrics
+from . import datasets, hub, io, metrics
 from ._core import (
     BusyError,
     CheckpointError,
@@ -27,6 +27,7 @@ from .callbacks import (
 )
 from .data import DataCollatorForLanguageModeling, DataCollatorWithPadding, load_jsonl
 from .evaluation import EvalResult, evaluate
+from .hub import ModelNotFoundError
 from .generation import GenerationConfig, TextIteratorStreamer, TextStreamer
 from .metrics import EvalPrediction
 from .modeling import CausalLMOutput, Model, ModelConfig
@@ -72,6 +73,7 @@ __all__ = [
     "GenerationConfig",
     "InputError",
     "LoraConfig",
+    "ModelNotFoundError",
     "JSONLLoggerCallback",
     "Model",
     "ModelConfig",
@@ -99,6 +101,7 @@ __all__ = [
     "get_peft_model",
     "get_scheduler",
     "datasets",
+    "hub",
     "io",
     "metrics",
     "load_jsonl",

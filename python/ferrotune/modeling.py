@@ -158,6 +158,12 @@ def _mean_resized_rows(old: np.ndarray, added: int, rng: np.random.Generator) ->
     return mean + rng.standard_normal((added, w.shape[1])) @ chol.T
 
 
+def _name_or_path(asked: PathLike, local: str) -> str:
+    """What ``name_or_path`` says, as in transformers: the Hub id a model was loaded by, else
+    its absolute local path."""
+    return os.path.abspath(local) if os.path.exists(asked) else os.fspath(asked)
+
+
 def _local_path(path: PathLike, gguf_file: Optional[PathLike], **hub_kwargs: Any) -> str:
     """The local directory (or GGUF file) a path or Hub id names; see :func:`hub.resolve`."""
     if gguf_file is not None:
@@ -176,8 +182,8 @@ class Model:
     def __init__(self, core: "_core.CausalLM", generation_config: Optional[GenerationConfig] = None, name_or_path: str = "") -> None:
         self._core = core
         self.generation_config = generation_config or GenerationConfig.from_model_config(self.config)
-        #: Where the weights were loaded from (an absolute path; "" for a new model), as
-        #: transformers' ``model.name_or_path``; adapters name it as their base.
+        #: Where the weights were loaded from: the Hub id, or an absolute local path ("" for a
+        #: new model), as transformers' ``model.name_or_path``; adapters name it as their base.
         self.name_or_path = name_or_path
 
     # ---- construction -------------------------------------------------------------
@@ -197,14 +203,14 @@ class Model:
         Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) are dequantised into trainable float32.
         ``path`` may be a Hub id (``"org/name"``), found in the Hugging Face cache at
         ``revision`` or downloaded (see :func:`ferrotune.hub.resolve`)."""
-        path = _local_path(path, gguf_file, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
+        asked, path = path, _local_path(path, gguf_file, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
         if not os.path.exists(path):
             raise FileNotFoundError(2, f"No such file or directory: {path}", path)
         gen_config = None
         if os.path.isdir(path):
             gen_file = os.path.join(path, GENERATION_CONFIG_NAME)
             gen_config = GenerationConfig.from_pretrained(gen_file) if os.path.isfile(gen_file) else None
-        return cls(_core.CausalLM.from_pretrained(path), gen_config, os.path.abspath(path))
+        return cls(_core.CausalLM.from_pretrained(path), gen_config, _name_or_path(asked, path))
 
     @classmethod
     def from_config(cls, config: Union[ModelConfig, Mapping[str, Any]], seed: int = 0) -> "Model":
@@ -235,7 +241,7 @@ class Model:
         transformers (N(0, initializer_range), seeded). ``pad_token_id`` (from the argument
         or the config) finds the last token; without one only batches of one row work.
         ``path``, ``revision``, ``local_files_only``, ``cache_dir``: as in :meth:`from_pretrained`."""
-        path = _local_path(path, gguf_file, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
+        asked, path = path, _local_path(path, gguf_file, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
         if not os.path.exists(path):
             raise FileNotFoundError(2, f"No such file or directory: {path}", path)
         if os.path.isdir(path):
@@ -267,7 +273,7 @@ class Model:
         if pad_token_id is not None:
             config["pad_token_id"] = int(pad_token_id)
         core = _core.CausalLM.from_pretrained_with_config(path, _config_json(config), int(seed))
-        return cls(core, name_or_path=os.path.abspath(path))
+        return cls(core, name_or_path=_name_or_path(asked, path))
 
     @property
     def num_labels(self) -> Optional[int]:
