@@ -24,8 +24,12 @@ With a tokenizer, a plain string row ``s`` is read as ``{"text": s}`` (``text_fi
 
 A dataset may be a list of such dicts, a dict of columns (``{"text": [...]}``), a
 ``datasets.Dataset`` (when that package is installed; it is never required), or any
-object with ``__len__`` and ``__getitem__`` returning dicts.  :func:`load_jsonl` reads a
-JSON-lines file into a list of dicts.
+object with ``__len__`` and ``__getitem__`` returning dicts: these are *map-style* and are
+read by index (:class:`IndexedDataset`), never copied.  Anything else that is iterable (a
+generator, a ``datasets.IterableDataset``, a reader over a large file) is a *stream*
+(:func:`is_iterable_dataset`): read row by row as it is iterated (:func:`iter_examples`),
+never measured or indexed; :func:`pack_stream` packs such a stream as it flows.
+:func:`load_jsonl` reads a JSON-lines file into a list of dicts.
 
 :class:`DataCollatorForLanguageModeling` pads a list of examples into a batch (numpy
 ``int64`` arrays ``input_ids``, ``attention_mask``, ``labels``).  Labels are ``-100`` on
@@ -39,7 +43,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -49,9 +53,14 @@ __all__ = [
     "IGNORE_INDEX",
     "load_jsonl",
     "as_examples",
+    "is_iterable_dataset",
+    "iter_examples",
+    "IndexedDataset",
     "tokenize_example",
+    "classification_example",
     "prepare_dataset",
     "pack_examples",
+    "pack_stream",
     "DataCollatorForLanguageModeling",
     "DataCollatorWithPadding",
     "example_length",
@@ -89,39 +98,92 @@ def load_jsonl(path: Union[str, os.PathLike], encoding: str = "utf-8") -> List[D
     return rows
 
 
-def as_examples(dataset: Any, text_field: Optional[str] = None) -> List[Dict[str, Any]]:
-    """Turn a dataset (list of dicts, dict of columns, ``datasets.Dataset``, indexable) into a
-    list of dicts. With ``text_field``, a plain string row ``s`` becomes ``{text_field: s}``;
-    otherwise a row that is not a dict raises DataError naming the accepted keys."""
+def is_iterable_dataset(dataset: Any) -> bool:
+    """True for a stream: an iterable without ``__len__`` and ``__getitem__`` (a generator, a
+    ``datasets.IterableDataset``, a file reader). A stream is read as it is iterated, never
+    indexed or measured; a dict of columns, a list or a ``datasets.Dataset`` is map-style."""
+    if isinstance(dataset, (Mapping, str, bytes)):
+        return False
+    return isinstance(dataset, Iterable) and not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"))
+
+
+def _as_row(row: Any, index: int, text_field: Optional[str]) -> Dict[str, Any]:
+    """One example as a dict: a plain string ``s`` becomes ``{text_field: s}`` when ``text_field`` is given."""
+    if isinstance(row, str) and text_field is not None:
+        return {text_field: row}
+    if not isinstance(row, Mapping):
+        raise DataError(
+            f"example {index} is a {type(row).__name__}, expected a dict with 'text', 'prompt' + 'completion', "
+            "'messages' or 'input_ids' (plain strings are read as 'text' when a tokenizer "
+            "(processing_class) is given)"
+        )
+    return dict(row)
+
+
+class IndexedDataset:
+    """A map-style dataset read by index: ``view[i]`` reads ``dataset[i]`` (row ``i`` of each
+    column for a dict of columns), makes it a dict (see :func:`as_examples`) and, with
+    ``featurize``, returns ``featurize(row, i)`` (e.g. the tokenized example). Nothing is
+    copied or kept, except the example lengths once :meth:`lengths` has been asked for."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        text_field: Optional[str] = None,
+        featurize: Optional[Callable[[Dict[str, Any], int], Feature]] = None,
+    ) -> None:
+        if isinstance(dataset, Mapping):
+            sizes = {k: len(v) for k, v in dataset.items()}
+            if len(set(sizes.values())) > 1:
+                raise DataError(f"dataset columns have different lengths: {sizes}")
+            self._n = next(iter(sizes.values()), 0)
+        elif hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+            self._n = len(dataset)
+        else:
+            raise DataError(f"cannot index examples of a {type(dataset).__name__} (it has no __len__ and __getitem__)")
+        self._dataset = dataset
+        self._text_field = text_field
+        self._featurize = featurize
+        self._lengths: Optional[List[int]] = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        if not 0 <= i < self._n:
+            raise IndexError(f"example {i} is out of range for a dataset of {self._n}")
+        ds = self._dataset
+        raw = {k: col[i] for k, col in ds.items()} if isinstance(ds, Mapping) else ds[i]
+        row = _as_row(raw, i, self._text_field)
+        return row if self._featurize is None else self._featurize(row, i)
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        return (self[i] for i in range(self._n))
+
+    def lengths(self) -> List[int]:
+        """The token count of every example (:func:`example_length`), computed once."""
+        if self._lengths is None:
+            self._lengths = [example_length(f) for f in self]
+        return self._lengths
+
+
+def iter_examples(dataset: Any, text_field: Optional[str] = None) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """``(index, example dict)`` pairs of any dataset, one at a time: a stream is iterated (once),
+    a map-style dataset read by index. Rows are made dicts as in :func:`as_examples`."""
     if dataset is None:
         raise DataError("no dataset was given")
-    if isinstance(dataset, Mapping):
-        columns = {k: list(v) for k, v in dataset.items()}
-        lengths = {len(v) for v in columns.values()}
-        if len(lengths) > 1:
-            raise DataError(f"dataset columns have different lengths: { {k: len(v) for k, v in columns.items()} }")
-        n = lengths.pop() if lengths else 0
-        return [{k: columns[k][i] for k in columns} for i in range(n)]
-    if isinstance(dataset, (list, tuple)):
-        rows = list(dataset)
-    elif hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
-        rows = [dataset[i] for i in range(len(dataset))]
-    elif isinstance(dataset, Iterable):
-        rows = list(dataset)
-    else:
-        raise DataError(f"cannot read examples from a {type(dataset).__name__}")
-    examples = []
-    for i, row in enumerate(rows):
-        if isinstance(row, str) and text_field is not None:
-            row = {text_field: row}
-        if not isinstance(row, Mapping):
-            raise DataError(
-                f"example {i} is a {type(row).__name__}, expected a dict with 'text', 'prompt' + 'completion', "
-                "'messages' or 'input_ids' (plain strings are read as 'text' when a tokenizer "
-                "(processing_class) is given)"
-            )
-        examples.append(dict(row))
-    return examples
+    if is_iterable_dataset(dataset):
+        return ((i, _as_row(row, i, text_field)) for i, row in enumerate(dataset))
+    if isinstance(dataset, Mapping) or (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        return enumerate(IndexedDataset(dataset, text_field))
+    raise DataError(f"cannot read examples from a {type(dataset).__name__}")
+
+
+def as_examples(dataset: Any, text_field: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Turn a dataset (list of dicts, dict of columns, ``datasets.Dataset``, indexable, iterable)
+    into a list of dicts. With ``text_field``, a plain string row ``s`` becomes ``{text_field: s}``;
+    otherwise a row that is not a dict raises DataError naming the accepted keys."""
+    return [row for _, row in iter_examples(dataset, text_field)]
 
 
 def _encode(tokenizer: Any, text: str, add_special_tokens: bool = True) -> List[int]:
@@ -260,28 +322,39 @@ def pack_examples(features: Sequence[Mapping[str, Any]], max_length: int, eos_to
     ``eos_token_id`` one is appended, with itself as label.  The last block may be shorter.
     Attention is not blocked between packed examples (the classic ``run_clm`` grouping).
     """
+    return list(pack_stream(features, max_length, eos_token_id))
+
+
+def pack_stream(
+    features: Iterable[Mapping[str, Any]], max_length: int, eos_token_id: Optional[int] = None
+) -> Iterator[Feature]:
+    """:func:`pack_examples` as the examples flow: each block is yielded as soon as it is full,
+    so only one block's worth of tokens (plus the example being read) is held."""
     if max_length < 2:
         raise DataError(f"packing needs max_length >= 2, got {max_length}")
-    stream_ids: List[int] = []
-    stream_labels: List[int] = []
+    return _pack(features, max_length, eos_token_id)
+
+
+def _pack(features: Iterable[Mapping[str, Any]], max_length: int, eos_token_id: Optional[int]) -> Iterator[Feature]:
+    ids: List[int] = []
+    labels: List[int] = []
     for f in features:
-        ids = list(f["input_ids"])
-        mask = list(f.get("attention_mask") or [1] * len(ids))
-        labels = list(f["labels"]) if f.get("labels") is not None else list(ids)
+        f_ids = list(f["input_ids"])
+        mask = list(f.get("attention_mask") or [1] * len(f_ids))
+        f_labels = list(f["labels"]) if f.get("labels") is not None else list(f_ids)
         keep = [i for i, m in enumerate(mask) if m]
-        ids = [ids[i] for i in keep]
-        labels = [labels[i] for i in keep]
-        if eos_token_id is not None and (not ids or ids[-1] != eos_token_id):
-            ids.append(eos_token_id)
-            labels.append(eos_token_id)
-        stream_ids += ids
-        stream_labels += labels
-    blocks: List[Feature] = []
-    for start in range(0, len(stream_ids), max_length):
-        ids = stream_ids[start : start + max_length]
-        labels = stream_labels[start : start + max_length]
-        blocks.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    return blocks
+        f_ids = [f_ids[i] for i in keep]
+        f_labels = [f_labels[i] for i in keep]
+        if eos_token_id is not None and (not f_ids or f_ids[-1] != eos_token_id):
+            f_ids.append(eos_token_id)
+            f_labels.append(eos_token_id)
+        ids += f_ids
+        labels += f_labels
+        while len(ids) >= max_length:
+            yield {"input_ids": ids[:max_length], "attention_mask": [1] * max_length, "labels": labels[:max_length]}
+            del ids[:max_length], labels[:max_length]
+    if ids:
+        yield {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
 def prepare_dataset(
@@ -295,12 +368,11 @@ def prepare_dataset(
     label_key: str = "labels",
 ) -> List[Feature]:
     """Tokenize every example of ``dataset`` (see the module docs), optionally packing them."""
-    rows = as_examples(dataset, text_field if tokenizer is not None else None)
     feats = [
         tokenize_example(
             r, tokenizer, max_length, text_field=text_field, add_eos_token=add_eos_token, label_key=label_key, index=i
         )
-        for i, r in enumerate(rows)
+        for i, r in iter_examples(dataset, text_field if tokenizer is not None else None)
     ]
     if packing:
         if max_length is None:
@@ -422,31 +494,44 @@ class DataCollatorForLanguageModeling:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels_arr}
 
 
+def classification_example(
+    example: Mapping[str, Any],
+    tokenizer: Any = None,
+    max_length: Optional[int] = None,
+    *,
+    text_field: str = "text",
+    index: Optional[int] = None,
+) -> Feature:
+    """One example for a sequence-classification model: ``input_ids`` (or ``text_field``,
+    tokenized with ``tokenizer``, truncated to ``max_length``) and its class in ``label`` or
+    ``labels`` (an int; -100 to ignore)."""
+    where = "the example" if index is None else f"example {index}"
+    label = example.get("labels", example.get("label"))
+    if label is None or isinstance(label, (list, tuple)) or not float(label).is_integer():
+        raise DataError(f"{where}: a classification example needs an integer 'label' (got {label!r})")
+    if "input_ids" in example:
+        ids = [int(x) for x in example["input_ids"]]
+    elif text_field in example:
+        if tokenizer is None:
+            raise DataError(f"{where} has {text_field!r} but no tokenizer (processing_class) was given")
+        ids = list(tokenizer(example[text_field], truncation=max_length is not None, max_length=max_length)["input_ids"])
+    else:
+        raise DataError(f"{where} has neither 'input_ids' nor {text_field!r}")
+    if max_length is not None:
+        ids = ids[:max_length]
+    if not ids:
+        raise DataError(f"{where} is empty")
+    return {"input_ids": ids, "labels": int(label)}
+
+
 def prepare_classification_dataset(
     dataset: Any, tokenizer: Any = None, max_length: Optional[int] = None, *, text_field: str = "text"
 ) -> List[Feature]:
-    """Examples for a sequence-classification model: ``input_ids`` (or ``text_field``,
-    tokenized with ``tokenizer``, truncated to ``max_length``) and one class per example in
-    ``label`` or ``labels`` (an int; -100 to ignore)."""
-    feats: List[Feature] = []
-    for i, r in enumerate(as_examples(dataset, text_field if tokenizer is not None else None)):
-        label = r.get("labels", r.get("label"))
-        if label is None or isinstance(label, (list, tuple)) or not float(label).is_integer():
-            raise DataError(f"example {i}: a classification example needs an integer 'label' (got {label!r})")
-        if "input_ids" in r:
-            ids = [int(x) for x in r["input_ids"]]
-        elif text_field in r:
-            if tokenizer is None:
-                raise DataError(f"example {i} has {text_field!r} but no tokenizer (processing_class) was given")
-            ids = list(tokenizer(r[text_field], truncation=max_length is not None, max_length=max_length)["input_ids"])
-        else:
-            raise DataError(f"example {i} has neither 'input_ids' nor {text_field!r}")
-        if max_length is not None:
-            ids = ids[:max_length]
-        if not ids:
-            raise DataError(f"example {i} is empty")
-        feats.append({"input_ids": ids, "labels": int(label)})
-    return feats
+    """:func:`classification_example` of every example of ``dataset``."""
+    return [
+        classification_example(r, tokenizer, max_length, text_field=text_field, index=i)
+        for i, r in iter_examples(dataset, text_field if tokenizer is not None else None)
+    ]
 
 
 class DataCollatorWithPadding:

@@ -24,6 +24,21 @@ fused into the backward; no clipping, one micro-batch per step).
 The logged ``loss`` is, as in transformers, the mean of the step losses since the last log,
 each step loss being the token-weighted mean over its micro-batches.
 
+Data: a map-style dataset (a list, a ``datasets.Dataset``, anything with ``__len__`` and
+``__getitem__``) is read by index and tokenized batch by batch, in an order shuffled per
+epoch (a function of ``data_seed`` and the epoch).  A stream (an iterable without a length:
+a generator, a ``datasets.IterableDataset``; see :func:`ferrotune.data.is_iterable_dataset`)
+is trained as transformers does: ``max_steps`` must be set (there is no length to count
+epochs by); rows are read, tokenized (and packed) only as the micro-batches of the next step
+are pulled, so only that step's examples are in memory; the Trainer does not shuffle a stream
+(shuffle it yourself: ``datasets.IterableDataset.shuffle(buffer_size=...)``; its
+``set_epoch`` is called at each pass, so its order changes per pass); when the stream ends
+before ``max_steps`` it is iterated again (a new epoch; a one-shot generator that yields
+nothing the second time ends training with a warning, as in transformers).  Resuming a
+stream consumes (reads, without training on them) the micro-batches the checkpoint's pass had
+already used, so a stream that yields the same rows each time it is iterated (a re-iterable
+object, a ``datasets.IterableDataset``) continues exactly.
+
 Safety:
 
 * A NaN/inf loss or gradient norm raises :class:`ferrotune.NonFiniteError` naming the step;
@@ -50,10 +65,12 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import warnings
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
+from itertools import islice
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -75,9 +92,12 @@ from .data import (
     IGNORE_INDEX,
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
-    example_length,
-    prepare_classification_dataset,
-    prepare_dataset,
+    IndexedDataset,
+    classification_example,
+    is_iterable_dataset,
+    iter_examples,
+    pack_stream,
+    tokenize_example,
 )
 from .optimization import LRScheduler, get_scheduler
 from .precision import bf16_products
@@ -107,6 +127,7 @@ LOOP_STATE_NAME = "loop_state.json"
 # the types of the keys read back from rng_state.json and loop_state.json on resume
 _RNG_STATE_TYPES = {"model_rng_state": Optional[int], "data_seed": Optional[int]}
 _LOOP_STATE_TYPES = {
+    "data_position": Optional[Dict[str, Any]],
     "tr_loss_sum": float,
     "globalstep_last_logged": int,
     "last_grad_norm": Optional[float],
@@ -234,6 +255,28 @@ def _length_grouped_indices(lengths: Sequence[int], batch_size: int, rng: np.ran
     return [i for mb in megabatches for i in mb]
 
 
+def _chunks(items: Iterable[Any], size: int, drop_last: bool) -> Iterator[List[Any]]:
+    """Consecutive lists of ``size`` items, the last shorter (or dropped with ``drop_last``)."""
+    it = iter(items)
+    while True:
+        chunk = list(islice(it, size))
+        if not chunk or (drop_last and len(chunk) < size):
+            return
+        yield chunk
+
+
+_EMBEDDING_PARAMETERS = ("wte.weight", "wpe.weight", "embed_tokens.weight")
+
+
+def _flos_per_token(model: Any) -> int:
+    """transformers' ``floating_point_ops`` per input position: 6 (forward + backward) times the
+    parameters outside the embeddings (``num_parameters(exclude_embeddings=True)``)."""
+    shapes = getattr(model, "named_parameter_shapes", None)
+    if shapes is None:
+        return 0
+    return 6 * sum(math.prod(shape) for name, shape in shapes() if not name.endswith(_EMBEDDING_PARAMETERS))
+
+
 def _count_label_tokens(labels: np.ndarray) -> int:
     """Tokens that count in a causal-LM loss: labels[:, 1:] != -100 (label t+1 is predicted at t)."""
     return int(np.count_nonzero(labels[..., 1:] != IGNORE_INDEX))
@@ -314,6 +357,8 @@ class Trainer:
             :class:`~ferrotune.data.DataCollatorForLanguageModeling`.
         train_dataset, eval_dataset: see :mod:`ferrotune.data` for the accepted formats;
             ``eval_dataset`` may also be a dict of named datasets (metrics ``eval_<name>_loss``, ...).
+            Either may be a stream (an iterable without a length; see the module docs): training
+            on one needs ``args.max_steps > 0``; evaluating one reads it once, batch by batch.
         processing_class: the tokenizer (``tokenizer=`` is accepted as an alias); needed for
             ``text``/``prompt``+``completion`` examples; saved into checkpoints.
         compute_metrics: ``f(EvalPrediction) -> dict`` for extra evaluation metrics; it gets the
@@ -353,6 +398,7 @@ class Trainer:
             args = TrainingArguments()
         if not isinstance(args, TrainingArguments):
             raise ConfigError(f"args must be a ferrotune.TrainingArguments, got {type(args).__name__}")
+        _check_stream_args(train_dataset, args)
         self.model = model
         self.args = args
         self.processing_class = processing_class if processing_class is not None else tokenizer
@@ -379,7 +425,7 @@ class Trainer:
         )
         self.state = TrainerState()
         self.control = TrainerControl()
-        self._features_cache: Dict[int, Tuple[Any, List[Dict[str, List[int]]]]] = {}
+        self._features_cache: Dict[int, Tuple[Any, IndexedDataset]] = {}
         self._reset_loop_accumulators()
         self._last_saved_step: Optional[int] = None
         self._post: Optional[Dict[str, Any]] = None
@@ -442,32 +488,59 @@ class Trainer:
             return None
         return pad_id
 
-    def _features(self, dataset: Any) -> List[Dict[str, List[int]]]:
-        """Tokenized examples of ``dataset`` (cached per dataset object)."""
+    def _featurize(self) -> Callable[[Dict[str, Any], int], Dict[str, Any]]:
+        """The function that turns example ``i`` (a dict) into model inputs (tokenized, truncated)."""
+        args, tok, max_length = self.args, self.processing_class, self._max_length()
+        if self._is_classifier:
+            return lambda row, i: classification_example(
+                row, tok, max_length, text_field=args.dataset_text_field, index=i
+            )
+        label_key = args.label_names[0] if args.label_names else "labels"
+        return lambda row, i: tokenize_example(
+            row, tok, max_length, text_field=args.dataset_text_field, add_eos_token=args.add_eos_token,
+            label_key=label_key, index=i,
+        )
+
+    def _packs(self) -> bool:
+        return self.args.packing and not self._is_classifier
+
+    def _feature_stream(self, rows: Iterable[Tuple[int, Dict[str, Any]]]) -> Iterator[Dict[str, Any]]:
+        """Model inputs of ``(index, row)`` pairs, made one by one (packed when ``args.packing``)."""
+        featurize = self._featurize()
+        feats = (featurize(row, i) for i, row in rows)
+        if not self._packs():
+            return feats
+        max_length = self._max_length()
+        if max_length is None:
+            raise DataError("packing needs max_length")
+        return pack_stream(feats, max_length, getattr(self.processing_class, "eos_token_id", None))
+
+    def _features(self, dataset: Any) -> IndexedDataset:
+        """Model inputs of a map-style ``dataset``, read and tokenized on access (the view is
+        cached per dataset object).  With ``args.packing`` the blocks depend on every example,
+        so the dataset is tokenized and packed once and the blocks are kept."""
         key = id(dataset)
         hit = self._features_cache.get(key)
         if hit is not None and hit[0] is dataset:
             return hit[1]
-        label_key = self.args.label_names[0] if self.args.label_names else "labels"
-        if self._is_classifier:
-            feats = prepare_classification_dataset(
-                dataset, self.processing_class, self._max_length(), text_field=self.args.dataset_text_field
-            )
-            self._features_cache[key] = (dataset, feats)
-            return feats
-        feats = prepare_dataset(
-            dataset,
-            self.processing_class,
-            self._max_length(),
-            text_field=self.args.dataset_text_field,
-            add_eos_token=self.args.add_eos_token,
-            packing=self.args.packing,
-            label_key=label_key,
-        )
-        if not feats:
+        text_field = self.args.dataset_text_field if self.processing_class is not None else None
+        if self._packs():
+            feats = IndexedDataset(list(self._feature_stream(iter_examples(dataset, text_field))))
+        else:
+            feats = IndexedDataset(dataset, text_field, self._featurize())
+        if len(feats) == 0:
             raise DataError("the dataset has no examples")
         self._features_cache[key] = (dataset, feats)
         return feats
+
+    def _stream_batches(self, dataset: Any, batch_size: int, drop_last: bool, skip: int = 0) -> Iterator[List[Dict[str, Any]]]:
+        """Micro-batches (lists of model inputs) of one pass over a stream, each read and tokenized
+        when it is pulled; the first ``skip`` are consumed without being returned (resume)."""
+        text_field = self.args.dataset_text_field if self.processing_class is not None else None
+        rows = iter_examples(dataset, text_field)
+        if not self._packs():  # skip raw rows: no tokenizing of what is skipped
+            rows, skip = islice(rows, skip * batch_size, None), 0
+        return islice(_chunks(self._feature_stream(rows), batch_size, drop_last), skip, None)
 
     def _collate(self, examples: List[Dict[str, Any]]) -> Dict[str, np.ndarray]:
         batch = self.data_collator(examples)
@@ -497,7 +570,7 @@ class Trainer:
             return int(np.count_nonzero(labels != IGNORE_INDEX))
         return _count_label_tokens(labels)
 
-    def _epoch_batches(self, feats: List[Dict[str, List[int]]], epoch: int) -> List[List[int]]:
+    def _epoch_batches(self, feats: IndexedDataset, epoch: int) -> List[List[int]]:
         """The batches (lists of example indices) of ``epoch``: a pure function of
         (data_seed or seed, epoch), which makes resuming exact without replaying RNG draws."""
         args = self.args
@@ -505,8 +578,7 @@ class Trainer:
         bs = args.per_device_train_batch_size
         rng = self._data_rng(epoch)
         if args.group_by_length:
-            lengths = [example_length(f) for f in feats]
-            order = _length_grouped_indices(lengths, bs * args.gradient_accumulation_steps, rng)
+            order = _length_grouped_indices(feats.lengths(), bs * args.gradient_accumulation_steps, rng)
         else:
             order = rng.permutation(n).tolist()
         batches = [order[i : i + bs] for i in range(0, n, bs)]
@@ -570,6 +642,7 @@ class Trainer:
         self._last_grad_norm: Optional[float] = None
         self._last_lr: Optional[float] = None
         self._call_loss_sum = 0.0  # sum of step losses in this train() call (train_loss)
+        self._data_position = (0, 0)  # (epoch, micro-batches of it consumed) after the last step
 
     def train(self, resume_from_checkpoint: Union[None, bool, str, os.PathLike] = None) -> TrainOutput:
         """Train; returns ``TrainOutput(global_step, training_loss, metrics)``.
@@ -611,23 +684,32 @@ class Trainer:
             if not hasattr(self.model, "gradient_checkpointing_enable"):
                 raise ConfigError(f"gradient_checkpointing=True, but {type(self.model).__name__} has no gradient_checkpointing_enable()")
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        _check_stream_args(self.train_dataset, args)
         os.makedirs(args.output_dir, exist_ok=True)
         self._remove_stale_tmp_dirs()
-        feats = self._features(self.train_dataset)
-        len_dataloader = self._num_batches(len(feats))
-        if len_dataloader == 0:
-            raise DataError(
-                f"the training set ({len(feats)} examples) gives no batch of {args.per_device_train_batch_size} "
-                "with dataloader_drop_last=True"
-            )
         ga = args.gradient_accumulation_steps
-        upe = max(len_dataloader // ga + int(len_dataloader % ga > 0), 1)
-        if args.max_steps > 0:
-            max_steps = args.max_steps
-            num_train_epochs = max_steps // upe + int(max_steps % upe > 0)
+        streaming = is_iterable_dataset(self.train_dataset)
+        feats: Optional[IndexedDataset] = None
+        if streaming:
+            # as transformers for a dataset without a length: max_steps bounds the run, one
+            # "epoch" is max_steps updates unless the stream ends first
+            upe = max_steps = args.max_steps
+            num_train_epochs = sys.maxsize
         else:
-            max_steps = math.ceil(args.num_train_epochs * upe)
-            num_train_epochs = math.ceil(args.num_train_epochs)
+            feats = self._features(self.train_dataset)
+            len_dataloader = self._num_batches(len(feats))
+            if len_dataloader == 0:
+                raise DataError(
+                    f"the training set ({len(feats)} examples) gives no batch of {args.per_device_train_batch_size} "
+                    "with dataloader_drop_last=True"
+                )
+            upe = max(len_dataloader // ga + int(len_dataloader % ga > 0), 1)
+            if args.max_steps > 0:
+                max_steps = args.max_steps
+                num_train_epochs = max_steps // upe + int(max_steps % upe > 0)
+            else:
+                max_steps = math.ceil(args.num_train_epochs * upe)
+                num_train_epochs = math.ceil(args.num_train_epochs)
 
         self.is_in_train = True
         self.state = TrainerState()
@@ -647,6 +729,7 @@ class Trainer:
                 f"optimizer_in_backward=True needs ferrotune.AdamW (its backward_step), got {type(self.optimizer).__name__}"
             )
         self.create_scheduler(max_steps)
+        self._flos_per_token = _flos_per_token(self.model)
         self.model.zero_grad()
         if hasattr(self.model, "set_rng_state"):
             self.model.set_rng_state(_seed_to_rng_state(args.seed))
@@ -659,6 +742,20 @@ class Trainer:
             epochs_trained = self.state.global_step // upe
             if not args.ignore_data_skip:
                 steps_trained_in_current_epoch = self.state.global_step % upe
+            if streaming:
+                # where the stream stood; a checkpoint without it: transformers' guess (pass 0,
+                # global_step * ga micro-batches in)
+                pos = loop_state.get("data_position") or {"epoch": 0, "batches": self.state.global_step * ga}
+                if not (isinstance(pos.get("epoch"), int) and isinstance(pos.get("batches"), int)):
+                    raise CheckpointError(
+                        f"{os.path.join(ckpt, LOOP_STATE_NAME)}: data_position must be "
+                        f"{{'epoch': int, 'batches': int}}, got {pos!r}"
+                    )
+                epochs_trained = pos["epoch"]
+                steps_trained_in_current_epoch = 0 if args.ignore_data_skip else pos["batches"]
+                self._data_position = (epochs_trained, steps_trained_in_current_epoch)
+            else:
+                self._data_position = (epochs_trained, steps_trained_in_current_epoch * ga)
         self.state.max_steps = max_steps
         self.state.num_train_epochs = num_train_epochs
         self.state.compute_steps(args, max_steps)
@@ -670,7 +767,7 @@ class Trainer:
 
         if hasattr(self.model, "train"):
             self.model.train()
-        start_time = time.time()
+        start_time = self._train_start_time = time.time()
         self._initial_global_step = self.state.global_step
         self._initial_tokens = self.state.num_input_tokens_seen
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
@@ -686,28 +783,10 @@ class Trainer:
                 self._replay_post_processing(loop_state["post"], upe)
             if args.eval_on_start and ckpt is None:
                 self._evaluate_and_track()
-            for epoch in range(epochs_trained, num_train_epochs):
-                if self.control.should_training_stop or self.state.global_step >= max_steps:
-                    break
-                batches = self._epoch_batches(feats, epoch)
-                self.callback_handler.train_dataloader = batches
-                self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
-                skip = steps_trained_in_current_epoch if epoch == epochs_trained else 0
-                steps_in_epoch = len(batches)
-                for update_step in range(skip, upe):
-                    group = batches[update_step * ga : (update_step + 1) * ga]
-                    if not group:
-                        break
-                    self._training_step(feats, group, epoch, update_step * ga, steps_in_epoch)
-                    if self.control.should_epoch_stop or self.control.should_training_stop:
-                        break
-                self._post = {"kind": "epoch", "flags_decided": False}
-                self.control = self.callback_handler.on_epoch_end(args, self.state, self.control)
-                self._post["flags_decided"] = True
-                self._maybe_log_save_evaluate()
-                self._post = None
-                if self.control.should_training_stop:
-                    break
+            if feats is None:
+                self._train_stream(max_steps, epochs_trained, steps_trained_in_current_epoch)
+            else:
+                self._train_epochs(feats, upe, epochs_trained, num_train_epochs, steps_trained_in_current_epoch)
         except KeyboardInterrupt as exc:
             self._on_interrupt(exc)
             raise
@@ -717,19 +796,91 @@ class Trainer:
             raise
         return self._finalize_training(start_time)
 
+    def _train_epochs(
+        self, feats: IndexedDataset, upe: int, first_epoch: int, num_train_epochs: int, skip_steps: int
+    ) -> None:
+        """The epochs of a map-style dataset; the first one resumes after ``skip_steps`` updates."""
+        args, ga = self.args, self.args.gradient_accumulation_steps
+        for epoch in range(first_epoch, num_train_epochs):
+            if self.control.should_training_stop or self.state.global_step >= self.state.max_steps:
+                break
+            batches = self._epoch_batches(feats, epoch)
+            self.callback_handler.train_dataloader = batches
+            self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
+            skip = skip_steps if epoch == first_epoch else 0
+            for update_step in range(skip, upe):
+                group = batches[update_step * ga : (update_step + 1) * ga]
+                if not group:
+                    break
+                examples = [[feats[i] for i in idx] for idx in group]
+                self._training_step(examples, epoch, update_step * ga, len(batches))
+                if self.control.should_epoch_stop or self.control.should_training_stop:
+                    break
+            self._end_epoch(epoch)
+            if self.control.should_training_stop:
+                break
+
+    def _train_stream(self, max_steps: int, first_epoch: int, skip_batches: int) -> None:
+        """Passes over a stream until ``max_steps`` updates; the first one resumes after
+        ``skip_batches`` micro-batches (consumed, not trained on)."""
+        args, ga = self.args, self.args.gradient_accumulation_steps
+        # transformers' epoch fraction for a dataset without a length: micro-batches / (max_steps * ga)
+        steps_in_epoch = max_steps * ga
+        epoch, consumed = first_epoch, skip_batches
+        while not self.control.should_training_stop and self.state.global_step < max_steps:
+            set_epoch = getattr(self.train_dataset, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)  # a datasets.IterableDataset reshuffles per epoch
+            batches = self._stream_batches(
+                self.train_dataset, args.per_device_train_batch_size, args.dataloader_drop_last, skip=consumed
+            )
+            self.callback_handler.train_dataloader = self.train_dataset
+            self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
+            empty_pass = consumed == 0
+            while self.state.global_step < max_steps:
+                # pull the step's micro-batches first: num_items_in_batch counts all of them
+                group = list(islice(batches, ga))
+                if not group:
+                    break
+                empty_pass = False
+                self._training_step(group, epoch, consumed, steps_in_epoch)
+                consumed += len(group)
+                if self.control.should_epoch_stop or self.control.should_training_stop:
+                    break
+            if empty_pass:
+                if self.state.global_step == 0:
+                    raise DataError("the train_dataset stream yielded no examples (or no full batch with dataloader_drop_last)")
+                warnings.warn(
+                    f"the train_dataset stream yielded nothing when iterated again (a one-shot generator?): "
+                    f"training stops at step {self.state.global_step} of max_steps={max_steps}"
+                )
+                self.control.should_training_stop = True
+            self._end_epoch(epoch)
+            epoch, consumed = epoch + 1, 0
+
+    def _end_epoch(self, epoch: int) -> None:
+        """``on_epoch_end``, then its logging/evaluation/saving (a checkpoint written here resumes
+        at the start of the next epoch)."""
+        self._data_position = (epoch + 1, 0)
+        self._post = {"kind": "epoch", "flags_decided": False}
+        self.control = self.callback_handler.on_epoch_end(self.args, self.state, self.control)
+        self._post["flags_decided"] = True
+        self._maybe_log_save_evaluate()
+        self._post = None
+
     def _training_step(
         self,
-        feats: List[Dict[str, List[int]]],
-        group: List[List[int]],
+        examples: List[List[Dict[str, Any]]],
         epoch: int,
         first_micro: int,
         steps_in_epoch: int,
     ) -> None:
-        """One optimizer update over the micro-batches in ``group``, then logging/eval/saving."""
+        """One optimizer update over the micro-batches ``examples`` (micro-batches
+        ``first_micro``, ... of ``epoch``), then logging/eval/saving."""
         args, model, state = self.args, self.model, self.state
         step_no = state.global_step + 1  # 1-based number of the step being computed
         self.control = self.callback_handler.on_step_begin(args, state, self.control)
-        batches = [self._collate([feats[i] for i in idx]) for idx in group]
+        batches = [self._collate(ex) for ex in examples]
         counts = [self._count_items(b["labels"]) for b in batches]
         num_items = sum(counts)
         rng0 = model.get_rng_state() if hasattr(model, "get_rng_state") else None
@@ -745,6 +896,9 @@ class Trainer:
             state.global_step += 1
             state.epoch = epoch + (first_micro + len(batches)) / steps_in_epoch
             state.num_input_tokens_seen += tokens
+            # as transformers: every position of every micro-batch, padding included
+            state.total_flos += float(self._flos_per_token * sum(int(b["input_ids"].size) for b in batches))
+            self._data_position = (epoch, first_micro + len(batches))
             self._tr_loss_sum += step_loss
             self._call_loss_sum += step_loss
             self._last_grad_norm = grad_norm
@@ -867,7 +1021,7 @@ class Trainer:
                 logs["learning_rate"] = self._last_lr
             self._tr_loss_sum = 0.0
             self._globalstep_last_logged = state.global_step
-            self.log(logs)
+            self.log(logs, self._train_start_time)
         if self.control.should_evaluate:
             is_new_best = self._evaluate_and_track()
             if args.save_strategy == "best":
@@ -920,13 +1074,6 @@ class Trainer:
             num_steps=steps,
             num_tokens=state.num_input_tokens_seen - self._initial_tokens,
         )
-        n_params = 0
-        if hasattr(self.model, "num_parameters"):
-            try:
-                n_params = int(self.model.num_parameters())
-            except Exception:  # noqa: BLE001 - flops are informative only
-                n_params = 0
-        state.total_flos = float(6 * n_params * state.num_input_tokens_seen)
         metrics["total_flos"] = state.total_flos
         metrics["train_loss"] = train_loss
         self.is_in_train = False
@@ -961,11 +1108,17 @@ class Trainer:
     # ------------------------------------------------------------------ logging
 
     def log(self, logs: Dict[str, Any], start_time: Optional[float] = None) -> None:
-        """Record ``logs`` (with ``epoch`` and ``step``) in ``state.log_history`` and call ``on_log``."""
+        """Record ``logs`` (with ``epoch`` and ``step``) in ``state.log_history`` and call ``on_log``.
+        When tokens are counted (``include_num_input_tokens_seen``) the logs carry the count and,
+        given the training's ``start_time``, ``train_runtime``/``train_tokens_per_second`` so far
+        (as transformers)."""
         if self.state.epoch is not None:
             logs["epoch"] = self.state.epoch
         if self.args.include_num_input_tokens_seen != "no":
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+            if start_time is not None:
+                tokens = self.state.num_input_tokens_seen - self._initial_tokens
+                logs.update(speed_metrics("train", start_time, num_tokens=tokens))
         output = {**logs, "step": self.state.global_step}
         self.state.log_history.append(output)
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
@@ -1033,10 +1186,17 @@ class Trainer:
     def _evaluation_loop(
         self, dataset: Any, prefix: str, want_preds: bool
     ) -> Tuple[Dict[str, float], Any, Any, int, int]:
-        feats = self._features(dataset)
         bs = self.args.per_device_eval_batch_size
-        batches = [list(range(i, min(i + bs, len(feats)))) for i in range(0, len(feats), bs)]
-        self.callback_handler.eval_dataloader = batches
+        batches: Iterable[List[Dict[str, Any]]]
+        if is_iterable_dataset(dataset):
+            batches = self._stream_batches(dataset, bs, drop_last=False)
+            self.callback_handler.eval_dataloader = dataset
+        else:
+            feats = self._features(dataset)
+            index_batches = [range(i, min(i + bs, len(feats))) for i in range(0, len(feats), bs)]
+            batches = ([feats[i] for i in idx] for idx in index_batches)
+            self.callback_handler.eval_dataloader = index_batches
+        n_samples = n_batches = 0
         model = self.model
         was_training = bool(getattr(model, "training", False))
         loss_sum = 0.0
@@ -1048,8 +1208,10 @@ class Trainer:
             model.eval()
         classifier = self._is_classifier
         try:
-            for idx in batches:
-                b = self._collate([feats[i] for i in idx])
+            for examples in batches:
+                n_samples += len(examples)
+                n_batches += 1
+                b = self._collate(examples)
                 if classifier:
                     # (B, L) logits are small: keep them for the classification metrics
                     out = model(b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
@@ -1084,13 +1246,18 @@ class Trainer:
         finally:
             if hasattr(model, "train") and was_training:
                 model.train()
+        if n_batches == 0:
+            raise DataError("the evaluation stream yielded no examples")
         loss = loss_sum / n_tokens if n_tokens else float("nan")
+        all_preds: Optional[np.ndarray]
+        all_labels: Optional[np.ndarray]
         if classifier:
             from .metrics import classification_scores
 
-            all_preds, all_labels = np.concatenate(preds), np.concatenate(labels_all)
-            keep = all_labels != IGNORE_INDEX
-            y_true, y_pred = all_labels[keep], np.argmax(all_preds[keep], axis=-1)
+            logits, labels = np.concatenate(preds), np.concatenate(labels_all)
+            keep = labels != IGNORE_INDEX
+            y_true, y_pred = labels[keep], np.argmax(logits[keep], axis=-1)
+            all_preds, all_labels = logits, labels
             metrics: Dict[str, float] = {
                 f"{prefix}_loss": loss,
                 **{f"{prefix}_{k}": float(v) for k, v in classification_scores(y_true, y_pred).items()},
@@ -1110,7 +1277,7 @@ class Trainer:
             for k, v in dict(extra or {}).items():
                 key = k if k.startswith(f"{prefix}_") else f"{prefix}_{k}"
                 metrics[key] = v
-        return metrics, all_preds, all_labels, len(feats), len(batches)
+        return metrics, all_preds, all_labels, n_samples, n_batches
 
     # ------------------------------------------------------------------ saving
 
@@ -1125,6 +1292,11 @@ class Trainer:
                 self.processing_class.save_pretrained(tmp)
             with open(os.path.join(tmp, TRAINING_ARGS_NAME), "w", encoding="utf-8") as f:
                 f.write(self.args.to_json_string())
+
+    def save_state(self) -> None:
+        """Write ``trainer_state.json`` into ``output_dir`` (as transformers' ``save_state``)."""
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        self.state.save_to_json(os.path.join(self.args.output_dir, TRAINER_STATE_NAME))
 
     def _remove_stale_tmp_dirs(self) -> None:
         """Removes what killed saves and rotations left in ``output_dir`` (hidden temporaries)."""
@@ -1169,7 +1341,10 @@ class Trainer:
         self.state.stateful_callbacks = states
 
     def _loop_state(self, interrupt: bool) -> Dict[str, Any]:
+        epoch, batches = self._data_position
         return {
+            # where the data stood after the last step: a stream resumes from here
+            "data_position": {"epoch": epoch, "batches": batches},
             "tr_loss_sum": self._tr_loss_sum,
             "globalstep_last_logged": self._globalstep_last_logged,
             "last_grad_norm": self._last_grad_norm,
@@ -1202,7 +1377,7 @@ class Trainer:
         _write_json(os.path.join(out, SCHEDULER_NAME), d)
 
     def _save_rng_state(self, out: str) -> None:
-        epoch = self.state.global_step // max(1, self._updates_per_epoch())
+        epoch = self._data_position[0]
         d: Dict[str, Any] = {
             "model_rng_state": int(self.model.get_rng_state()) if hasattr(self.model, "get_rng_state") else None,
             "data_seed": self._data_seed(),
@@ -1211,12 +1386,6 @@ class Trainer:
             "numpy_generator": self._data_rng(epoch).bit_generator.state,
         }
         _write_json(os.path.join(out, RNG_STATE_NAME), d)
-
-    def _updates_per_epoch(self) -> int:
-        n = len(self._features(self.train_dataset))
-        nb = self._num_batches(n)
-        ga = self.args.gradient_accumulation_steps
-        return max(nb // ga + int(nb % ga > 0), 1)
 
     def _rotate_checkpoints(self, run_dir: str) -> None:
         """Keep the ``save_total_limit`` most recent checkpoints, plus the best one. Each one
@@ -1350,6 +1519,20 @@ class Trainer:
                 + ", ".join(f"{k}: {old[k]!r} -> {now.get(k)!r}" for k in changed)
                 + "): the run will not continue exactly as the original"
             )
+
+
+def _check_stream_args(train_dataset: Any, args: TrainingArguments) -> None:
+    """A stream has no length: training on it needs ``max_steps`` and cannot group by length."""
+    if not is_iterable_dataset(train_dataset):
+        return
+    if args.max_steps <= 0:
+        raise ConfigError(
+            f"the train_dataset is a stream (an iterable without __len__), so max_steps has to be set to a "
+            f"positive number (got max_steps={args.max_steps}): the number of steps must be known in advance for "
+            "the learning-rate schedule, and a stream has no epochs to count"
+        )
+    if args.group_by_length:
+        raise ConfigError("group_by_length=True needs the lengths of all examples: a stream (train_dataset without __len__) has none")
 
 
 def _read_safetensors_metadata(path: str) -> Dict[str, str]:
