@@ -3,6 +3,7 @@ logits, loss, adapter gradients and adapter weights after 3 AdamW steps; base we
 unchanged; merge_and_unload; PEFT's adapter files both ways."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -120,6 +121,22 @@ def test_new_adapters_name_their_base_as_peft_does(tmp_path, base, fan_in_fan_ou
     assert cfg["fan_in_fan_out"] is fan_in_fan_out
     assert ft.Model.from_config(model.config.to_dict()).name_or_path == ""
     assert peft.merge_and_unload().name_or_path == model.name_or_path
+
+
+def test_peft_auto_class_loads_our_adapters_without_warnings(tmp_path):
+    """tests/fixtures/make_fixtures.py --only peft_autoload saved adapters with ferrotune and
+    loaded them with peft's AutoPeftModelForCausalLM from the adapter directory alone; what
+    ferrotune writes today must still be what was checked there."""
+    result = json.loads((fixture_dir("peft_autoload") / "result.json").read_text())
+    for base in ("gpt2_tiny_a", "llama_tiny"):
+        checked = result[base]
+        assert set(checked["warnings"]) <= set(result["control_warnings"]), checked["warnings"]
+        assert checked["max_abs_logit_diff"] < 1e-5
+        model = ft.get_peft_model(ft.Model.from_pretrained(fixture_dir(base)), ft.LoraConfig(r=4, lora_alpha=8), seed=0)
+        model.save_pretrained(tmp_path / base)
+        cfg = json.loads((tmp_path / base / "adapter_config.json").read_text())
+        cfg["base_model_name_or_path"] = os.path.relpath(cfg["base_model_name_or_path"], fixture_dir(base).parent)
+        assert cfg == checked["adapter_config"]
 
 
 def test_trainer_with_lora_saves_adapters_and_resumes(tmp_path):
