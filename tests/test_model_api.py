@@ -52,6 +52,10 @@ def test_config_and_parameter_names():
     per_layer = 2 * c + c * 3 * c + 3 * c + c * c + c + 2 * c + c * 4 * c + 4 * c + 4 * c * c + c
     assert model.num_parameters() == v * c + p * c + L * per_layer + 2 * c
     assert model.num_parameters(trainable_only=True) == model.num_parameters()
+    # transformers' exclude_embeddings: without the token and position tables
+    assert model.num_parameters(exclude_embeddings=True) == L * per_layer + 2 * c
+    model.freeze("transformer.h.0.")
+    assert model.num_parameters(trainable_only=True, exclude_embeddings=True) == per_layer + 2 * c
 
 
 def test_forward_shapes_and_1d_input():

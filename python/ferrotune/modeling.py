@@ -25,6 +25,10 @@ ArrayLike = Any
 MAX_DIM = 1 << 24
 
 
+#: Parameters that are embedding tables (nn.Embedding in transformers) in every architecture.
+_EMBEDDING_TABLES = ("wte.weight", "wpe.weight", "embed_tokens.weight")
+
+
 def _non_finite(value: Any, key: str = "") -> Optional[Tuple[str, float]]:
     """(key, value) of the first NaN or infinity in a config (nested keys joined by dots), else None."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -364,9 +368,17 @@ class Model:
         for name, shape in self._core.param_info():
             yield name, tuple(shape)
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of scalars in all parameters, or in the trainable ones."""
-        return self._core.num_parameters(bool(trainable_only))
+    def num_parameters(self, trainable_only: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of scalars in all parameters, or in the trainable ones; as transformers,
+        ``exclude_embeddings`` leaves out the token and position embedding tables."""
+        if not exclude_embeddings:
+            return self._core.num_parameters(bool(trainable_only))
+        trainable = self.requires_grad() if trainable_only else None
+        return sum(
+            math.prod(shape)
+            for name, shape in self.named_parameter_shapes()
+            if not name.endswith(_EMBEDDING_TABLES) and (trainable is None or trainable[name])
+        )
 
     def _match(self, patterns: Union[str, Iterable[str]]) -> List[str]:
         """Parameter names equal to a given name, or matching a given regex (re.search)."""

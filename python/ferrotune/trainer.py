@@ -265,16 +265,10 @@ def _chunks(items: Iterable[Any], size: int, drop_last: bool) -> Iterator[List[A
         yield chunk
 
 
-_EMBEDDING_PARAMETERS = ("wte.weight", "wpe.weight", "embed_tokens.weight")
-
-
 def _flos_per_token(model: Any) -> int:
     """transformers' ``floating_point_ops`` per input position: 6 (forward + backward) times the
-    parameters outside the embeddings (``num_parameters(exclude_embeddings=True)``)."""
-    shapes = getattr(model, "named_parameter_shapes", None)
-    if shapes is None:
-        return 0
-    return 6 * sum(math.prod(shape) for name, shape in shapes() if not name.endswith(_EMBEDDING_PARAMETERS))
+    parameters outside the embeddings."""
+    return 6 * int(model.num_parameters(exclude_embeddings=True))
 
 
 def _count_label_tokens(labels: np.ndarray) -> int:
