@@ -117,6 +117,37 @@ def test_a_stream_is_read_one_step_at_a_time_in_its_own_order(tmp_path):
         assert loss == pytest.approx(total / tokens, rel=1e-5)
 
 
+def test_an_endless_generator_trains_for_max_steps_holding_one_step_of_rows(tmp_path):
+    """A generator that never ends: training stops at max_steps, having pulled exactly the rows
+    of those steps, and no row is kept alive after its step (weak references die)."""
+    import gc
+    import itertools
+    import weakref
+
+    class Row(dict):  # a dict that weak references can point at
+        pass
+
+    pulled, alive = [], []
+
+    def endless():
+        rng = np.random.default_rng(0)
+        for i in itertools.count():
+            row = Row(input_ids=rng.integers(0, 64, size=int(rng.integers(3, 12))).tolist())
+            pulled.append(i)
+            alive.append(weakref.ref(row))
+            yield row
+
+    def live_rows():
+        gc.collect()
+        return sum(r() is not None for r in alive)
+
+    probe = RecordAt(live_rows)
+    args = make_args(tmp_path, max_steps=6, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    out = Trainer(tiny_model(), args, train_dataset=endless(), callbacks=[probe]).train()
+    assert out.global_step == 6 and len(pulled) == 6 * 4
+    assert max(probe.seen) <= 4, probe.seen  # at most the rows of the step in flight
+
+
 def test_a_stream_that_ends_is_iterated_again_as_a_new_epoch(tmp_path):
     rows = random_rows(5, seed=4)  # 3 micro-batches of 2 per pass: 2 steps (the second short) per pass
     stream = Stream(rows)
