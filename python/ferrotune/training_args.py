@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any, Dict, List, Optional, Union
 
 from ._core import ConfigError
+from .integrations import SUPPORTED_REPORT_TO, available_integrations, require_integration
 from .optimization import SCHEDULER_TYPES, _UNSUPPORTED_TYPES, _scheduler_name
 from .precision import require_bf16
 
@@ -45,9 +46,6 @@ class SaveStrategy(IntervalStrategy):
 
     BEST = "best"
 
-
-SUPPORTED_REPORT_TO = ("tensorboard", "jsonl")
-"""Integrations accepted in ``report_to`` (``"all"`` means all of them)."""
 
 _SUPPORTED_OPTIM = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw")
 
@@ -151,7 +149,9 @@ class TrainingArguments:
     Logging and evaluation:
         logging_strategy (``"steps"``), logging_steps (500), logging_first_step, logging_dir
         (default ``output_dir/runs/<date>_<host>`` as transformers 4), report_to (``"none"``,
-        ``"all"``, or a list of ``"tensorboard"``/``"jsonl"``), disable_tqdm, eval_strategy (``"no"``),
+        ``"all"``, or a list of ``"tensorboard"``/``"jsonl"``/``"wandb"``/``"mlflow"``; ``"all"`` takes
+        wandb/mlflow only when installed, naming one that is not raises
+        :class:`ferrotune.integrations.IntegrationNotInstalledError`), disable_tqdm, eval_strategy (``"no"``),
         eval_steps (default ``logging_steps``), eval_delay, eval_on_start, prediction_loss_only.
         logging_nan_inf_filter is accepted for compatibility, but ferrotune never filters a
         non-finite loss: training stops with :class:`ferrotune.NonFiniteError` naming the step.
@@ -466,7 +466,7 @@ class TrainingArguments:
         if value is None or value == "none" or value == ["none"]:
             return []
         if value == "all" or value == ["all"]:
-            return list(SUPPORTED_REPORT_TO)
+            return available_integrations()
         if isinstance(value, str):
             value = [value]
         out: List[str] = []
@@ -479,6 +479,7 @@ class TrainingArguments:
                     f"report_to={v!r} is not supported; ferrotune reports to {list(SUPPORTED_REPORT_TO)} "
                     "(or 'all' / 'none')"
                 )
+            require_integration(v)
             if v not in out:
                 out.append(v)
         return out
