@@ -13,10 +13,13 @@ after the model and state have been brought back to the last complete step; the
 built-in callbacks use it to close progress bars and flush log files.
 
 Built in: :class:`DefaultFlowCallback` (when to log/evaluate/save),
-:class:`ProgressCallback` (progress bar: loss, learning rate, tokens/s),
+:class:`ProgressCallback` (progress bar: loss, learning rate, tokens/s; in Jupyter the
+Trainer uses ``ferrotune.notebook.NotebookProgressCallback`` instead, see
+:func:`default_progress_callback`),
 :class:`PrinterCallback`, :class:`EarlyStoppingCallback`,
 :class:`JSONLLoggerCallback` (``report_to="jsonl"``) and
-:class:`TensorBoardCallback` (``report_to="tensorboard"``).
+:class:`TensorBoardCallback` (``report_to="tensorboard"``); ``report_to="wandb"``/``"mlflow"``
+are in :mod:`ferrotune.integrations`.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __all__ = [
     "EarlyStoppingCallback",
     "JSONLLoggerCallback",
     "TensorBoardCallback",
+    "default_progress_callback",
 ]
 
 
@@ -482,6 +486,21 @@ class PrinterCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
         if logs is not None:
             print({k: _fmt(v) for k, v in logs.items() if k != "total_flos"})
+
+
+def default_progress_callback(args: Any) -> type:
+    """The progress callback the Trainer adds (transformers' choice): :class:`PrinterCallback`
+    when ``args.disable_tqdm``, else ``ferrotune.notebook.NotebookProgressCallback`` inside
+    Jupyter (live table and loss plot) and :class:`ProgressCallback` elsewhere."""
+    if args.disable_tqdm:
+        return PrinterCallback
+    from .progress import _in_notebook
+
+    if _in_notebook():
+        from .notebook import NotebookProgressCallback  # imports this module
+
+        return NotebookProgressCallback
+    return ProgressCallback
 
 
 class EarlyStoppingCallback(TrainerCallback, ExportableState):
