@@ -291,3 +291,20 @@ def test_mlflow_non_numeric_values_are_skipped(mlflow, tmp_path):
     cb.on_log(args, state, ferrotune.TrainerControl(), logs={"loss": np.float32(0.5), "note": "x", "flag": True,
                                                               "vec": np.ones(2), "lr": 1e-3})
     assert mlflow.named("log_metrics") == [("log_metrics", {"loss": 0.5, "lr": 1e-3}, 7)]
+
+
+def test_the_trainer_builds_its_callbacks_from_report_to_and_the_frontend(wandb, tmp_path, monkeypatch):
+    """report_to=["wandb"] in Jupyter: the Trainer's callbacks are transformers' choice, the
+    flow callback, the integration, then the notebook display."""
+    from ferrotune.callbacks import DefaultFlowCallback, ProgressCallback
+    from ferrotune.notebook import NotebookProgressCallback
+
+    if not (TINY / "model.safetensors").exists():
+        pytest.skip("fixture gpt2_tiny_a is absent (run tests/fixtures/make_fixtures.py)")
+    model = ferrotune.Model.from_pretrained(str(TINY))
+    kinds = lambda t: [type(cb) for cb in t.callback_handler.callbacks]  # noqa: E731
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=["wandb"], max_steps=1)
+    monkeypatch.setattr("ferrotune.progress._in_notebook", lambda: True)
+    assert kinds(Trainer(model, args, train_dataset=rows(2, 0))) == [DefaultFlowCallback, WandbCallback, NotebookProgressCallback]
+    monkeypatch.setattr("ferrotune.progress._in_notebook", lambda: False)
+    assert kinds(Trainer(model, args, train_dataset=rows(2, 0))) == [DefaultFlowCallback, WandbCallback, ProgressCallback]

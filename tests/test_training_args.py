@@ -69,7 +69,7 @@ def test_defaults_are_transformers(tmp_path):
         {"dataloader_num_workers": 2},
         {"label_smoothing_factor": 0.1},
         {"optim": "adafactor"},
-        {"report_to": "wandb"},
+        {"report_to": "comet_ml"},
         {"lr_scheduler_type": "reduce_lr_on_plateau"},
         {"lr_scheduler_type": "nonsense"},
         {"eval_strategy": "sometimes"},

@@ -28,9 +28,11 @@ from .callbacks import (
 from .data import DataCollatorForLanguageModeling, DataCollatorWithPadding, load_jsonl
 from .evaluation import EvalResult, evaluate
 from .hub import ModelNotFoundError
+from .integrations import IntegrationNotInstalledError, MLflowCallback, WandbCallback
 from .generation import GenerationConfig, TextIteratorStreamer, TextStreamer
 from .metrics import EvalPrediction
 from .modeling import CausalLMOutput, Model, ModelConfig
+from .notebook import NotebookProgressCallback
 from .optimization import get_scheduler
 from .optimizer import AdamW
 from .peft import LoraConfig, PeftModel, get_peft_model
@@ -72,9 +74,12 @@ __all__ = [
     "FerrotuneError",
     "GenerationConfig",
     "InputError",
+    "IntegrationNotInstalledError",
     "LoraConfig",
     "ModelNotFoundError",
     "JSONLLoggerCallback",
+    "MLflowCallback",
+    "NotebookProgressCallback",
     "Model",
     "ModelConfig",
     "NonFiniteError",
@@ -95,6 +100,7 @@ __all__ = [
     "TrainerControl",
     "TrainerState",
     "TrainingArguments",
+    "WandbCallback",
     "__version__",
     "evaluate",
     "get_last_checkpoint",

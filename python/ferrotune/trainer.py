@@ -79,15 +79,25 @@ from .callbacks import (
     CallbackHandler,
     DefaultFlowCallback,
     ExportableState,
-    JSONLLoggerCallback,
-    PrinterCallback,
-    ProgressCallback,
-    TensorBoardCallback,
     TrainerCallback,
     TrainerControl,
     TrainerState,
+    default_progress_callback,
 )
-from .io import atomic_directory, read_checkpoint_json, remove_directory, remove_stale_temporaries
+from . import checkpoint
+from .checkpoint import (
+    LOOP_STATE_NAME,
+    PREFIX_CHECKPOINT_DIR,
+    RNG_STATE_NAME,
+    SCHEDULER_NAME,
+    TRAINER_STATE_NAME,
+    TRAINING_ARGS_NAME,
+    get_last_checkpoint,
+    write_json,
+)
+from .integrations import get_reporting_integration_callbacks
+from .io import atomic_directory, remove_stale_temporaries
+from .metrics import perplexity
 from .data import (
     IGNORE_INDEX,
     DataCollatorForLanguageModeling,
@@ -114,28 +124,6 @@ __all__ = [
     "speed_metrics",
 ]
 
-PREFIX_CHECKPOINT_DIR = "checkpoint"
-_re_checkpoint = re.compile(r"^" + PREFIX_CHECKPOINT_DIR + r"-(\d+)$")
-
-TRAINER_STATE_NAME = "trainer_state.json"
-TRAINING_ARGS_NAME = "training_args.json"
-OPTIMIZER_NAME = "optimizer.safetensors"
-SCHEDULER_NAME = "scheduler.json"
-RNG_STATE_NAME = "rng_state.json"
-LOOP_STATE_NAME = "loop_state.json"
-
-# the types of the keys read back from rng_state.json and loop_state.json on resume
-_RNG_STATE_TYPES = {"model_rng_state": Optional[int], "data_seed": Optional[int]}
-_LOOP_STATE_TYPES = {
-    "data_position": Optional[Dict[str, Any]],
-    "tr_loss_sum": float,
-    "globalstep_last_logged": int,
-    "last_grad_norm": Optional[float],
-    "last_learning_rate": Optional[float],
-    "post": Optional[Dict[str, Any]],
-}
-
-
 class TrainOutput(NamedTuple):
     global_step: int
     training_loss: float
@@ -149,33 +137,6 @@ class PredictionOutput(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def get_last_checkpoint(folder: Union[str, os.PathLike]) -> Optional[str]:
-    """The ``checkpoint-<step>`` directory with the highest step in ``folder`` (None if there is none)."""
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        return None
-    best: Optional[Tuple[int, str]] = None
-    for name in os.listdir(folder):
-        m = _re_checkpoint.match(name)
-        path = os.path.join(folder, name)
-        if m and os.path.isdir(path):
-            step = int(m.group(1))
-            if best is None or step > best[0]:
-                best = (step, path)
-    return None if best is None else best[1]
-
-
-def _sorted_checkpoints(folder: str) -> List[str]:
-    found = []
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            m = _re_checkpoint.match(name)
-            path = os.path.join(folder, name)
-            if m and os.path.isdir(path):
-                found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found)]
 
 
 _NO_DECAY_PATTERNS = [
@@ -294,18 +255,6 @@ def _pad_concat(arrays: List[np.ndarray], pad: int = IGNORE_INDEX) -> np.ndarray
     return np.concatenate(out, axis=0)
 
 
-def _perplexity(loss: float) -> float:
-    if math.isnan(loss):
-        return float("nan")
-    return math.exp(loss) if loss < 709.0 else float("inf")
-
-
-def _write_json(path: str, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-
-
 class _DeferSigint:
     """Hold SIGINT (Ctrl-C) during a short critical section and deliver it afterwards, so an
     optimizer update and the bookkeeping that records it happen together or not at all."""
@@ -406,14 +355,10 @@ class Trainer:
         self._user_optimizer = self.optimizer is not None
         self._user_scheduler = self.lr_scheduler is not None
 
-        default_callbacks: List[Any] = [DefaultFlowCallback]
         report_to = cast(List[str], args.report_to)  # normalised to a list by TrainingArguments
-        if "tensorboard" in report_to:
-            default_callbacks.append(TensorBoardCallback)
-        if "jsonl" in report_to:
-            default_callbacks.append(JSONLLoggerCallback)
+        default_callbacks: List[Any] = [DefaultFlowCallback, *get_reporting_integration_callbacks(report_to)]
         all_callbacks = default_callbacks + list(callbacks or [])
-        all_callbacks.append(PrinterCallback if args.disable_tqdm else ProgressCallback)
+        all_callbacks.append(default_progress_callback(args))
         self.callback_handler = CallbackHandler(
             all_callbacks, self.model, self.processing_class, self.optimizer, self.lr_scheduler
         )
@@ -1259,7 +1204,7 @@ class Trainer:
         else:
             metrics = {
                 f"{prefix}_loss": loss,
-                f"{prefix}_perplexity": _perplexity(loss),
+                f"{prefix}_perplexity": perplexity(loss),
                 f"{prefix}_accuracy": n_correct / n_tokens if n_tokens else float("nan"),
             }
             all_preds = _pad_concat(preds) if want_preds else None
@@ -1310,14 +1255,14 @@ class Trainer:
         with atomic_directory(final, keep_other_files=False) as tmp:
             self.save_model(tmp)
             if not args.save_only_model:
-                self._save_optimizer(tmp)
+                checkpoint.save_optimizer(self.optimizer, tmp)
                 self._save_scheduler(tmp)
                 self._save_rng_state(tmp)
-                _write_json(os.path.join(tmp, LOOP_STATE_NAME), self._loop_state(interrupt))
+                write_json(os.path.join(tmp, LOOP_STATE_NAME), self._loop_state(interrupt))
             self._store_callback_states()
             state.save_to_json(os.path.join(tmp, TRAINER_STATE_NAME))
         self._last_saved_step = state.global_step
-        self._rotate_checkpoints(run_dir)
+        checkpoint.rotate_checkpoints(run_dir, args.save_total_limit, state.best_model_checkpoint)
         return final
 
     def _store_callback_states(self) -> None:
@@ -1347,28 +1292,13 @@ class Trainer:
             "post": dict(self._post) if (interrupt and self._post is not None) else None,
         }
 
-    def _save_optimizer(self, out: str) -> None:
-        from .io import save_safetensors
-
-        sd = self.optimizer.state_dict()
-        tensors: Dict[str, np.ndarray] = {}
-        for kind in ("exp_avg", "exp_avg_sq"):
-            for n, a in dict(sd.get(kind, {})).items():
-                tensors[f"{kind}.{n}"] = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
-        meta = {"format": "ferrotune.AdamW", "step": str(int(sd.get("step", 0)))}
-        for k, v in sd.items():
-            if k in ("exp_avg", "exp_avg_sq", "step"):
-                continue
-            meta[k] = json.dumps(list(v) if isinstance(v, tuple) else v)
-        save_safetensors(tensors, os.path.join(out, OPTIMIZER_NAME), metadata=meta)
-
     def _save_scheduler(self, out: str) -> None:
         sched = self.lr_scheduler
         d: Dict[str, Any] = sched.state_dict() if hasattr(sched, "state_dict") else {"name": repr(sched)}
         d = dict(d)
         d["last_step"] = self.state.global_step
         d["last_lr"] = self._last_lr
-        _write_json(os.path.join(out, SCHEDULER_NAME), d)
+        write_json(os.path.join(out, SCHEDULER_NAME), d)
 
     def _save_rng_state(self, out: str) -> None:
         epoch = self._data_position[0]
@@ -1379,22 +1309,7 @@ class Trainer:
             # the generator that orders this epoch's data (a function of data_seed and epoch)
             "numpy_generator": self._data_rng(epoch).bit_generator.state,
         }
-        _write_json(os.path.join(out, RNG_STATE_NAME), d)
-
-    def _rotate_checkpoints(self, run_dir: str) -> None:
-        """Keep the ``save_total_limit`` most recent checkpoints, plus the best one. Each one
-        deleted is renamed away first, so no ``checkpoint-*`` is ever seen half-deleted."""
-        limit = self.args.save_total_limit
-        if limit is None or limit <= 0:
-            return
-        ckpts = _sorted_checkpoints(run_dir)
-        keep = set(ckpts[-limit:])
-        best = self.state.best_model_checkpoint
-        best_path = os.path.abspath(best) if best else None
-        for c in ckpts:
-            if c in keep or (best_path is not None and os.path.abspath(c) == best_path):
-                continue
-            remove_directory(c)
+        write_json(os.path.join(out, RNG_STATE_NAME), d)
 
     # ------------------------------------------------------------------ loading
 
@@ -1406,36 +1321,10 @@ class Trainer:
 
     def _load_checkpoint(self, ckpt: str) -> Dict[str, Any]:
         """Restore weights, optimizer, trainer state and RNG from ``ckpt``; returns its loop state."""
-        from .io import load_safetensors
-
-        args = self.args
-        for required in (TRAINER_STATE_NAME, self.model.weights_name):
-            if not os.path.isfile(os.path.join(ckpt, required)):
-                raise CheckpointError(f"checkpoint {ckpt} is incomplete: {required} is missing")
-        if not os.path.isfile(os.path.join(ckpt, OPTIMIZER_NAME)):
-            raise CheckpointError(
-                f"checkpoint {ckpt} has no {OPTIMIZER_NAME} (saved with save_only_model=True?): it holds weights "
-                "only and cannot be resumed from; load it with Model.from_pretrained instead"
-            )
-        self._warn_on_changed_args(ckpt)
+        checkpoint.check_resumable(ckpt, self.model.weights_name)
+        checkpoint.warn_on_changed_args(ckpt, self.args.to_dict())
         self._load_model_weights(ckpt)
-
-        tensors = load_safetensors(os.path.join(ckpt, OPTIMIZER_NAME))
-        meta = _read_safetensors_metadata(os.path.join(ckpt, OPTIMIZER_NAME))
-        osd: Dict[str, Any] = {"step": int(meta.get("step", "0")), "exp_avg": {}, "exp_avg_sq": {}}
-        for k, v in meta.items():
-            if k in ("format", "step"):
-                continue
-            try:
-                val = json.loads(v)
-            except (json.JSONDecodeError, TypeError):
-                val = v
-            osd[k] = tuple(val) if k == "betas" and isinstance(val, list) else val
-        for key, arr in tensors.items():
-            kind, _, name = key.partition(".")
-            if kind in ("exp_avg", "exp_avg_sq"):
-                osd[kind][name] = arr
-        self.optimizer.load_state_dict(osd)
+        self.optimizer.load_state_dict(checkpoint.load_optimizer_state(ckpt))
 
         self.state = TrainerState.load_from_json(os.path.join(ckpt, TRAINER_STATE_NAME))
         if self.state.best_model_checkpoint is not None and not os.path.isdir(self.state.best_model_checkpoint):
@@ -1443,12 +1332,11 @@ class Trainer:
                 f"the best checkpoint {self.state.best_model_checkpoint} recorded in {ckpt} does not exist any more"
             )
             self.state.best_model_checkpoint = None
-        if args.restore_callback_states_from_checkpoint:
+        if self.args.restore_callback_states_from_checkpoint:
             self._restore_callback_states()
 
-        rng_path = os.path.join(ckpt, RNG_STATE_NAME)
-        if os.path.isfile(rng_path):
-            rng = read_checkpoint_json(rng_path, _RNG_STATE_TYPES)
+        rng = checkpoint.read_rng_state(ckpt)
+        if rng is not None:
             if rng.get("model_rng_state") is not None and hasattr(self.model, "set_rng_state"):
                 self.model.set_rng_state(int(rng["model_rng_state"]))
             if rng.get("data_seed") is not None and int(rng["data_seed"]) != self._data_seed():
@@ -1456,13 +1344,9 @@ class Trainer:
                     f"the checkpoint was trained with data seed {rng['data_seed']} but this run uses "
                     f"{self._data_seed()}: the data order after resuming differs from the original run"
                 )
-        else:
-            warnings.warn(f"{ckpt} has no {RNG_STATE_NAME}: dropout after resuming will differ from the original run")
 
-        loop: Dict[str, Any] = {}
-        loop_path = os.path.join(ckpt, LOOP_STATE_NAME)
-        if os.path.isfile(loop_path):
-            loop = read_checkpoint_json(loop_path, _LOOP_STATE_TYPES)
+        loop = checkpoint.read_loop_state(ckpt)
+        if loop is not None:
             self._tr_loss_sum = float(loop.get("tr_loss_sum", 0.0))
             self._globalstep_last_logged = int(loop.get("globalstep_last_logged", self.state.global_step))
             self._last_grad_norm = loop.get("last_grad_norm")
@@ -1470,7 +1354,7 @@ class Trainer:
         else:
             self._globalstep_last_logged = self.state.global_step
         self._last_saved_step = self.state.global_step
-        return loop
+        return loop or {}
 
     def _restore_callback_states(self) -> None:
         saved = self.state.stateful_callbacks or {}
@@ -1483,36 +1367,6 @@ class Trainer:
             if isinstance(s, dict):
                 for k, v in s.get("attributes", {}).items():
                     setattr(cb, k, v)
-
-    def _warn_on_changed_args(self, ckpt: str) -> None:
-        path = os.path.join(ckpt, TRAINING_ARGS_NAME)
-        if not os.path.isfile(path):
-            return
-        old = read_checkpoint_json(path, {})
-        keys = (
-            "per_device_train_batch_size",
-            "gradient_accumulation_steps",
-            "learning_rate",
-            "lr_scheduler_type",
-            "warmup_steps",
-            "warmup_ratio",
-            "max_steps",
-            "num_train_epochs",
-            "seed",
-            "data_seed",
-            "group_by_length",
-            "dataloader_drop_last",
-            "packing",
-            "max_length",
-        )
-        now = self.args.to_dict()
-        changed = [k for k in keys if k in old and old[k] != now.get(k)]
-        if changed:
-            warnings.warn(
-                "resuming with different arguments than the checkpoint was trained with ("
-                + ", ".join(f"{k}: {old[k]!r} -> {now.get(k)!r}" for k in changed)
-                + "): the run will not continue exactly as the original"
-            )
 
 
 def _check_stream_args(train_dataset: Any, args: TrainingArguments) -> None:
@@ -1527,15 +1381,3 @@ def _check_stream_args(train_dataset: Any, args: TrainingArguments) -> None:
         )
     if args.group_by_length:
         raise ConfigError("group_by_length=True needs the lengths of all examples: a stream (train_dataset without __len__) has none")
-
-
-def _read_safetensors_metadata(path: str) -> Dict[str, str]:
-    """The ``__metadata__`` of a safetensors file (its JSON header)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise CheckpointError(f"{path} is not a safetensors file")
-        n = int.from_bytes(head, "little")
-        header = json.loads(f.read(n).decode("utf-8"))
-    meta = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()}
