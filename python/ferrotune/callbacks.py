@@ -383,7 +383,7 @@ def _fmt(v: Any) -> Any:
 
 
 class ProgressCallback(TrainerCallback):
-    """A progress bar (``ferrotune.progress.ProgressBar``: a widget in Jupyter, a text bar in a
+    """A progress bar (tqdm, ``ferrotune.progress.progress_bar``: a widget in Jupyter, a text bar in a
     terminal) over the optimizer steps, showing the last logged loss, the learning rate and the
     training throughput in tokens/s; evaluation gets its own bar; log lines are printed above it."""
 
@@ -398,12 +398,10 @@ class ProgressCallback(TrainerCallback):
         self._postfix: Dict[str, Any] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-        from .progress import ProgressBar
+        from .progress import progress_bar
 
-        self.training_bar = ProgressBar(total=state.max_steps, desc="Training", disable=bool(args.disable_tqdm))
+        self.training_bar = progress_bar(state.max_steps, "Training", disable=bool(args.disable_tqdm), initial=state.global_step)
         self.current_step = state.global_step
-        if state.global_step:
-            self.training_bar.update(state.global_step)
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
         self._tok_per_s = None
@@ -427,18 +425,17 @@ class ProgressCallback(TrainerCallback):
             self._postfix["lr"] = f"{float(lr):.3g}"
         if self._tok_per_s is not None:
             self._postfix["tok/s"] = f"{self._tok_per_s:,.0f}"
-        self.training_bar.update(state.global_step - self.current_step, postfix=dict(self._postfix))
+        self.training_bar.set_postfix(self._postfix, refresh=False)
+        self.training_bar.update(state.global_step - self.current_step)
         self.current_step = state.global_step
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):  # type: ignore[no-untyped-def]
         if eval_dataloader is None or not hasattr(eval_dataloader, "__len__"):
             return
         if self.prediction_bar is None:
-            from .progress import ProgressBar
+            from .progress import progress_bar
 
-            self.prediction_bar = ProgressBar(
-                total=len(eval_dataloader), desc="Evaluating", disable=bool(args.disable_tqdm)
-            )
+            self.prediction_bar = progress_bar(len(eval_dataloader), "Evaluating", unit="batch", disable=bool(args.disable_tqdm), leave=False)
         self.prediction_bar.update(1)
 
     def _close_prediction_bar(self) -> None:
@@ -457,7 +454,7 @@ class ProgressCallback(TrainerCallback):
             return
         if "loss" in logs:
             self._postfix["loss"] = f"{logs['loss']:.4g}"
-            self.training_bar.set_postfix(dict(self._postfix))
+            self.training_bar.set_postfix(self._postfix)
         shallow = {}
         for k, v in logs.items():
             if k == "total_flos":

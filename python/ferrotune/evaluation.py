@@ -35,7 +35,7 @@ import numpy as np
 
 from ._core import DataError, InputError
 from .metrics import classification_scores, confusion_matrix, exact_match, perplexity, token_f1
-from .progress import ProgressBar
+from .progress import progress_bar
 
 __all__ = ["evaluate", "EvalResult", "generation_scores", "TASKS", "LOWER_IS_BETTER"]
 
@@ -49,8 +49,8 @@ _MAIN_SCORE = {"generation": "chrf", "classification": "correct", "multiple_choi
 
 _EVAL_EXTRA = "pip install 'ferrotune[eval]'"
 
-#: Opens the progress bar of a pass over this many batches.
-Progress = Callable[[int], ProgressBar]
+#: Opens the progress bar (tqdm) of a pass over this many batches.
+Progress = Callable[[int], Any]
 
 
 @dataclass
@@ -249,7 +249,7 @@ def generation_scores(predictions: Sequence[str], references: Sequence[Union[str
 
 
 def _generate_texts(
-    model: Any, tokenizer: Any, prompts: Sequence[str], chats: Sequence[bool], batch_size: int, bar: ProgressBar, gen: Dict[str, Any]
+    model: Any, tokenizer: Any, prompts: Sequence[str], chats: Sequence[bool], batch_size: int, bar: Any, gen: Dict[str, Any]
 ) -> List[str]:
     """The decoded continuation of each prompt, batched longest first with left padding."""
     encoded = [_encode(tokenizer, p, c) for p, c in zip(prompts, chats)]
@@ -290,7 +290,7 @@ def _evaluate_generation(model: Any, tokenizer: Any, rows: Sequence[Tuple[int, M
 # --------------------------------------------------------------------------- log-likelihood scoring
 
 
-def _loglik(model: Any, pairs: Sequence[Tuple[List[int], List[int]]], batch_size: int, bar: ProgressBar) -> List[float]:
+def _loglik(model: Any, pairs: Sequence[Tuple[List[int], List[int]]], batch_size: int, bar: Any) -> List[float]:
     """Sum of log p(continuation | context) for each (context ids, continuation ids) pair.
 
     Context and continuation are concatenated, cut on the left to the model's context,
@@ -538,8 +538,8 @@ def evaluate(
         raise DataError("no rows to evaluate")
     t0 = time.perf_counter()
 
-    def bar(total: int) -> ProgressBar:
-        return ProgressBar(total=total, desc=f"evaluate ({task})", unit="batch", disable=not progress)
+    def bar(total: int) -> Any:
+        return progress_bar(total, f"evaluate ({task})", unit="batch", disable=not progress)
 
     was_training = bool(getattr(model, "training", False))
     if was_training:

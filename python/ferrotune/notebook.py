@@ -19,7 +19,9 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from .callbacks import TrainerCallback
-from .progress import _in_notebook, format_interval
+from tqdm.std import tqdm
+
+from .progress import _in_notebook
 
 __all__ = ["NotebookProgressCallback"]
 
@@ -155,10 +157,10 @@ class NotebookProgressCallback(TrainerCallback):
     def _label(self) -> str:
         done = self._step - self._start_step
         elapsed = time.monotonic() - self._start
-        label = f"[{self._step}/{self._max_steps} {format_interval(elapsed)}"
+        label = f"[{self._step}/{self._max_steps} {tqdm.format_interval(elapsed)}"
         if done > 0 and elapsed > 0:
             remaining = elapsed / done * (self._max_steps - self._step)
-            label += f" < {format_interval(remaining)}, {done / elapsed:.2f} it/s"
+            label += f" < {tqdm.format_interval(remaining)}, {done / elapsed:.2f} it/s"
         return label + (f", {self._comment}]" if self._comment else "]")
 
     def _html(self) -> str:
