@@ -609,8 +609,8 @@ def _rewrite_logs(d: Dict[str, Any]) -> Dict[str, Any]:
 class TensorBoardCallback(TrainerCallback):
     """Writes the logged scalars to TensorBoard event files in ``args.logging_dir``
     (``report_to=["tensorboard"]``), with transformers' tags (``train/loss``, ``train/learning_rate``,
-    ``train/grad_norm``, ``eval/loss``, ...).  Uses ``ferrotune.tensorboard.SummaryWriter``:
-    neither TensorFlow nor PyTorch is needed."""
+    ``train/grad_norm``, ``eval/loss``, ...), through tensorboardX's ``SummaryWriter`` (what
+    transformers falls back to without torch; ``pip install tensorboardX``)."""
 
     def __init__(self, log_dir: Optional[Union[str, os.PathLike]] = None) -> None:
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
@@ -618,7 +618,7 @@ class TensorBoardCallback(TrainerCallback):
 
     def _init_writer(self, args: Any) -> None:
         if self.tb_writer is None:
-            from .tensorboard import SummaryWriter
+            from tensorboardX import SummaryWriter
 
             self.tb_writer = SummaryWriter(self.log_dir or args.logging_dir)
 

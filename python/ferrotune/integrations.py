@@ -1,9 +1,10 @@
 """``report_to`` integrations: which names exist, which are installed, and their callbacks.
 
-``tensorboard`` and ``jsonl`` are built in (ferrotune writes the files itself). ``wandb`` and
-``mlflow`` log through the library's own Python API, as transformers' ``WandbCallback`` and
-``MLflowCallback`` do, and need it installed (``pip install wandb`` / ``pip install mlflow``).
-``report_to="all"`` means the built-in ones plus those of ``wandb``/``mlflow`` that are installed.
+``jsonl`` is built in (ferrotune writes the file itself). ``tensorboard`` writes event files
+through tensorboardX (what transformers uses without torch), ``wandb`` and ``mlflow`` log
+through the library's own Python API, as transformers' ``WandbCallback`` and ``MLflowCallback``
+do; each needs its package (``pip install tensorboardX`` / ``wandb`` / ``mlflow``).
+``report_to="all"`` means ``jsonl`` plus those that are installed.
 
 Environment variables read (transformers' names and defaults):
 
@@ -51,7 +52,7 @@ class IntegrationNotInstalledError(ConfigError, ImportError):
 
 
 # report_to name -> the package it needs (None: built in)
-_PACKAGES: Dict[str, Optional[str]] = {"tensorboard": None, "jsonl": None, "wandb": "wandb", "mlflow": "mlflow"}
+_PACKAGES: Dict[str, Optional[str]] = {"tensorboard": "tensorboardX", "jsonl": None, "wandb": "wandb", "mlflow": "mlflow"}
 
 SUPPORTED_REPORT_TO = tuple(_PACKAGES)
 """Integrations accepted in ``report_to``."""
