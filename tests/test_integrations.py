@@ -304,7 +304,7 @@ def test_the_trainer_builds_its_callbacks_from_report_to_and_the_frontend(wandb,
     model = ferrotune.Model.from_pretrained(str(TINY))
     kinds = lambda t: [type(cb) for cb in t.callback_handler.callbacks]  # noqa: E731
     args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=["wandb"], max_steps=1)
-    monkeypatch.setattr("ferrotune.progress._in_notebook", lambda: True)
+    monkeypatch.setattr("ferrotune.progress.in_notebook", lambda: True)
     assert kinds(Trainer(model, args, train_dataset=rows(2, 0))) == [DefaultFlowCallback, WandbCallback, NotebookProgressCallback]
-    monkeypatch.setattr("ferrotune.progress._in_notebook", lambda: False)
+    monkeypatch.setattr("ferrotune.progress.in_notebook", lambda: False)
     assert kinds(Trainer(model, args, train_dataset=rows(2, 0))) == [DefaultFlowCallback, WandbCallback, ProgressCallback]

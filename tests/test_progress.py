@@ -22,7 +22,7 @@ def jupyter(monkeypatch):
 
 def test_terminal_gets_the_text_bar(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "IPython", None)
-    assert not progress_mod._in_notebook()
+    assert not progress_mod.in_notebook()
     with progress_bar(5, "train") as bar:
         assert type(bar) is text_tqdm
         bar.set_postfix({"loss": "2.0"}, refresh=False)
@@ -35,7 +35,7 @@ def test_jupyter_without_ipywidgets_gets_flat_text_bars(jupyter, monkeypatch, ca
     """No IProgress warning, and nested bars (training + evaluation) stay on one line instead
     of tqdm's cursor-up codes, which Jupyter's output area prints as garbage."""
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import fails
-    assert progress_mod._in_notebook()
+    assert progress_mod.in_notebook()
     outer = progress_bar(3, "Training")
     inner = progress_bar(2, "Evaluating", leave=False)
     assert type(outer) is text_tqdm and outer.pos == 0 and inner.pos == 0

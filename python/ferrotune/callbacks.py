@@ -491,9 +491,9 @@ def default_progress_callback(args: Any) -> type:
     Jupyter (live table and loss plot) and :class:`ProgressCallback` elsewhere."""
     if args.disable_tqdm:
         return PrinterCallback
-    from .progress import _in_notebook
+    from .progress import in_notebook
 
-    if _in_notebook():
+    if in_notebook():
         from .notebook import NotebookProgressCallback  # imports this module
 
         return NotebookProgressCallback
@@ -593,7 +593,7 @@ class JSONLLoggerCallback(TrainerCallback):
             f.write(json.dumps({k: _jsonable(v) for k, v in entry.items()}) + "\n")
 
 
-def _rewrite_logs(d: Dict[str, Any]) -> Dict[str, Any]:
+def rewrite_logs(d: Dict[str, Any]) -> Dict[str, Any]:
     """transformers' TensorBoard tag layout: ``eval_loss`` -> ``eval/loss``, ``loss`` -> ``train/loss``."""
     new_d = {}
     for k, v in d.items():
@@ -628,7 +628,7 @@ class TensorBoardCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
         self._init_writer(args)
-        for k, v in _rewrite_logs(dict(logs or {})).items():
+        for k, v in rewrite_logs(dict(logs or {})).items():
             if isinstance(v, bool):
                 continue
             if isinstance(v, (int, float)) or (hasattr(v, "item") and callable(v.item)):

@@ -321,7 +321,7 @@ def generate(
     **kwargs: Any,
 ) -> Any:
     """The body of ``Model.generate`` (see there)."""
-    from .modeling import _ids
+    from .modeling import as_ids
 
     if weights_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"weights_dtype must be 'float32' or 'bfloat16', got {weights_dtype!r}")
@@ -331,8 +331,8 @@ def generate(
     if unused:
         raise TypeError(f"generate() got unexpected arguments: {sorted(unused)}")
 
-    ids = _ids("input_ids", input_ids)
-    mask = None if attention_mask is None else _ids("attention_mask", attention_mask)
+    ids = as_ids("input_ids", input_ids)
+    mask = None if attention_mask is None else as_ids("attention_mask", attention_mask)
     if mask is not None and mask.shape != ids.shape:
         raise ValueError(f"attention_mask has shape {mask.shape} but input_ids has shape {ids.shape}")
     b, t = ids.shape

@@ -34,7 +34,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Type
 
 from ._core import ConfigError
-from .callbacks import JSONLLoggerCallback, TensorBoardCallback, TrainerCallback, _rewrite_logs
+from .callbacks import JSONLLoggerCallback, TensorBoardCallback, TrainerCallback, rewrite_logs
 
 __all__ = [
     "IntegrationNotInstalledError",
@@ -160,7 +160,7 @@ class WandbCallback(TrainerCallback):
         for k in _SUMMARY_KEYS:
             if k in logs:
                 self._wandb.run.summary[k] = logs.pop(k)
-        self._wandb.log({**_rewrite_logs(logs), "train/global_step": state.global_step})
+        self._wandb.log({**rewrite_logs(logs), "train/global_step": state.global_step})
 
     def _finish(self, exit_code: int) -> None:
         if self._own_run:  # a later log (trainer.evaluate()) resumes it: see setup

@@ -93,7 +93,9 @@ class CausalLMOutput:
         return getattr(self, key)
 
 
-def _ids(name: str, x: ArrayLike, ndim_hint: Optional[Tuple[int, int]] = None) -> np.ndarray:
+def as_ids(name: str, x: ArrayLike, ndim_hint: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """``x`` as a C-contiguous (B, T) int64 array (a 1-D sequence becomes one row); only the
+    type is converted here, the values are checked once, in Rust."""
     try:
         arr = np.asarray(x)
     except ValueError as e:
@@ -120,18 +122,18 @@ def _inputs(
 ) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
     """Normalised (B, T) int64 arrays; labels (B, T), or (B,) one class per row for a model
     with a classification head (passed to Rust as (B, 1))."""
-    ids = _ids("input_ids", input_ids)
-    mask = None if attention_mask is None else _ids("attention_mask", attention_mask)
+    ids = as_ids("input_ids", input_ids)
+    mask = None if attention_mask is None else as_ids("attention_mask", attention_mask)
     lab = None
     if labels is not None:
         if row_labels:
             lab = np.ascontiguousarray(np.asarray(labels, dtype=np.int64).reshape(-1, 1))
         else:
-            lab = _ids("labels", labels)
+            lab = as_ids("labels", labels)
     return ids, mask, lab
 
 
-def _training_call(
+def training_call(
     model: "Model",
     core_fn: Any,
     input_ids: ArrayLike,
@@ -314,7 +316,7 @@ class Model:
         one optimizer step so every token weighs the same (default: this batch's count).
         Without labels, ``input_ids`` are the labels (-100 where ``attention_mask`` is 0).
         """
-        loss, _ = _training_call(self, self._core.forward_backward, input_ids, labels, attention_mask, num_items_in_batch)
+        loss, _ = training_call(self, self._core.forward_backward, input_ids, labels, attention_mask, num_items_in_batch)
         return loss
 
     def loss_stats(

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .callbacks import TrainerCallback
 from tqdm.std import tqdm
 
-from .progress import _in_notebook
+from .progress import in_notebook
 
 __all__ = ["NotebookProgressCallback"]
 
@@ -202,7 +202,7 @@ class NotebookProgressCallback(TrainerCallback):
     # ------------------------------------------------------------------ events
 
     def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-        self._live = _in_notebook()
+        self._live = in_notebook()
         self._training = True
         self._handle = None
         self.columns = ["Epoch" if args.eval_strategy == "epoch" else "Step", "Training Loss"]
@@ -249,7 +249,7 @@ class NotebookProgressCallback(TrainerCallback):
         if not hasattr(eval_dataloader, "__len__"):
             return
         if not self._training:
-            self._live = _in_notebook()
+            self._live = in_notebook()
         done = 1 if self._eval is None else self._eval[0] + 1
         self._eval = (done, len(eval_dataloader))
         if self._live:

@@ -117,7 +117,7 @@ SCHEDULER_TYPES = (
 )
 """Names accepted by :func:`get_scheduler` and ``TrainingArguments.lr_scheduler_type``."""
 
-_UNSUPPORTED_TYPES = {
+UNSUPPORTED_SCHEDULER_TYPES = {
     "reduce_lr_on_plateau": "it needs metric feedback and is not implemented",
     "cosine_warmup_with_min_lr": "it is not implemented yet",
     "warmup_stable_decay": "it is not implemented yet",
@@ -125,7 +125,7 @@ _UNSUPPORTED_TYPES = {
 }
 
 
-def _scheduler_name(name: Any) -> str:
+def scheduler_name(name: Any) -> str:
     value = getattr(name, "value", name)  # accept enum members such as transformers.SchedulerType
     if not isinstance(value, str):
         raise ConfigError(f"lr_scheduler_type must be a string, got {name!r}")
@@ -212,8 +212,8 @@ def _build_lambda(
             num_cycles=kwargs.get("num_cycles", 0.5),
             min_lr_rate=min_lr_rate,
         )
-    if name in _UNSUPPORTED_TYPES:
-        raise ConfigError(f"lr_scheduler_type={name!r} is not supported: {_UNSUPPORTED_TYPES[name]}")
+    if name in UNSUPPORTED_SCHEDULER_TYPES:
+        raise ConfigError(f"lr_scheduler_type={name!r} is not supported: {UNSUPPORTED_SCHEDULER_TYPES[name]}")
     raise ConfigError(f"unknown lr_scheduler_type {name!r}; supported: {', '.join(SCHEDULER_TYPES)}")
 
 
@@ -233,7 +233,7 @@ class LRScheduler:
         num_training_steps: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
-        self.name = _scheduler_name(name)
+        self.name = scheduler_name(name)
         self.base_lr = float(base_lr)
         if num_warmup_steps is None:
             num_warmup_steps = 0

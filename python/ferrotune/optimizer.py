@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core
 from ._core import CheckpointError
-from .modeling import ArrayLike, Model, _training_call
+from .modeling import ArrayLike, Model, training_call
 
 
 class AdamW:
@@ -69,7 +69,7 @@ class AdamW:
 
         >>> loss = opt.backward_step(input_ids)   # instead of forward_backward; step; zero_grad
         """
-        loss, (self.grad_norm,) = _training_call(
+        loss, (self.grad_norm,) = training_call(
             self.model, self._core.backward_step, input_ids, labels, attention_mask, num_items_in_batch
         )
         return loss

@@ -14,7 +14,7 @@ from tqdm.std import tqdm as text_tqdm
 __all__ = ["progress_bar"]
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
     """True inside a Jupyter kernel (the test tqdm.auto uses)."""
     ipython = sys.modules.get("IPython")
     if ipython is None:
@@ -35,7 +35,7 @@ def progress_bar(
     evaluation)."""
     cls: Any = text_tqdm
     extra = {}
-    if _in_notebook():
+    if in_notebook():
         try:
             import ipywidgets  # noqa: F401
             from tqdm.notebook import tqdm as cls

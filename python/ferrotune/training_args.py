@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from ._core import ConfigError
 from .integrations import SUPPORTED_REPORT_TO, available_integrations, require_integration
-from .optimization import SCHEDULER_TYPES, _UNSUPPORTED_TYPES, _scheduler_name
+from .optimization import SCHEDULER_TYPES, UNSUPPORTED_SCHEDULER_TYPES, scheduler_name
 from .precision import require_bf16
 
 __all__ = ["TrainingArguments", "IntervalStrategy", "SaveStrategy", "SUPPORTED_REPORT_TO"]
@@ -305,9 +305,9 @@ class TrainingArguments:
         self.logging_strategy = _strategy(self.logging_strategy, ("no", "steps", "epoch"), "logging_strategy")
         self.save_strategy = _strategy(self.save_strategy, ("no", "steps", "epoch", "best"), "save_strategy")
 
-        name = _scheduler_name(self.lr_scheduler_type)
-        if name in _UNSUPPORTED_TYPES:
-            raise ConfigError(f"lr_scheduler_type={name!r} is not supported: {_UNSUPPORTED_TYPES[name]}")
+        name = scheduler_name(self.lr_scheduler_type)
+        if name in UNSUPPORTED_SCHEDULER_TYPES:
+            raise ConfigError(f"lr_scheduler_type={name!r} is not supported: {UNSUPPORTED_SCHEDULER_TYPES[name]}")
         if name not in SCHEDULER_TYPES:
             raise ConfigError(f"unknown lr_scheduler_type {name!r}; supported: {', '.join(SCHEDULER_TYPES)}")
         self.lr_scheduler_type = name
