@@ -56,7 +56,7 @@ class AdamW:
         """Forward, backward and one update, the update fused into the backward
         (torchtune's ``optimizer_in_bwd``): each transformer block's gradients go into the
         moments as soon as its backward is done, so the model never holds a whole gradient
-        (GPT-2 124M: 498 MB of gradients -> 158 MB, peak RSS of a (4, 256) step 2.54 -> 2.20 GB). The same parameters as ``model.forward_backward(...)``
+        (peak memory: benchmarks/RESULTS.md). The same parameters as ``model.forward_backward(...)``
         then ``step()``, bit for bit; returns the batch's mean loss and sets ``grad_norm`` (the
         gradients' global L2 norm). The model's gradients are released (``model.gradients()``
         reads zeros after it).

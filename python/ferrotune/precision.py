@@ -2,8 +2,7 @@
 
 ``"highest"`` (the default): every product is float32. ``"medium"``: products large enough
 to matter (every side >= 16, split across threads) round their operands to bfloat16 and sum in
-float32 on CPUs with AVX512_BF16 (``vdpbf16ps``), 1.6-1.9x the float32 rate here (a GPT-2
-training step ~1.35x, benchmarks/RESULTS.md); weights,
+float32 on CPUs with AVX512_BF16 (``vdpbf16ps``; speed: benchmarks/RESULTS.md); weights,
 gradients and optimizer state stay float32. ``"high"`` means TF32 or bf16x3 in PyTorch, which
 CPUs do not have: it falls back to ``"highest"``, as PyTorch does there. On a CPU without
 AVX512_BF16 ``"medium"`` also stays float32. ``TrainingArguments(bf16=True)`` sets

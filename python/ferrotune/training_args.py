@@ -3,10 +3,11 @@
 Every field that ``transformers.TrainingArguments`` also has keeps its name, its
 meaning and its default, so ``TrainingArguments(output_dir=..., num_train_epochs=3,
 per_device_train_batch_size=2, save_steps=..., save_total_limit=2)`` ports from a
-transformers notebook unchanged.  Options that make no sense here (fp16, bf16,
-DeepSpeed, FSDP, torch.compile, TPU/CUDA settings, the Hub, ...) are accepted as
-names so that such code fails loudly: setting one to anything but its default
-raises :class:`ferrotune.ConfigError` instead of being ignored.
+transformers notebook unchanged (``bf16=True`` too: bf16 products with f32 sums, on CPUs
+with AVX512_BF16).  Options that make no sense here (fp16, DeepSpeed, FSDP,
+torch.compile, TPU/CUDA settings, the Hub, ...) are accepted as names so that such code
+fails loudly: setting one to anything but its default raises
+:class:`ferrotune.ConfigError` instead of being ignored.
 
 A few fields are ferrotune's own (``max_length``, ``packing``,
 ``dataset_text_field``, ``add_eos_token``, ``save_on_interrupt``); they are

@@ -2,8 +2,8 @@
 //! every call: the (B, T, V) logits a forward hands to Python (moved out, so the next forward
 //! allocates again). With 4 KiB pages GPT-2's logits at (1, 512) (103 MB) cost ~25,000 page
 //! faults per forward; with 2 MiB pages ~50 (THP in its common "madvise" mode backs only
-//! memory that asks). The forward at (1, 512) went from 0.382 to 0.347 s (benchmarks/RESULTS.md,
-//! runs E and F). Only the whole 2 MiB pages inside the buffer are advised; where THP is off or
+//! memory that asks; the effect on the forward is in benchmarks/RESULTS.md, runs E and F).
+//! Only the whole 2 MiB pages inside the buffer are advised; where THP is off or
 //! absent (or not Linux) this is `vec![0; len]`.
 
 use super::Real;

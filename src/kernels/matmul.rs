@@ -1,8 +1,11 @@
 //! Matrix multiplications through the `gemm` crate (candle's matmul engine), laid out so
 //! that no transposed copy is ever made: transposes are expressed as strides.
 //!
-//! Weights use Hugging Face's Conv1D layout, w: (C, OC), so `out = inp @ w + bias`.
-//! The tied lm_head uses the embedding (V, C) transposed through strides.
+//! Two weight layouts, as the checkpoints store them: GPT-2's Conv1D, w: (C, OC), so
+//! `out = inp @ w + bias` (`matmul_*`), and nn.Linear (Llama, Qwen2, Mistral), w: (OC, C),
+//! so `out = inp @ w^T + bias` (`linear_*`). The tied lm_head uses the embedding (V, C)
+//! transposed through strides. Large f32 products can run as bf16 products with f32 sums
+//! (`set_bf16_products`, on CPUs with AVX512_BF16).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
