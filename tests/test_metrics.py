@@ -1,4 +1,4 @@
-"""ferrotune.metrics against hand-computed values (scikit-learn's definitions)."""
+"""ferrotune.metrics against hand-computed values and against scikit-learn itself (test extra)."""
 
 import math
 
@@ -184,3 +184,35 @@ def test_exact_match_normalises_case_space_and_punctuation():
     assert not exact_match("hi", "hello; hi", sep=None)
     assert not exact_match("hello there", "hello; hi")
     assert not exact_match("", "hello") and not exact_match("...", "hello")
+
+
+# ------------------------------------------------------------------------- against scikit-learn
+
+
+@pytest.mark.parametrize("seed, n_classes, zero_division", [(0, 2, 0.0), (1, 4, 0.0), (2, 6, 1.0), (3, 3, 0.0)])
+def test_every_score_equals_scikit_learn(seed, n_classes, zero_division):
+    """Random labels, some classes never predicted (zero divisions), string labels too."""
+    sk = pytest.importorskip("sklearn.metrics", reason="scikit-learn is in the test extra")
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, n_classes, 60)
+    p = np.where(rng.random(60) < 0.5, t, rng.integers(0, max(n_classes - 1, 1), 60))  # the last class rarely predicted
+    for y_true, y_pred in ((t, p), (np.array([f"c{v}" for v in t]), np.array([f"c{v}" for v in p]))):
+        assert accuracy(y_true, y_pred) == pytest.approx(sk.accuracy_score(y_true, y_pred), abs=1e-15)
+        averages = ["micro", "macro", "weighted", None] + (["binary"] if n_classes == 2 and y_true.dtype.kind == "i" else [])
+        for avg in averages:
+            for ours, theirs in ((precision, sk.precision_score), (recall, sk.recall_score), (f1, sk.f1_score)):
+                np.testing.assert_allclose(
+                    ours(y_true, y_pred, average=avg, zero_division=zero_division),
+                    theirs(y_true, y_pred, average=avg, zero_division=zero_division),
+                    rtol=0, atol=1e-12, err_msg=f"{ours.__name__} average={avg}",
+                )
+        np.testing.assert_array_equal(confusion_matrix(y_true, y_pred), sk.confusion_matrix(y_true, y_pred))
+        ours_report = classification_report(y_true, y_pred, zero_division=zero_division)
+        theirs_report = sk.classification_report(y_true, y_pred, output_dict=True, zero_division=zero_division)
+        assert ours_report.keys() == theirs_report.keys()
+        for key, value in theirs_report.items():
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    assert ours_report[key][k] == pytest.approx(v, abs=1e-12), (key, k)
+            else:
+                assert ours_report[key] == pytest.approx(value, abs=1e-12), key
