@@ -163,6 +163,8 @@ pub struct EncodeOptions {
     /// truncation / `Padding::MaxLength` length; `None` falls back to `model_max_length`
     pub max_length: Option<usize>,
     pub pad_to_multiple_of: Option<usize>,
+    /// also return each token's (start, end) character offsets in its text
+    pub offsets: bool,
 }
 
 impl Default for EncodeOptions {
@@ -173,6 +175,7 @@ impl Default for EncodeOptions {
             truncation: false,
             max_length: None,
             pad_to_multiple_of: None,
+            offsets: false,
         }
     }
 }
@@ -183,6 +186,9 @@ impl Default for EncodeOptions {
 pub struct Batch {
     pub input_ids: Vec<Vec<u32>>,
     pub attention_mask: Vec<Vec<u32>>,
+    /// (start, end) character offsets of every token, (0, 0) for special and padding
+    /// tokens, as the `tokenizers` library computes them; empty unless asked for
+    pub offsets: Vec<Vec<(usize, usize)>>,
 }
 
 /// A batch as two row-major (B, T) i64 arrays.
@@ -807,11 +813,17 @@ impl Tokenizer {
         };
         let trunc_len = if opts.truncation { opts.max_length.or(self.model_max_length) } else { None };
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        // offsets cost a little: the fast path skips them
+        let encode = |inputs: Vec<&str>, add_special_tokens: bool| {
+            if opts.offsets {
+                self.inner.encode_batch_char_offsets(inputs, add_special_tokens)
+            } else {
+                self.inner.encode_batch_fast(inputs, add_special_tokens)
+            }
+            .map_err(tok_err)
+        };
         let encodings = match trunc_len {
-            None => self
-                .inner
-                .encode_batch_fast(inputs, opts.add_special_tokens)
-                .map_err(tok_err)?,
+            None => encode(inputs, opts.add_special_tokens)?,
             Some(max_len) => {
                 let processor = self.inner.get_post_processor();
                 let n_added = match (opts.add_special_tokens, processor) {
@@ -827,7 +839,7 @@ impl Tokenizer {
                     Side::Left => TruncationDirection::Left,
                     Side::Right => TruncationDirection::Right,
                 };
-                let raw = self.inner.encode_batch_fast(inputs, false).map_err(tok_err)?;
+                let raw = encode(inputs, false)?;
                 raw.into_iter()
                     .map(|mut enc| {
                         enc.truncate(max_len - n_added, 0, direction);
@@ -842,6 +854,8 @@ impl Tokenizer {
         };
         let mut input_ids: Vec<Vec<u32>> = encodings.iter().map(|e| e.get_ids().to_vec()).collect();
         let mut attention_mask: Vec<Vec<u32>> = input_ids.iter().map(|r| vec![1u32; r.len()]).collect();
+        let mut offsets: Vec<Vec<(usize, usize)>> =
+            if opts.offsets { encodings.iter().map(|e| e.get_offsets().to_vec()).collect() } else { vec![] };
         let longest = input_ids.iter().map(Vec::len).max().unwrap_or(0);
         if let Some(target) =
             self.padding_target(opts.padding, input_ids.len(), longest, opts.max_length, opts.pad_to_multiple_of)?
@@ -849,8 +863,9 @@ impl Tokenizer {
             let pad_id = pad_id.expect("pad id checked above");
             pad_rows(&mut input_ids, target, pad_id, self.padding_side);
             pad_rows(&mut attention_mask, target, 0, self.padding_side);
+            pad_rows(&mut offsets, target, (0, 0), self.padding_side);
         }
-        Ok(Batch { input_ids, attention_mask })
+        Ok(Batch { input_ids, attention_mask, offsets })
     }
 
     /// Ids of one text, no padding or truncation.

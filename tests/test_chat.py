@@ -248,23 +248,25 @@ def test_prefix_mask_on_llama3_marks_reply_and_eot(tok: Tokenizer, expected: dic
     assert masked_text(tok, ids, mask) == [m["content"].strip() + "<|eot_id|>" for m in messages if m["role"] == "assistant"]
 
 
-def test_reencoding_fallback_agrees_with_byte_offsets(tok: Tokenizer, expected: dict, monkeypatch) -> None:
-    """Tokenizers that are not byte-level find span edges by re-encoding; on these cases both agree."""
-    want = {name: encode_chat_for_training(tok, conv(expected, name)) for name in TRAIN_CONVS}
-    monkeypatch.setattr(chat, "byte_level_offsets", lambda *a, **k: None)
-    for name in TRAIN_CONVS:
-        assert encode_chat_for_training(tok, conv(expected, name)) == want[name]
-
-
-def test_byte_level_offsets_match_transformers_offsets() -> None:
-    """The offsets computed from token bytes equal the `tokenizers` offsets recorded for the BPE fixture."""
+def test_offset_mapping_matches_transformers_offsets() -> None:
+    """Token offsets (what assistant masks are made from) come from the `tokenizers` library:
+    equal to the offsets transformers recorded for the BPE fixture, as lists and as arrays."""
     bpe = Path(__file__).parent / "fixtures" / "tokenizer_bpe"
     if not (bpe / "expected.json").exists():
         pytest.skip("tokenizer_bpe fixture missing")
     t = Tokenizer.from_pretrained(bpe)
-    for case in json.loads((bpe / "expected.json").read_text(encoding="utf-8"))["cases"]:
-        got = chat.byte_level_offsets(t, case["text"], case["ids"])
-        assert got == [tuple(o) for o in case["offsets"]], case["text"]
+    cases = json.loads((bpe / "expected.json").read_text(encoding="utf-8"))["cases"]
+    for case in cases:
+        enc = t(case["text"], add_special_tokens=False, return_offsets_mapping=True)
+        assert enc["input_ids"] == case["ids"]
+        assert [tuple(o) for o in enc["offset_mapping"]] == [tuple(o) for o in case["offsets"]], case["text"]
+    texts = [c["text"] for c in cases[:3]]
+    t.pad_token = t.eos_token
+    batch = t(texts, add_special_tokens=False, padding=True, return_offsets_mapping=True, return_tensors="np")
+    assert batch["offset_mapping"].shape == batch["input_ids"].shape + (2,)
+    for row, case in zip(batch["offset_mapping"], cases[:3]):
+        real = [tuple(o) for o in row.tolist()][: len(case["ids"])] if t.padding_side == "right" else [tuple(o) for o in row.tolist()][-len(case["ids"]) :]
+        assert real == [tuple(o) for o in case["offsets"]]
 
 
 def test_template_that_rewrites_history_is_refused(tok: Tokenizer) -> None:

@@ -112,7 +112,8 @@ class Tokenizer:
         truncation: bool = False,
         max_length: Optional[int] = None,
         pad_to_multiple_of: Optional[int] = None,
-    ) -> tuple[list[list[int]], list[list[int]]]: ...
+        return_offsets: bool = False,
+    ) -> tuple[list[list[int]], list[list[int]], Optional[list[list[tuple[int, int]]]]]: ...
     def encode_batch_np(
         self,
         texts: Sequence[str],

@@ -40,11 +40,8 @@ belong to an assistant turn or not. Two mechanisms:
 
 :func:`encode_chat_for_training` uses (1) when the template has the tag, else (2).
 
-Character spans become token masks through token offsets. For byte-level BPE tokenizers
-(GPT-2, Llama 3, SmolLM2, Qwen2) the offsets are computed exactly from the tokens' bytes,
-as the ``tokenizers`` library computes them (including the ByteLevel post-processor's
-``trim_offsets``). For other tokenizers a span's first and last tokens are found by
-re-encoding the text before and after the span and comparing with the full encoding.
+Character spans become token masks through the tokens' character offsets, which the
+``tokenizers`` library computes (``tokenizer(text, return_offsets_mapping=True)``).
 """
 
 from __future__ import annotations
@@ -503,135 +500,6 @@ def assistant_spans_by_prefix(
 # --------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _byte_decoder() -> Dict[str, int]:
-    """GPT-2's bytes_to_unicode table, inverted: printable char -> byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-def _find_component(node: Any, kind: str) -> Optional[Dict[str, Any]]:
-    """The first pipeline component of type ``kind`` (looking inside Sequence components)."""
-    if not isinstance(node, dict):
-        return None
-    if node.get("type") == kind:
-        return node
-    if node.get("type") == "Sequence":
-        for key in ("processors", "decoders", "pretokenizers", "normalizers"):
-            for child in node.get(key) or []:
-                found = _find_component(child, kind)
-                if found is not None:
-                    return found
-    return None
-
-
-def _offsets_info(tokenizer: Any) -> Optional[Dict[str, Any]]:
-    """Byte-level facts about a ferrotune Tokenizer, cached on it (None: not byte-level)."""
-    to_str = getattr(tokenizer, "to_str", None)
-    if to_str is None or not hasattr(tokenizer, "added_tokens_decoder"):
-        return None
-    key = len(tokenizer)
-    cached = getattr(tokenizer, "_chat_offsets_info", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]  # type: ignore[no-any-return]
-    info: Optional[Dict[str, Any]] = None
-    try:
-        spec = json.loads(to_str())
-    except Exception:  # noqa: BLE001 - fall back to re-encoding
-        spec = None
-    if isinstance(spec, dict) and _find_component(spec.get("decoder"), "ByteLevel") is not None:
-        post = _find_component(spec.get("post_processor"), "ByteLevel")
-        info = {
-            "added": set(tokenizer.added_tokens_decoder.values()),
-            "trim_offsets": bool(post is not None and post.get("trim_offsets", True)),
-            "add_prefix_space": bool(post is not None and post.get("add_prefix_space", True)),
-        }
-    try:
-        tokenizer._chat_offsets_info = (key, info)
-    except AttributeError:  # pragma: no cover
-        pass
-    return info
-
-
-def _is_rust_whitespace(c: str) -> bool:
-    # Rust's char::is_whitespace (Unicode White_Space); Python's isspace also counts \x1c-\x1f
-    return c.isspace() and not ("\x1c" <= c <= "\x1f")
-
-
-def byte_level_offsets(tokenizer: Any, text: str, ids: Sequence[int]) -> Optional[List[Span]]:
-    """Character offsets of ``ids`` (the encoding of ``text`` without special tokens added),
-    computed from the tokens' bytes as the ``tokenizers`` library reports them (char offsets,
-    ByteLevel ``trim_offsets`` applied). None when the tokenizer is not byte-level or the
-    tokens do not spell ``text`` byte for byte (e.g. a normalizer changed it)."""
-    info = _offsets_info(tokenizer)
-    if info is None:
-        return None
-    decoder = _byte_decoder()
-    added = info["added"]
-    tokens = tokenizer.convert_ids_to_tokens(list(ids))
-    data = text.encode("utf-8")
-    # byte index -> index of the char that contains it
-    char_of_byte: List[int] = []
-    for ci, ch in enumerate(text):
-        char_of_byte.extend([ci] * len(ch.encode("utf-8")))
-    char_of_byte.append(len(text))
-    offsets: List[Span] = []
-    pos = 0
-    for tok in tokens:
-        if tok is None:
-            return None
-        if tok in added:
-            piece = tok.encode("utf-8")
-        else:
-            try:
-                piece = bytes(decoder[c] for c in tok)
-            except KeyError:
-                return None
-        end = pos + len(piece)
-        if data[pos:end] != piece:
-            return None
-        if piece:
-            start_c, end_c = char_of_byte[pos], char_of_byte[end - 1] + 1
-        else:
-            start_c = end_c = char_of_byte[pos]
-        offsets.append((start_c, end_c))
-        pos = end
-    if pos != len(data):
-        return None
-    if info["trim_offsets"]:
-        space = "Ġ"
-        trimmed = []
-        for i, (tok, (s, e)) in enumerate(zip(tokens, offsets)):
-            lead = 0
-            for c in tok:
-                if c == space or _is_rust_whitespace(c):
-                    lead += 1
-                else:
-                    break
-            trail = 0
-            for c in reversed(tok):
-                if c == space or _is_rust_whitespace(c):
-                    trail += 1
-                else:
-                    break
-            if lead > 0:
-                if (i == 0 or s == 0) and info["add_prefix_space"] and lead == 1:
-                    lead = 0
-                s = min(s + lead, e)
-            if trail > 0 and e >= trail:
-                e = max(e - trail, s)
-            trimmed.append((s, e))
-        offsets = trimmed
-    return offsets
-
-
 def _mask_from_offsets(offsets: Sequence[Span], spans: Sequence[Span]) -> List[int]:
     # transformers' rule: a token is masked when it overlaps a span (spans and offsets in order)
     mask = [0] * len(offsets)
@@ -646,39 +514,12 @@ def _mask_from_offsets(offsets: Sequence[Span], spans: Sequence[Span]) -> List[i
     return mask
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _encode_plain(tokenizer: Any, text: str) -> List[int]:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    ids = getattr(ids, "ids", ids)
-    return [int(i) for i in ids]
-
-
-def assistant_token_mask(tokenizer: Any, text: str, ids: Sequence[int], spans: Sequence[Span]) -> List[int]:
-    """1 for every token of ``ids`` (the encoding of ``text``) that overlaps a character span."""
-    ids = list(ids)
-    if not spans:
-        return [0] * len(ids)
-    offsets = byte_level_offsets(tokenizer, text, ids)
-    if offsets is not None:
-        return _mask_from_offsets(offsets, spans)
-    # Not byte-level: the tokens before a span are those the text before it encodes to, the
-    # tokens after it those the text after it encodes to (compared from the end).
-    mask = [0] * len(ids)
-    rev = ids[::-1]
-    for start, end in spans:
-        first = _common_prefix(ids, _encode_plain(tokenizer, text[:start]))
-        after = _common_prefix(rev, _encode_plain(tokenizer, text[end:])[::-1])
-        for i in range(first, max(first, len(ids) - after)):
-            mask[i] = 1
-    return mask
+def assistant_token_mask(tokenizer: Any, text: str, spans: Sequence[Span]) -> Tuple[List[int], List[int]]:
+    """The ids of ``text`` (no special tokens added) and 1 for every token that overlaps a
+    character span, by the tokens' character offsets as the ``tokenizers`` library computes them."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    ids = [int(i) for i in enc["input_ids"]]
+    return ids, _mask_from_offsets(enc["offset_mapping"], spans) if spans else [0] * len(ids)
 
 
 # --------------------------------------------------------------------------------------
@@ -782,8 +623,7 @@ def apply_chat_template(
     if return_assistant_tokens_mask:
         masks = []
         for text, spans in zip(texts, indices):
-            full = _encode_plain(tokenizer, text)
-            masks.append(assistant_token_mask(tokenizer, text, full, spans))
+            masks.append(assistant_token_mask(tokenizer, text, spans)[1])
         ids = out["input_ids"]
         rows = [ids] if (not batched and return_tensors is None) else list(ids)
         att = out.get("attention_mask")
@@ -840,8 +680,7 @@ def encode_chat_for_training(
         text, spans = texts[0], indices[0]
     else:
         text, spans = assistant_spans_by_prefix(msgs, template, tools=tools, documents=documents, **variables)
-    ids = _encode_plain(tokenizer, text)
-    return ids, assistant_token_mask(tokenizer, text, ids, spans)
+    return assistant_token_mask(tokenizer, text, spans)
 
 
 def template_from_config(value: Any) -> Optional[Template]:

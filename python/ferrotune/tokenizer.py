@@ -314,6 +314,7 @@ class Tokenizer:
         return_tensors: Optional[str] = None,
         add_special_tokens: bool = True,
         return_attention_mask: bool = True,
+        return_offsets_mapping: bool = False,
     ) -> BatchEncoding:
         """Encodes one text or a batch.
 
@@ -323,6 +324,9 @@ class Tokenizer:
         given without padding, as transformers does.
         ``return_tensors``: None gives lists (flat lists for a single str),
         "np" gives (B, T) int64 arrays.
+        ``return_offsets_mapping``: also ``offset_mapping``, each token's (start, end)
+        characters in its text ((0, 0) for special and padding tokens), from the
+        ``tokenizers`` library; (B, T, 2) with "np".
         """
         single = isinstance(text, str)
         texts: list[str]
@@ -339,7 +343,7 @@ class Tokenizer:
         trunc = _truncation_flag(truncation, max_length, pad)
         max_length = _opt_index(max_length, "max_length")
         pad_to_multiple_of = _opt_index(pad_to_multiple_of, "pad_to_multiple_of")
-        if _return_np(return_tensors):
+        if _return_np(return_tensors) and not return_offsets_mapping:
             ids, mask = self._core.encode_batch_np(
                 texts, bool(add_special_tokens), pad, trunc, max_length, pad_to_multiple_of
             )
@@ -347,18 +351,21 @@ class Tokenizer:
             if return_attention_mask:
                 out["attention_mask"] = mask
             return out
-        ids_l, mask_l = self._core.encode_batch(
-            texts, bool(add_special_tokens), pad, trunc, max_length, pad_to_multiple_of
+        ids_l, mask_l, offsets = self._core.encode_batch(
+            texts, bool(add_special_tokens), pad, trunc, max_length, pad_to_multiple_of, bool(return_offsets_mapping)
         )
-        if single:
-            out = BatchEncoding(input_ids=ids_l[0])
-            if return_attention_mask:
-                out["attention_mask"] = mask_l[0]
-        else:
-            out = BatchEncoding(input_ids=ids_l)
-            if return_attention_mask:
-                out["attention_mask"] = mask_l
-        return out
+        columns: dict[str, Any] = {"input_ids": ids_l}
+        if return_attention_mask:
+            columns["attention_mask"] = mask_l
+        if offsets is not None:
+            columns["offset_mapping"] = offsets
+        if _return_np(return_tensors):  # with offsets: the list path, then arrays
+            if len({len(r) for r in ids_l}) > 1:
+                raise InputError("cannot make a rectangular array: sequences differ in length; use padding=True")
+            b, t = len(ids_l), len(ids_l[0]) if ids_l else 0
+            shapes = {"offset_mapping": (b, t, 2)}
+            return BatchEncoding({k: np.asarray(v, dtype=np.int64).reshape(shapes.get(k, (b, t))) for k, v in columns.items()})
+        return BatchEncoding({k: v[0] for k, v in columns.items()} if single else columns)
 
     def encode(
         self,

@@ -123,6 +123,7 @@ impl PyTokenizer {
         truncation: bool,
         max_length: Option<usize>,
         pad_to_multiple_of: Option<usize>,
+        offsets: bool,
     ) -> PyResult<EncodeOptions> {
         Ok(EncodeOptions {
             add_special_tokens,
@@ -130,6 +131,7 @@ impl PyTokenizer {
             truncation,
             max_length,
             pad_to_multiple_of,
+            offsets,
         })
     }
 }
@@ -195,9 +197,10 @@ impl PyTokenizer {
 
     // ---- encoding ----
 
-    /// (input_ids, attention_mask) as lists of lists (rows differ in length when not padded).
+    /// (input_ids, attention_mask, offsets) as lists of lists (rows differ in length when not
+    /// padded); offsets, each token's (start, end) characters, only with `return_offsets`.
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
-    #[pyo3(signature = (texts, add_special_tokens=true, padding="do_not_pad", truncation=false, max_length=None, pad_to_multiple_of=None))]
+    #[pyo3(signature = (texts, add_special_tokens=true, padding="do_not_pad", truncation=false, max_length=None, pad_to_multiple_of=None, return_offsets=false))]
     fn encode_batch(
         &self,
         py: Python<'_>,
@@ -207,10 +210,11 @@ impl PyTokenizer {
         truncation: bool,
         max_length: Option<usize>,
         pad_to_multiple_of: Option<usize>,
-    ) -> PyResult<(IdRows, IdRows)> {
-        let opts = Self::options(add_special_tokens, padding, truncation, max_length, pad_to_multiple_of)?;
+        return_offsets: bool,
+    ) -> PyResult<(IdRows, IdRows, Option<Vec<Vec<(usize, usize)>>>)> {
+        let opts = Self::options(add_special_tokens, padding, truncation, max_length, pad_to_multiple_of, return_offsets)?;
         let batch = detach(py, || Ok(self.inner.encode_batch(&texts, &opts)?))?;
-        Ok((batch.input_ids, batch.attention_mask))
+        Ok((batch.input_ids, batch.attention_mask, return_offsets.then_some(batch.offsets)))
     }
 
     /// (input_ids, attention_mask) as (B, T) int64 arrays; rows must come out equal in length.
@@ -226,7 +230,7 @@ impl PyTokenizer {
         max_length: Option<usize>,
         pad_to_multiple_of: Option<usize>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let opts = Self::options(add_special_tokens, padding, truncation, max_length, pad_to_multiple_of)?;
+        let opts = Self::options(add_special_tokens, padding, truncation, max_length, pad_to_multiple_of, false)?;
         let rect = detach(py, || Ok(self.inner.encode_batch(&texts, &opts)?.to_rect()?))?;
         Ok((
             array2(py, rect.batch, rect.seq_len, rect.input_ids)?,
