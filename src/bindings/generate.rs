@@ -6,7 +6,8 @@ use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
 
 use crate::error::Error;
-use crate::generate::{process_row, Decoder, GenerateParams, Generation, ProcessorWork};
+use crate::generate::{process_row, GenerateParams, Generation, ProcessorWork};
+use crate::models::decode::Decoder;
 use crate::models::Batch;
 
 use super::convert::{ids_2d, to_numpy};

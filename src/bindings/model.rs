@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::Error;
-use crate::generate::HalfWeights;
+use crate::models::decode::HalfWeights;
 use crate::kernels::crossentropy::crossentropy_rows;
 use crate::models::lora::LoraSpec;
 use crate::models::{attach_lora, from_config, from_pretrained, from_pretrained_as, merge_lora, Batch};
@@ -36,7 +36,7 @@ mod cell {
 
     use std::sync::{Arc, Mutex};
 
-    use crate::generate::HalfWeights;
+    use crate::models::decode::HalfWeights;
     use crate::models::BoxedModel;
 
     pub struct ModelCell {

@@ -19,7 +19,7 @@ use crate::config::Gpt2Config;
 use crate::error::Result;
 use crate::io::safetensors::RawTensor;
 use crate::error::Error;
-use crate::generate::{Decoder, DecoderDims, HalfWeights, KvCache, MatmulWeight, Scratch, Weights};
+use crate::models::decode::{Decoder, DecoderDims, HalfWeights, KvCache, MatmulWeight, Scratch, Weights};
 use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape, ROW_STATS};
 use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
 use crate::kernels::dropout::{dropout_apply, Dropout};
@@ -31,8 +31,7 @@ use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, take_lm_logits, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState, Recycled};
-use crate::optim::fused::Fused;
+use crate::models::{add_inplace, held, Batch, CausalLm, GradSink, Init, ModelState, Recycled};
 use crate::rng::SplitMix64;
 
 pub(crate) struct LayerParams {
@@ -513,7 +512,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         self.layout.layers.iter().map(|lp| lp.ln1_w.start..lp.fcproj_b.end).collect()
     }
 
-    fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, fused: Option<Fused<'_, F>>) -> Result<LossStats> {
+    fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, sink: Option<&mut dyn GradSink<F>>) -> Result<LossStats> {
         self.trunk(batch)?;
         if let Some(h) = self.cls.as_mut() {
             let a = self.acts.as_ref().expect("trunk allocated activations");
@@ -525,7 +524,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let (b, t) = (acts.b, acts.t);
         let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
         let train = self.state.training;
-        let (p, mut g) = self.state.grad_view(fused);
+        let (p, mut g) = self.state.grad_view(sink);
         let lora = self.lora.as_ref();
         let lay = &self.layout;
         let (logits, targets) = (&mut acts.logits, &acts.targets);
@@ -618,7 +617,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
     }
 }
 
-/// The inference forward over a key/value cache (crate::generate).
+/// The inference forward over a key/value cache (decode.rs).
 impl<F: Real> Decoder<F> for Gpt2<F> {
     fn dims(&self) -> DecoderDims {
         let cfg = &self.config;

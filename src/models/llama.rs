@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::generate::{Decoder, DecoderDims, HalfWeights, KvCache, MatmulWeight, Scratch, Weights};
+use crate::models::decode::{Decoder, DecoderDims, HalfWeights, KvCache, MatmulWeight, Scratch, Weights};
 use crate::io::safetensors::RawTensor;
 use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape, ROW_STATS};
 use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
@@ -32,8 +32,7 @@ use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, take_lm_logits, SeqClsHead, SeqClsSpec};
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, held, Batch, CausalLm, Init, ModelState, Recycled};
-use crate::optim::fused::Fused;
+use crate::models::{add_inplace, held, Batch, CausalLm, GradSink, Init, ModelState, Recycled};
 use crate::rng::SplitMix64;
 
 struct LayerParams {
@@ -546,7 +545,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         self.layout.layers.iter().map(|lp| lp.ln1.start..lp.down_w.end).collect()
     }
 
-    fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, fused: Option<Fused<'_, F>>) -> Result<LossStats> {
+    fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, sink: Option<&mut dyn GradSink<F>>) -> Result<LossStats> {
         self.trunk(batch)?;
         if let Some(h) = self.cls.as_mut() {
             let a = self.acts.as_ref().expect("trunk allocated activations");
@@ -561,7 +560,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let scale = 1.0 / (hs as f64).sqrt();
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let train = self.state.training;
-        let (p, mut g) = self.state.grad_view(fused);
+        let (p, mut g) = self.state.grad_view(sink);
         let lora = self.lora.as_ref();
         let lay = &self.layout;
         let (logits, targets) = (&mut acts.logits, &acts.targets);
@@ -650,7 +649,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
     }
 }
 
-/// The inference forward over a key/value cache (crate::generate).
+/// The inference forward over a key/value cache (decode.rs).
 impl<F: Real> Decoder<F> for Llama<F> {
     fn dims(&self) -> DecoderDims {
         let c = &self.config;

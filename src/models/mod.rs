@@ -1,6 +1,7 @@
 //! Model architectures, one file each, what they share (parameters, gradients, batches,
 //! loading and saving weights), and the choice among them by `model_type`.
 
+pub mod decode;
 pub mod gpt2;
 pub mod head;
 pub mod llama;
@@ -22,8 +23,6 @@ use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
 use crate::kernels::Real;
 use crate::rng::SplitMix64;
 use params::{two_mut, ParamTable};
-
-use crate::optim::fused::Fused;
 
 /// The `model_type`s ferrotune can build.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
@@ -224,12 +223,13 @@ impl<F: Real> ModelState<F> {
     }
 
     /// Parameters to read and gradients to write, addressed by parameter range: into the
-    /// model's gradient buffer, or into `fused` (the optimizer step fused into the backward).
-    pub fn grad_view<'a>(&'a mut self, fused: Option<Fused<'a, F>>) -> (&'a [F], GradView<'a, F>) {
-        if fused.is_none() {
+    /// model's gradient buffer, or into `sink` (the optimizer step fused into the backward).
+    pub fn grad_view<'a>(&'a mut self, sink: Option<&'a mut (dyn GradSink<F> + '_)>) -> (&'a [F], GradView<'a, F>) {
+        if sink.is_none() {
             self.grads_mut();
         }
-        (&self.params, GradView { grads: &mut self.grads, table: &self.table, grad_at: &self.grad_at, fused, lent: Vec::new() })
+        let sink = sink.map(|s| s as &mut dyn GradSink<F>);
+        (&self.params, GradView { grads: &mut self.grads, table: &self.table, grad_at: &self.grad_at, sink, lent: Vec::new() })
     }
 
     /// Frees the gradient buffer (it is allocated, zeroed, on next use).
@@ -324,15 +324,32 @@ impl<F: Real> ModelState<F> {
     }
 }
 
+/// What takes the backward's gradients instead of the model's gradient buffer: the optimizer
+/// step fused into the backward (optim::fused) implements it, so that the models do not
+/// depend on the optimizer. Ranges are in the gradient layout (`ModelState::grad_slots`).
+pub trait GradSink<F: Real> {
+    /// The gradient at layout range `g`.
+    fn slot(&mut self, g: Range<usize>) -> &mut [F];
+    /// The gradients at two disjoint layout ranges.
+    fn pair(&mut self, a: Range<usize>, b: Range<usize>) -> (&mut [F], &mut [F]);
+    /// Block l's backward starts.
+    fn begin_block(&mut self, l: usize);
+    /// Block l's backward is done: its parameters' gradients are final.
+    fn end_block(&mut self, l: usize);
+    /// Memory the backward does not need during the blocks (`GradView::lend`).
+    fn lend(&mut self, buf: Vec<F>);
+    fn reclaim(&mut self) -> Vec<F>;
+}
+
 /// The gradient buffers seen through parameter ranges: `get` gives the gradient of the
 /// parameter whose range in the parameter buffer is `r`, or None when it is frozen. The
-/// architectures bracket each block's backward by `begin_block`/`end_block`, where the
-/// fused optimizer step (optim::fused) takes the block's finished gradients.
+/// architectures bracket each block's backward by `begin_block`/`end_block`, where a
+/// `GradSink` (the fused optimizer step) takes the block's finished gradients.
 pub struct GradView<'a, F: Real> {
     grads: &'a mut [F],
     table: &'a ParamTable,
     grad_at: &'a [Option<usize>],
-    fused: Option<Fused<'a, F>>,
+    sink: Option<&'a mut dyn GradSink<F>>,
     lent: Vec<F>,
 }
 
@@ -348,8 +365,8 @@ impl<F: Real> GradView<'_, F> {
     }
 
     fn slot(&mut self, g: Range<usize>) -> &mut [F] {
-        match &mut self.fused {
-            Some(f) => f.bufs.slot(g),
+        match &mut self.sink {
+            Some(s) => s.slot(g),
             None => &mut self.grads[g],
         }
     }
@@ -362,8 +379,8 @@ impl<F: Real> GradView<'_, F> {
     pub fn pair(&mut self, a: &Range<usize>, b: &Range<usize>) -> (Option<&mut [F]>, Option<&mut [F]>) {
         match (self.locate(a), self.locate(b)) {
             (Some(ga), Some(gb)) => {
-                let (x, y) = match &mut self.fused {
-                    Some(f) => f.bufs.pair(ga, gb),
+                let (x, y) = match &mut self.sink {
+                    Some(s) => s.pair(ga, gb),
                     None => two_mut(self.grads, ga, gb),
                 };
                 (Some(x), Some(y))
@@ -376,30 +393,30 @@ impl<F: Real> GradView<'_, F> {
 
     /// Block l's backward starts.
     pub fn begin_block(&mut self, l: usize) {
-        if let Some(f) = &mut self.fused {
-            f.bufs.begin_block(l);
+        if let Some(s) = &mut self.sink {
+            s.begin_block(l);
         }
     }
 
     /// Block l's backward is done: its parameters' gradients are final.
     pub fn end_block(&mut self, l: usize) {
-        if let Some(f) = &mut self.fused {
-            f.bufs.end_block(l, f.opt);
+        if let Some(s) = &mut self.sink {
+            s.end_block(l);
         }
     }
 
     /// Lends a buffer the backward no longer needs during the blocks (the loss backward's
     /// logits chunk) to hold the fused step's block gradients; `reclaim` gives it back.
     pub fn lend(&mut self, buf: Vec<F>) {
-        match &mut self.fused {
-            Some(f) => f.bufs.use_for_window(buf),
+        match &mut self.sink {
+            Some(s) => s.lend(buf),
             None => self.lent = buf,
         }
     }
 
     pub fn reclaim(&mut self) -> Vec<F> {
-        match &mut self.fused {
-            Some(f) => f.bufs.take_window(),
+        match &mut self.sink {
+            Some(s) => s.reclaim(),
             None => std::mem::take(&mut self.lent),
         }
     }
@@ -465,8 +482,8 @@ pub trait CausalLm<F: Real>: Send + Sync {
     /// The config as transformers writes it in config.json.
     fn config_value(&self) -> Value;
     fn vocab_size(&self) -> usize;
-    /// The KV-cached inference path of this architecture (crate::generate).
-    fn as_decoder(&self) -> Option<&dyn crate::generate::Decoder<F>> {
+    /// The KV-cached inference path of this architecture (decode.rs).
+    fn as_decoder(&self) -> Option<&dyn decode::Decoder<F>> {
         None
     }
     /// Full forward: fills the activations and the (B, T, V) logits.
@@ -494,9 +511,9 @@ pub trait CausalLm<F: Real>: Send + Sync {
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
         self.backward_with(batch, num_items, None)
     }
-    /// `forward_backward`, the gradients going to `fused` when given (optim::fused). Input
+    /// `forward_backward`, the gradients going to `sink` when given (optim::fused). Input
     /// errors are found before the first block's backward.
-    fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, fused: Option<Fused<'_, F>>) -> Result<LossStats>;
+    fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, sink: Option<&mut dyn GradSink<F>>) -> Result<LossStats>;
     /// The parameter-buffer range of each transformer block's parameters, in order.
     fn block_params(&self) -> Vec<Range<usize>>;
 

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::kernels::crossentropy::LossStats;
 use crate::kernels::Real;
 use crate::models::params::two_mut;
-use crate::models::{Batch, CausalLm};
+use crate::models::{Batch, CausalLm, GradSink};
 use crate::optim::adamw::AdamW;
 use crate::optim::clip::sum_of_squares;
 
@@ -47,9 +47,35 @@ pub struct FusedBackward<F> {
 }
 
 /// What the backward writes gradients into in fused mode.
-pub struct Fused<'a, F: Real> {
-    pub bufs: &'a mut FusedBackward<F>,
-    pub opt: &'a mut AdamW<F>,
+struct Fused<'a, F: Real> {
+    bufs: &'a mut FusedBackward<F>,
+    opt: &'a mut AdamW<F>,
+}
+
+impl<F: Real> GradSink<F> for Fused<'_, F> {
+    fn slot(&mut self, g: Range<usize>) -> &mut [F] {
+        self.bufs.slot(g)
+    }
+
+    fn pair(&mut self, a: Range<usize>, b: Range<usize>) -> (&mut [F], &mut [F]) {
+        self.bufs.pair(a, b)
+    }
+
+    fn begin_block(&mut self, l: usize) {
+        self.bufs.begin_block(l);
+    }
+
+    fn end_block(&mut self, l: usize) {
+        self.bufs.end_block(l, self.opt);
+    }
+
+    fn lend(&mut self, buf: Vec<F>) {
+        self.bufs.use_for_window(buf);
+    }
+
+    fn reclaim(&mut self) -> Vec<F> {
+        self.bufs.take_window()
+    }
 }
 
 impl<F: Real> FusedBackward<F> {
@@ -96,30 +122,30 @@ impl<F: Real> FusedBackward<F> {
         }
     }
 
-    pub(crate) fn slot(&mut self, g: Range<usize>) -> &mut [F] {
+    fn slot(&mut self, g: Range<usize>) -> &mut [F] {
         match self.resolve(g) {
             (true, r) => &mut self.window[r],
             (false, r) => &mut self.outer[r],
         }
     }
 
-    pub(crate) fn pair(&mut self, a: Range<usize>, b: Range<usize>) -> (&mut [F], &mut [F]) {
+    fn pair(&mut self, a: Range<usize>, b: Range<usize>) -> (&mut [F], &mut [F]) {
         let ((wa, ra), (wb, rb)) = (self.resolve(a), self.resolve(b));
         assert_eq!(wa, wb, "a pair of gradients split between a block and the outer parameters");
         two_mut(if wa { &mut self.window } else { &mut self.outer }, ra, rb)
     }
 
-    pub(crate) fn use_for_window(&mut self, mut buf: Vec<F>) {
+    fn use_for_window(&mut self, mut buf: Vec<F>) {
         buf.clear();
         buf.resize(self.widest, F::zero());
         self.window = buf;
     }
 
-    pub(crate) fn take_window(&mut self) -> Vec<F> {
+    fn take_window(&mut self) -> Vec<F> {
         std::mem::take(&mut self.window)
     }
 
-    pub(crate) fn begin_block(&mut self, l: usize) {
+    fn begin_block(&mut self, l: usize) {
         if self.window.len() < self.widest {
             self.window = vec![F::zero(); self.widest];
         }
@@ -128,7 +154,7 @@ impl<F: Real> FusedBackward<F> {
 
     /// Block l's gradients are final: into the moments (when they and every block's before
     /// were finite), and the window is zero again.
-    pub(crate) fn end_block(&mut self, l: usize, opt: &mut AdamW<F>) {
+    fn end_block(&mut self, l: usize, opt: &mut AdamW<F>) {
         let r = self.blocks[l].clone();
         let g = &mut self.window[..r.len()];
         let ss = sum_of_squares(g);
@@ -157,7 +183,7 @@ impl<F: Real> FusedBackward<F> {
         self.outer.fill(F::zero());
         (self.sumsq, self.nonfinite) = (0.0, None);
         // the model fails (bad input) before its first block's backward, or not at all
-        let stats = model.backward_with(batch, num_items, Some(Fused { bufs: self, opt }))?;
+        let stats = model.backward_with(batch, num_items, Some(&mut Fused { bufs: self, opt }))?;
         let outer_ss = sum_of_squares(&self.outer);
         let last = self.blocks.len().saturating_sub(1);
         // the plain loop refuses a step with a non-finite loss or gradient norm (Trainer); here
