@@ -22,6 +22,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Model, PostProcessor, TruncationDirection};
 
 use crate::error::{Error, Result};
+use crate::io::atomic::write_atomic;
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
@@ -1219,12 +1220,16 @@ impl Tokenizer {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let pretty = |v: &Value| serde_json::to_string_pretty(v).map_err(tok_err);
         let mut written = Vec::new();
-        written.push(write_atomic(&dir.join(TOKENIZER_CONFIG_FILE), pretty(&self.config_json())?.as_bytes())?);
-        written.push(write_atomic(
-            &dir.join(SPECIAL_TOKENS_MAP_FILE),
-            pretty(&self.special_tokens_map_json())?.as_bytes(),
-        )?);
-        written.push(write_atomic(&dir.join(TOKENIZER_FILE), self.to_tokenizer_json(true)?.as_bytes())?);
+        let files = [
+            (TOKENIZER_CONFIG_FILE, pretty(&self.config_json())?),
+            (SPECIAL_TOKENS_MAP_FILE, pretty(&self.special_tokens_map_json())?),
+            (TOKENIZER_FILE, self.to_tokenizer_json(true)?),
+        ];
+        for (name, text) in files {
+            let path = dir.join(name);
+            write_atomic(&path, text.as_bytes())?;
+            written.push(path);
+        }
         if let ModelWrapper::BPE(bpe) = self.inner.get_model() {
             let prefix = format!(".tmp-{}", std::process::id());
             let tmp_files = bpe.save(dir, Some(&prefix)).map_err(|e| {
@@ -1238,6 +1243,8 @@ impl Tokenizer {
                     .map(str::to_string)
                     .ok_or_else(|| Error::Tokenizer(format!("unexpected model file {}", tmp.display())))?;
                 let dest = dir.join(name);
+                // the crate wrote it: flushed to disk here, then renamed, as write_atomic does
+                fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
                 fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
                 written.push(dest);
             }
@@ -1415,18 +1422,6 @@ fn remap_post_processor_ids(pp: &mut Value, inner: &tk::Tokenizer) -> Result<()>
         _ => {}
     }
     Ok(())
-}
-
-/// Writes `bytes` to a temporary file next to `path`, then renames it over `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(path, e)
-    })?;
-    Ok(path.to_path_buf())
 }
 
 #[cfg(test)]
