@@ -6,7 +6,8 @@
 //! while training; `merge` folds the adapters into the base weights.
 //!
 //! Each architecture numbers the linear modules it can adapt ("slots", see
-//! `LoraModule`) and calls `forward` / `backward` / `apply` at those points.
+//! `LoraModule`) and calls `forward` / `backward` / `apply` at those points; `attach_lora`
+//! and `merge_lora` add adapters to a model and fold them back into it.
 //!
 //! Shapes: N = rows (B * T), IN / OUT = the module's input / output features, R = rank.
 
@@ -16,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::kernels::dropout::Dropout;
 use crate::kernels::matmul::{gemm, gemm_into, View};
 use crate::kernels::Real;
-use crate::models::{GradView, ModelState};
+use crate::models::{CausalLm, GradView, ModelState};
 use crate::rng::SplitMix64;
 
 /// PEFT's LoraConfig numbers.
@@ -213,13 +214,52 @@ impl Lora {
     }
 }
 
+/// Adds LoRA adapters to the named modules (every other parameter is frozen).
+pub fn attach_lora<F: Real>(model: &mut dyn CausalLm<F>, names: &[String], spec: LoraSpec, seed: u64) -> Result<()> {
+    if model.lora().is_some() {
+        return Err(Error::Input("the model already has LoRA adapters (merge_and_unload() first)".into()));
+    }
+    let (slots, all) = model.lora_modules();
+    let mut chosen = Vec::with_capacity(names.len());
+    for name in names {
+        let m = all.iter().find(|m| &m.name == name).ok_or_else(|| {
+            Error::Input(format!("{name:?} is not a linear module LoRA can adapt in this model"))
+        })?;
+        chosen.push(m.clone());
+    }
+    let lora = Lora::attach(model.state_mut(), slots, chosen, spec, seed)?;
+    model.set_lora(Some(lora));
+    Ok(())
+}
+
+/// Folds the adapters into the base weights and removes them; the model trains fully again.
+pub fn merge_lora<F: Real>(model: &mut dyn CausalLm<F>) -> Result<()> {
+    let keep = base_param_count(model).ok_or_else(|| Error::Input("the model has no LoRA adapters to merge".into()))?;
+    let mut params = std::mem::take(&mut model.state_mut().params);
+    model.lora().expect("adapters exist").merge(&mut params);
+    let state = model.state_mut();
+    state.params = params;
+    state.truncate_params(keep);
+    for i in 0..keep {
+        state.set_trainable(i, true);
+    }
+    model.set_lora(None);
+    Ok(())
+}
+
+/// The number of base parameters before the adapters, when there are adapters.
+pub(crate) fn base_param_count<F: Real, M: CausalLm<F> + ?Sized>(model: &M) -> Option<usize> {
+    let first = model.lora()?.sites().map(|s| s.a.start).min()?;
+    model.state().table.infos().iter().position(|i| i.range.start == first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Gpt2Config, LlamaConfig};
     use crate::models::gpt2::Gpt2;
     use crate::models::llama::Llama;
-    use crate::models::{attach_lora, merge_lora, Batch, CausalLm};
+    use crate::models::Batch;
 
     fn gpt2() -> Gpt2<f64> {
         let cfg = Gpt2Config::from_value(serde_json::json!({
