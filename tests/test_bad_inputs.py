@@ -358,9 +358,9 @@ CASES = [
         p = write_llama_gguf(tmp / 'sh.gguf', tensor_patch=patch); ft.Model.from_pretrained(p)""",
       "ShapeError", r"model\.norm\.weight"),
     C("gguf/unsupported-ggml-type", """
-        def patch(ts): ts[-1][2] = 6  # Q5_0
+        def patch(ts): ts[-1][2] = 7  # Q5_1
         p = write_llama_gguf(tmp / 'q.gguf', tensor_patch=patch); ft.Model.from_pretrained(p)""",
-      "CheckpointError", "Q5_0"),
+      "CheckpointError", "Q5_1"),
     C("gguf/tokenizer-sentencepiece", """
         p = write_llama_gguf(tmp / 'sp.gguf', overrides={'tokenizer.ggml.model': ('str', 'llama')}); ft.Tokenizer.from_pretrained(p)""",
       "TokenizerError", "SentencePiece"),

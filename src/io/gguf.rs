@@ -57,13 +57,14 @@ impl GgmlType {
     pub const BF16: GgmlType = GgmlType(30);
 
     /// The types `dequantize` supports.
-    pub const SUPPORTED: [GgmlType; 9] = [
+    pub const SUPPORTED: [GgmlType; 10] = [
         Self::F32,
         Self::F16,
         Self::BF16,
         Self::Q8_0,
         Self::Q4_0,
         Self::Q4_1,
+        Self::Q5_0,
         Self::Q4_K,
         Self::Q5_K,
         Self::Q6_K,
@@ -92,6 +93,7 @@ impl GgmlType {
             Self::Q8_0 => (32, 34),
             Self::Q4_0 => (32, 18),
             Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
             Self::Q4_K => (256, 144),
             Self::Q5_K => (256, 176),
             Self::Q6_K => (256, 210),
@@ -544,6 +546,7 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> std::resu
         GgmlType::Q8_0 => dq_q8_0,
         GgmlType::Q4_0 => dq_q4_0,
         GgmlType::Q4_1 => dq_q4_1,
+        GgmlType::Q5_0 => dq_q5_0,
         GgmlType::Q4_K => dq_q4_k,
         GgmlType::Q5_K => dq_q5_k,
         GgmlType::Q6_K => dq_q6_k,
@@ -607,6 +610,22 @@ fn dq_q4_1(b: &[u8], out: &mut [f32]) {
             let q = blk[4 + j];
             o[j] = d * (q & 0x0F) as f32 + m;
             o[j + 16] = d * (q >> 4) as f32 + m;
+        }
+    }
+}
+
+/// Q5_0: f16 d | u32 qh | u8 qs[16]; as Q4_0 with a fifth bit per value (bit j of qh for
+/// value j) and levels centred on 16: y = d * (q - 16).
+fn dq_q5_0(b: &[u8], out: &mut [f32]) {
+    for (o, blk) in out.chunks_exact_mut(32).zip(b.chunks_exact(22)) {
+        let d = f16_at(blk, 0);
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        for j in 0..16 {
+            let q = blk[6 + j];
+            let lo = (q & 0x0F) as u32 | (((qh >> j) & 1) << 4);
+            let hi = (q >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4);
+            o[j] = d * (lo as i32 - 16) as f32;
+            o[j + 16] = d * (hi as i32 - 16) as f32;
         }
     }
 }
@@ -697,7 +716,7 @@ fn dq_q6_k(b: &[u8], out: &mut [f32]) {
 // ---------------------------------------------------------------------------------------
 
 /// The architectures `load_gguf` maps (`general.architecture`).
-pub const SUPPORTED_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
+pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "gpt2"];
 
 /// HF name -> (HF shape, row-major f32 values).
 pub type HfTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
@@ -771,6 +790,28 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
         },
     };
     let name = file.get("general.name").and_then(|v| v.as_str()).unwrap_or("");
+    if arch == "gpt2" {
+        let ff = req_u("feed_forward_length")?;
+        let mut c = serde_json::Map::new();
+        c.insert("architectures".into(), json!(["GPT2LMHeadModel"]));
+        c.insert("model_type".into(), json!("gpt2"));
+        c.insert("vocab_size".into(), json!(vocab));
+        c.insert("n_embd".into(), json!(hidden));
+        c.insert("n_head".into(), json!(n_heads));
+        c.insert("n_layer".into(), json!(req_u("block_count")?));
+        c.insert("n_positions".into(), json!(req_u("context_length")?));
+        c.insert("n_inner".into(), if ff == 4 * hidden { Value::Null } else { json!(ff) });
+        let eps = file.get(&key("attention.layer_norm_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5);
+        c.insert("layer_norm_epsilon".into(), json!(eps));
+        c.insert("activation_function".into(), json!("gelu_new"));
+        for p in ["attn_pdrop", "embd_pdrop", "resid_pdrop"] {
+            c.insert(p.into(), json!(0.0));
+        }
+        c.insert("tie_word_embeddings".into(), json!(!has("output.weight")));
+        c.insert("initializer_range".into(), json!(0.02));
+        c.insert("torch_dtype".into(), json!("float32"));
+        return Ok(with_names(file, c, name));
+    }
     // transformers: a "llama" GGUF whose name mentions mistral is a Mistral model.
     let model_type = if arch == "llama" && name.to_lowercase().contains("mistral") { "mistral".to_string() } else { arch.clone() };
     let architectures = match model_type.as_str() {
@@ -828,6 +869,11 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
     c.insert("initializer_range".into(), json!(0.02));
     c.insert("use_cache".into(), json!(true));
     c.insert("torch_dtype".into(), json!("float32"));
+    Ok(with_names(file, c, name))
+}
+
+/// The config's special token ids (from `tokenizer.ggml.*`) and `_name_or_path`.
+fn with_names(file: &GgufFile, mut c: serde_json::Map<String, Value>, name: &str) -> Value {
     for (gguf, hf) in [
         ("bos_token_id", "bos_token_id"),
         ("eos_token_id", "eos_token_id"),
@@ -841,35 +887,98 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
     if !name.is_empty() {
         c.insert("_name_or_path".into(), json!(name));
     }
-    Ok(Value::Object(c))
+    Value::Object(c)
 }
 
-/// The HF name of a GGUF tensor, or None for tensors HF models do not have
-/// (`rope_freqs.weight`: llama.cpp's precomputed Llama 3 rope factors).
-pub fn hf_tensor_name(gguf: &str) -> Option<String> {
-    match gguf {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
+/// llama.cpp's module names beside Hugging Face's, per architecture: (global modules,
+/// HF prefix of layer i, per-layer modules). A tensor is `{module}.{suffix}` (weight/bias)
+/// globally, `blk.{i}.{module}.{suffix}` <-> `{prefix}.{i}.{module}.{suffix}` per layer.
+type NameTable = (&'static [(&'static str, &'static str)], &'static str, &'static [(&'static str, &'static str)]);
+
+fn name_table(arch: &str) -> NameTable {
+    match arch {
+        "gpt2" => (
+            &[
+                ("token_embd", "transformer.wte"),
+                ("position_embd", "transformer.wpe"),
+                ("output_norm", "transformer.ln_f"),
+                ("output", "lm_head"),
+            ],
+            "transformer.h",
+            &[
+                ("attn_norm", "ln_1"),
+                ("attn_qkv", "attn.c_attn"),
+                ("attn_output", "attn.c_proj"),
+                ("ffn_norm", "ln_2"),
+                ("ffn_up", "mlp.c_fc"),
+                ("ffn_down", "mlp.c_proj"),
+            ],
+        ),
+        _ => (
+            &[("token_embd", "model.embed_tokens"), ("output_norm", "model.norm"), ("output", "lm_head")],
+            "model.layers",
+            &[
+                ("attn_norm", "input_layernorm"),
+                ("ffn_norm", "post_attention_layernorm"),
+                ("attn_q", "self_attn.q_proj"),
+                ("attn_k", "self_attn.k_proj"),
+                ("attn_v", "self_attn.v_proj"),
+                ("attn_output", "self_attn.o_proj"),
+                ("ffn_gate", "mlp.gate_proj"),
+                ("ffn_up", "mlp.up_proj"),
+                ("ffn_down", "mlp.down_proj"),
+            ],
+        ),
     }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (module, suffix) = rest.split_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// Renames `name` from one column of the architecture's name table to the other
+/// (`to_hf`: llama.cpp -> HF), or None when it has no counterpart.
+fn rename(arch: &str, name: &str, to_hf: bool) -> Option<String> {
+    let (global, prefix, layer) = name_table(arch);
+    let pick = |pair: &(&'static str, &'static str)| if to_hf { (pair.0, pair.1) } else { (pair.1, pair.0) };
+    let (module, suffix) = name.rsplit_once('.')?;
+    if let Some((_, to)) = global.iter().map(pick).find(|(from, _)| *from == module) {
+        return Some(format!("{to}.{suffix}"));
+    }
+    let (from_prefix, to_prefix) = if to_hf { ("blk", prefix) } else { (prefix, "blk") };
+    let rest = module.strip_prefix(from_prefix)?.strip_prefix('.')?;
+    let (i, module) = rest.split_once('.')?;
+    i.parse::<usize>().ok()?;
+    let (_, to) = layer.iter().map(pick).find(|(from, _)| *from == module)?;
+    Some(format!("{to_prefix}.{i}.{to}.{suffix}"))
+}
+
+/// The HF name of a tensor of a Llama-family GGUF, or None for tensors HF models do not
+/// have (`rope_freqs.weight`: llama.cpp's precomputed Llama 3 rope factors).
+pub fn hf_tensor_name(gguf: &str) -> Option<String> {
+    rename("llama", gguf, true)
+}
+
+/// The HF name of a GGUF tensor of architecture `arch` ("llama", "qwen2", "gpt2").
+pub fn hf_name(arch: &str, gguf: &str) -> Option<String> {
+    rename(arch, gguf, true)
+}
+
+/// llama.cpp's name of an HF tensor of architecture `arch` (the inverse of `hf_name`).
+pub fn gguf_name(arch: &str, hf: &str) -> Option<String> {
+    rename(arch, hf, false)
+}
+
+/// GPT-2's Conv1D weights are stored (in, out) by Hugging Face and (out, in) by llama.cpp.
+pub fn is_gpt2_conv1d(gguf: &str) -> bool {
+    gguf.ends_with(".weight") && [".attn_qkv.", ".attn_output.", ".ffn_up.", ".ffn_down."].iter().any(|m| gguf.contains(m))
+}
+
+/// Transposes a row-major (rows, cols) matrix.
+pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
 }
 
 /// Undoes llama.cpp's rotary row permutation of a Q or K projection (weight or bias):
@@ -914,7 +1023,7 @@ pub fn hf_tensors(file: &GgufFile, config: &Value) -> Result<HfTensors> {
     let n_kv = config["num_key_value_heads"].as_u64().unwrap_or(0) as usize;
     let mut out = BTreeMap::new();
     for info in &file.tensors {
-        let Some(hf) = hf_tensor_name(&info.name) else {
+        let Some(hf) = hf_name(&arch, &info.name) else {
             if info.name == "rope_freqs.weight" {
                 continue;
             }
@@ -923,8 +1032,12 @@ pub fn hf_tensors(file: &GgufFile, config: &Value) -> Result<HfTensors> {
                 format!("GGUF tensor {:?} has no Hugging Face {arch} counterpart", info.name),
             ));
         };
-        let shape = info.shape();
+        let mut shape = info.shape();
         let mut data = file.dequantize(info)?;
+        if arch == "gpt2" && is_gpt2_conv1d(&info.name) && shape.len() == 2 {
+            data = transpose(&data, shape[0], shape[1]);
+            shape.reverse();
+        }
         if arch == "llama" && (info.name.contains(".attn_q.") || info.name.contains(".attn_k.")) {
             let heads = if info.name.contains(".attn_q.") { n_heads } else { n_kv };
             let rows = shape.first().copied().unwrap_or(0);
@@ -1108,10 +1221,10 @@ mod tests {
     #[test]
     fn unsupported_type_is_named() {
         let mut w = Writer::new();
-        w.tensor("w", &[32], 6, &[0u8; 22]); // Q5_0
+        w.tensor("w", &[32], 7, &[0u8; 24]); // Q5_1
         let f = GgufFile::from_bytes("q.gguf", w.finish()).unwrap();
         let e = f.dequantize(&f.tensors[0]).unwrap_err().to_string();
-        assert!(e.contains("Q5_0") && e.contains("\"w\"") && e.contains("Q4_K"), "{e}");
+        assert!(e.contains("Q5_1") && e.contains("\"w\"") && e.contains("Q4_K"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!
 //! Supported: `tokenizer.ggml.model == "gpt2"` (byte-level BPE: Llama 3, SmolLM, Qwen2,
 //! ...). SentencePiece ("llama"), Unigram ("t5") and others are a clear error.
+//!
+//! `tokenizer_to_gguf` is the inverse: the metadata llama.cpp's `convert_hf_to_gguf.py`
+//! writes for a byte-level BPE tokenizer, which `tokenizer_from_gguf` reads back.
 
 use serde_json::{json, Map, Value};
 
@@ -37,8 +40,14 @@ impl GgufTokenizer {
 }
 
 /// llama.cpp token types (`tokenizer.ggml.token_type`).
+const TOKEN_NORMAL: i64 = 1;
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
+const TOKEN_UNUSED: i64 = 5;
+
+/// llama.cpp's pre-tokenizer names whose split regex `split_regex` knows, in the order a
+/// regex found in a tokenizer.json is named by (the first name of each regex).
+const PRE_NAMES: [&str; 5] = ["llama-bpe", "qwen2", "tekken", "qwen35", "gpt-4o"];
 
 /// Split regexes by `tokenizer.ggml.pre`, as transformers' `GGUF_PRE_TOKENIZER_SPLITS`.
 /// Pre-tokenizer types not listed keep GPT-2's ByteLevel regex (SmolLM's "smollm" among them).
@@ -257,6 +266,113 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<GgufTokenizer> {
         add_eos_token,
         tokenizer_config: Value::Object(cfg),
     })
+}
+
+/// The `tokenizer.ggml.*` metadata (and `tokenizer.chat_template`) of a byte-level BPE
+/// tokenizer for a model of `n_vocab` embedding rows, as llama.cpp's converter writes it:
+/// tokens in the byte alphabet, ids without a token filled with `[PAD{id}]` (type UNUSED),
+/// added special tokens CONTROL, other added tokens USER_DEFINED; `add_bos_token` /
+/// `add_eos_token` as `encode` adds them. Returns the metadata and warnings (a pre-tokenizer
+/// llama.cpp has no name for is written as "default").
+pub fn tokenizer_to_gguf(
+    tok: &crate::tokenizer::Tokenizer,
+    chat_template: Option<&str>,
+    n_vocab: usize,
+) -> Result<(Vec<(String, GgufValue)>, Vec<String>)> {
+    use crate::tokenizer::SpecialToken;
+    let json: Value = serde_json::from_str(&tok.to_tokenizer_json(false)?)
+        .map_err(|e| Error::Json { context: "tokenizer.json".into(), source: e })?;
+    let model = &json["model"];
+    let byte_level = |v: &Value| v["type"] == "ByteLevel";
+    let pre = &json["pre_tokenizer"];
+    let pre_parts: Vec<&Value> = match pre["pretokenizers"].as_array() {
+        Some(a) => a.iter().collect(),
+        None => vec![pre],
+    };
+    if model["type"] != "BPE" || !(byte_level(&json["decoder"]) || pre_parts.iter().any(|p| byte_level(p))) {
+        return Err(Error::Tokenizer(format!(
+            "only byte-level BPE tokenizers can be embedded in a GGUF (this one is {} with decoder {})",
+            model["type"], json["decoder"]["type"]
+        )));
+    }
+    let mut tokens: Vec<Option<(String, i64)>> = vec![None; n_vocab];
+    let mut put = |id: u64, text: &str, ty: i64| -> Result<()> {
+        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
+            Error::Tokenizer(format!(
+                "token {text:?} has id {id}, beyond the model's {n_vocab} embedding rows (resize_token_embeddings first)"
+            ))
+        })?;
+        *slot = Some((text.to_string(), ty));
+        Ok(())
+    };
+    for (text, id) in model["vocab"].as_object().into_iter().flatten() {
+        put(id.as_u64().unwrap_or(u64::MAX), text, TOKEN_NORMAL)?;
+    }
+    for a in json["added_tokens"].as_array().into_iter().flatten() {
+        let ty = if a["special"] == true { TOKEN_CONTROL } else { TOKEN_USER_DEFINED };
+        put(a["id"].as_u64().unwrap_or(u64::MAX), a["content"].as_str().unwrap_or_default(), ty)?;
+    }
+    let (texts, types): (Vec<GgufValue>, Vec<GgufValue>) = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (text, ty) = t.unwrap_or_else(|| (format!("[PAD{i}]"), TOKEN_UNUSED));
+            (GgufValue::String(text), GgufValue::I32(ty as i32))
+        })
+        .unzip();
+    let merges: Vec<GgufValue> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            Value::Array(p) => GgufValue::String(format!("{} {}", p[0].as_str().unwrap_or(""), p[1].as_str().unwrap_or(""))),
+            other => GgufValue::String(other.as_str().unwrap_or("").to_string()),
+        })
+        .collect();
+
+    let mut warnings = vec![];
+    let regex = pre_parts.iter().find(|p| p["type"] == "Split").and_then(|p| p["pattern"]["Regex"].as_str());
+    let pre_name = match (regex, pre_parts.as_slice()) {
+        (Some(r), _) => PRE_NAMES.iter().copied().find(|n| split_regex(n) == Some(r)),
+        (None, [only]) if byte_level(only) && only["use_regex"] != false => Some("gpt-2"),
+        (None, [digits, bl]) if digits["type"] == "Digits" && digits["individual_digits"] == true && byte_level(bl) => Some("smollm"),
+        _ => None,
+    };
+    let pre_name = pre_name.unwrap_or_else(|| {
+        warnings.push(format!(
+            "the pre-tokenizer {} has no llama.cpp name: written as \"default\" (llama.cpp may split text differently)",
+            serde_json::to_string(pre).unwrap_or_default()
+        ));
+        "default"
+    });
+
+    let mut md: Vec<(String, GgufValue)> = vec![
+        ("tokenizer.ggml.model".into(), GgufValue::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), GgufValue::String(pre_name.into())),
+        ("tokenizer.ggml.tokens".into(), GgufValue::Array(texts)),
+        ("tokenizer.ggml.token_type".into(), GgufValue::Array(types)),
+        ("tokenizer.ggml.merges".into(), GgufValue::Array(merges)),
+    ];
+    for (kind, key) in [
+        (SpecialToken::Bos, "bos_token_id"),
+        (SpecialToken::Eos, "eos_token_id"),
+        (SpecialToken::Unk, "unknown_token_id"),
+        (SpecialToken::Pad, "padding_token_id"),
+    ] {
+        if let Some(id) = tok.special_token_id(kind) {
+            md.push((format!("tokenizer.ggml.{key}"), GgufValue::U32(id)));
+        }
+    }
+    let (with, without) = (tok.encode("a", true)?, tok.encode("a", false)?);
+    let adds = |kind: SpecialToken, at: Option<&u32>| {
+        with.len() > without.len() && tok.special_token_id(kind).is_some_and(|id| at == Some(&id))
+    };
+    md.push(("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(adds(SpecialToken::Bos, with.first()))));
+    md.push(("tokenizer.ggml.add_eos_token".into(), GgufValue::Bool(adds(SpecialToken::Eos, with.last()))));
+    if let Some(t) = chat_template {
+        md.push(("tokenizer.chat_template".into(), GgufValue::String(t.to_string())));
+    }
+    Ok((md, warnings))
 }
 
 #[cfg(test)]
