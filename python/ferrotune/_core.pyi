@@ -28,6 +28,7 @@ __all__ = [
     "read_gguf_tensor_infos",
     "load_gguf_tokenizer",
     "load_gguf",
+    "save_gguf",
     "cpu_isa",
     "build_info",
     "set_bf16_products",
@@ -282,6 +283,14 @@ def load_gguf_tokenizer(path: _Path) -> tuple[str, str, Optional[str]]: ...
 def load_gguf(
     path: _Path,
 ) -> tuple[str, list[tuple[str, list[int], _F32]], str, Optional[str], str]: ...
+def save_gguf(
+    model: CausalLM,
+    path: _Path,
+    quantization: str,
+    tokenizer: Tokenizer,
+    chat_template: Optional[str],
+    name: str,
+) -> tuple[list[tuple[str, str]], int, list[str]]: ...
 
 @final
 class Generation:

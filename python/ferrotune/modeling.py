@@ -590,6 +590,32 @@ class Model:
             self._core.save_pretrained(out)
             self.generation_config.save_pretrained(out)
 
+    def save_gguf(self, path: PathLike, quantization: str = "f32", tokenizer: Optional[Any] = None) -> None:
+        """Writes the model and its tokenizer to one GGUF file for llama.cpp / Ollama / LM
+        Studio (atomically), as llama.cpp's ``convert_hf_to_gguf.py`` (+ ``llama-quantize``)
+        would: ``quantization`` is "f32", "f16", "bf16", "q8_0", "q4_0", "q6_k" or "q4_k_m"
+        (llama.cpp's mixture: see ``src/io/gguf_write.rs``); norms and biases stay float32.
+        ``tokenizer`` (a byte-level BPE :class:`ferrotune.Tokenizer`) and its chat template
+        are embedded. A model with LoRA adapters must be merged first
+        (``merge_and_unload()``). Tensors whose rows do not fit the type's blocks fall back
+        as llama.cpp does, with a warning. ``Model.from_pretrained(path)`` reads it back."""
+        import warnings
+
+        from .tokenizer import Tokenizer
+
+        if not isinstance(tokenizer, Tokenizer):
+            raise InputError(
+                "save_gguf needs the model's tokenizer (tokenizer=ferrotune.Tokenizer...): a GGUF file embeds it, "
+                f"and llama.cpp cannot run one without; got {type(tokenizer).__name__}"
+            )
+        template = tokenizer.chat_template
+        if isinstance(template, Mapping):
+            template = template.get("default")
+        name = os.path.basename(os.fspath(self.name_or_path).rstrip("/\\"))
+        _, _, notes = _core.save_gguf(self._core, os.fspath(path), str(quantization), tokenizer._core, template, name)
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+
     #: The weights file ``save_pretrained`` writes (checkpoints resume from it).
     weights_name = "model.safetensors"
 

@@ -1,16 +1,21 @@
 //! GGUF files from Python: metadata, tensor directory, and a whole Llama-family model
-//! (HF config, HF-named f32 tensors, tokenizer) for the Python layer to build a model from.
+//! (HF config, HF-named f32 tensors, tokenizer) for the Python layer to build a model from;
+//! and the export of a model with its tokenizer (`save_gguf`).
 
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
+use crate::error::Error;
 use crate::io::gguf::{load_gguf as load_gguf_rs, tokenizer_from_gguf, GgufFile, GgufValue};
+use crate::io::gguf_write::{export_gguf, Quantization};
 
 use super::convert::to_numpy;
 use super::detach;
 use super::errors::PyFerrotuneErr;
+use super::model::PyModel;
+use super::tokenizer::PyTokenizer;
 
 fn value_to_py<'py>(py: Python<'py>, v: &GgufValue) -> PyResult<Bound<'py, PyAny>> {
     Ok(match v {
@@ -84,4 +89,36 @@ pub fn load_gguf(py: Python<'_>, path: PathBuf) -> PyResult<GgufModelParts<'_>> 
     let config = serde_json::to_string_pretty(&m.config)
         .map_err(|e| PyErr::from(PyFerrotuneErr::from(crate::error::Error::Json { context: "GGUF config".into(), source: e })))?;
     Ok((config, tensors, m.tokenizer.tokenizer_json, m.chat_template, m.tokenizer.tokenizer_config.to_string()))
+}
+
+/// Writes `model` (merged: a model with LoRA adapters is refused) and `tokenizer` to a GGUF
+/// file at `path` (atomically) with `quantization` ("f32", "f16", "bf16", "q8_0", "q4_0",
+/// "q6_k", "q4_k_m"). Returns ([(llama.cpp tensor name, ggml type)], file bytes, warnings).
+#[pyfunction]
+#[pyo3(signature = (model, path, quantization, tokenizer, chat_template, name))]
+pub fn save_gguf(
+    py: Python<'_>,
+    model: &PyModel,
+    path: PathBuf,
+    quantization: &str,
+    tokenizer: &PyTokenizer,
+    chat_template: Option<String>,
+    name: String,
+) -> PyResult<(Vec<(String, String)>, u64, Vec<String>)> {
+    let q = Quantization::parse(quantization).map_err(PyFerrotuneErr::from)?;
+    let cell = model.lock()?;
+    let m = cell.model();
+    if m.lora().is_some() {
+        return Err(PyFerrotuneErr::from(Error::Input(
+            "the model has LoRA adapters: merge them into the weights first (model = peft_model.merge_and_unload()), then save_gguf".into(),
+        ))
+        .into());
+    }
+    let state = m.state();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
+        state.table.infos().iter().map(|i| (i.name.clone(), i.shape.clone(), state.params[i.range.clone()].to_vec())).collect();
+    let config = m.config_value();
+    let tok = &tokenizer.inner;
+    let r = detach(py, move || Ok(export_gguf(&path, &config, tensors, tok, chat_template.as_deref(), &name, q)?))?;
+    Ok((r.tensors, r.bytes, r.warnings))
 }

@@ -85,6 +85,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gguf::read_gguf_tensor_infos, m)?)?;
     m.add_function(wrap_pyfunction!(gguf::load_gguf_tokenizer, m)?)?;
     m.add_function(wrap_pyfunction!(gguf::load_gguf, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf::save_gguf, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_isa, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(set_bf16_products, m)?)?;
