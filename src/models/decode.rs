@@ -124,21 +124,17 @@ pub struct Weights<'a, F> {
 const SKINNY_ROWS: usize = 4;
 
 impl<F: Real> Weights<'_, F> {
-    /// out (N, OC) = inp (N, C) @ w + bias, w the Conv1D (C, OC) parameter at `w`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv1d(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
-        self.affine(out, inp, w, bias, (n, c, oc), true)
-    }
-
     /// out (N, OC) = inp (N, C) @ w^T + bias, w the nn.Linear (OC, C) parameter at `w`.
     #[allow(clippy::too_many_arguments)]
     pub fn linear(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
-        self.affine(out, inp, w, bias, (n, c, oc), false)
+        self.product(out, inp, w, bias, (n, c, oc), false)
     }
 
-    /// bf16 copies are (OC, C) whatever the parameter's layout; f32 products of a few rows
-    /// stream the weights (kernels/matvec.rs), larger ones go through the GEMM.
-    fn affine(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, (n, c, oc): (usize, usize, usize), conv1d: bool) {
+    /// out (N, OC) = inp (N, C) @ w + bias, w the parameter at `w` in Conv1D (C, OC) or
+    /// nn.Linear (OC, C) layout. bf16 copies are (OC, C) whatever the parameter's layout;
+    /// f32 products of a few rows stream the weights (kernels/matvec.rs), larger ones go
+    /// through the GEMM.
+    pub fn product(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, (n, c, oc): (usize, usize, usize), conv1d: bool) {
         let inp = &inp[..n * c];
         let skinny = n <= SKINNY_ROWS && F::as_f32(inp).is_some();
         match (self.half, conv1d) {

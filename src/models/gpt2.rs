@@ -26,9 +26,9 @@ use crate::kernels::dropout::{dropout_apply, Dropout};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward, layernorm_recompute};
-use crate::kernels::matmul::{matmul_backward, matmul_forward};
 use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, take_lm_logits, SeqClsHead, SeqClsSpec};
+use crate::models::linear::Linear;
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, held, Batch, CausalLm, GradSink, Init, ModelState, Recycled};
@@ -37,16 +37,18 @@ use crate::rng::SplitMix64;
 pub(crate) struct LayerParams {
     pub(crate) ln1_w: Range<usize>,
     pub(crate) ln1_b: Range<usize>,
-    pub(crate) attn_w: Range<usize>,
-    pub(crate) attn_b: Range<usize>,
-    pub(crate) proj_w: Range<usize>,
-    pub(crate) proj_b: Range<usize>,
+    pub(crate) attn: Linear,   // c_attn (C, 3C)
+    pub(crate) proj: Linear,   // attn.c_proj (C, C)
     pub(crate) ln2_w: Range<usize>,
     pub(crate) ln2_b: Range<usize>,
-    pub(crate) fc_w: Range<usize>,
-    pub(crate) fc_b: Range<usize>,
-    pub(crate) fcproj_w: Range<usize>,
-    pub(crate) fcproj_b: Range<usize>,
+    pub(crate) fc: Linear,     // c_fc (C, I)
+    pub(crate) fcproj: Linear, // mlp.c_proj (I, C)
+}
+
+impl LayerParams {
+    fn linears(&self) -> [&Linear; 4] {
+        [&self.attn, &self.proj, &self.fc, &self.fcproj]
+    }
 }
 
 pub(crate) struct Layout {
@@ -64,20 +66,16 @@ impl Layout {
         let wpe = table.push("transformer.wpe.weight".into(), &[p, c]);
         let layers = (0..cfg.n_layer)
             .map(|l| {
-                let mut push = |n: &str, s: &[usize]| table.push(format!("transformer.h.{l}.{n}"), s);
+                let name = |n: &str| format!("transformer.h.{l}.{n}");
                 LayerParams {
-                    ln1_w: push("ln_1.weight", &[c]),
-                    ln1_b: push("ln_1.bias", &[c]),
-                    attn_w: push("attn.c_attn.weight", &[c, 3 * c]),
-                    attn_b: push("attn.c_attn.bias", &[3 * c]),
-                    proj_w: push("attn.c_proj.weight", &[c, c]),
-                    proj_b: push("attn.c_proj.bias", &[c]),
-                    ln2_w: push("ln_2.weight", &[c]),
-                    ln2_b: push("ln_2.bias", &[c]),
-                    fc_w: push("mlp.c_fc.weight", &[c, i]),
-                    fc_b: push("mlp.c_fc.bias", &[i]),
-                    fcproj_w: push("mlp.c_proj.weight", &[i, c]),
-                    fcproj_b: push("mlp.c_proj.bias", &[c]),
+                    ln1_w: table.push(name("ln_1.weight"), &[c]),
+                    ln1_b: table.push(name("ln_1.bias"), &[c]),
+                    attn: conv1d(table, name("attn.c_attn"), c, 3 * c, l, C_ATTN),
+                    proj: conv1d(table, name("attn.c_proj"), c, c, l, ATTN_PROJ),
+                    ln2_w: table.push(name("ln_2.weight"), &[c]),
+                    ln2_b: table.push(name("ln_2.bias"), &[c]),
+                    fc: conv1d(table, name("mlp.c_fc"), c, i, l, C_FC),
+                    fcproj: conv1d(table, name("mlp.c_proj"), i, c, l, MLP_PROJ),
                 }
             })
             .collect();
@@ -85,6 +83,14 @@ impl Layout {
         let lnf_b = table.push("transformer.ln_f.bias".into(), &[c]);
         Layout { wte, wpe, layers, lnf_w, lnf_b }
     }
+}
+
+/// The Conv1D module `name` (weight (IN, OUT), bias (OUT)) of block l, whose LoRA slot is
+/// the block's `kind`-th.
+fn conv1d(table: &mut ParamTable, name: String, in_f: usize, out_f: usize, l: usize, kind: usize) -> Linear {
+    let w = table.push(format!("{name}.weight"), &[in_f, out_f]);
+    let b = table.push(format!("{name}.bias"), &[out_f]);
+    Linear::new(name, w, Some(b), true, in_f, out_f, l * LORA_PER_LAYER + kind, kind)
 }
 
 /// Activations of one block, saved by the forward for the backward. What is cheap to
@@ -238,7 +244,6 @@ impl<F: Real> Acts<F> {
 fn block_forward<F: Real>(
     cfg: &Gpt2Config,
     lp: &LayerParams,
-    l: usize,
     p: &[F],
     lora: Option<&Lora>,
     la: &mut LayerActs<F>,
@@ -252,39 +257,24 @@ fn block_forward<F: Real>(
     output: bool,
     rng: &mut SplitMix64,
 ) {
-    let (n, c, i) = (shape.b * shape.t, cfg.n_embd, cfg.inner());
+    let (n, c) = (shape.b * shape.t, cfg.n_embd);
     layernorm_forward(ln, &mut la.ln1_mean, &mut la.ln1_rstd, inp, &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, cfg.layer_norm_epsilon);
-    matmul_forward(&mut la.qkv, ln, &p[lp.attn_w.clone()], Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
-    if let Some(lo) = lora {
-        lo.forward(l * LORA_PER_LAYER + C_ATTN, &mut la.lora[C_ATTN], p, ln, &mut la.qkv, n, train, rng);
-    }
+    lp.attn.forward(p, lora, &mut la.lora, ln, &mut la.qkv, n, train, rng, true);
     la.drops.att = Dropout::draw(cfg.attn_pdrop, train, rng);
     attention_forward(&mut la.atty, &mut la.att_stats, &la.qkv, mask, la.drops.att.as_ref(), shape, scale);
     // res2 = inp + dropout(atty @ Wproj + b)
-    matmul_forward(&mut la.res2, &la.atty, &p[lp.proj_w.clone()], Some(&p[lp.proj_b.clone()]), n, c, c);
-    if let Some(lo) = lora {
-        lo.forward(l * LORA_PER_LAYER + ATTN_PROJ, &mut la.lora[ATTN_PROJ], p, &la.atty, &mut la.res2, n, train, rng);
-    }
+    lp.proj.forward(p, lora, &mut la.lora, &la.atty, &mut la.res2, n, train, rng, true);
     la.drops.proj = Dropout::draw(cfg.resid_pdrop, train, rng);
     dropout_apply(&mut la.res2, la.drops.proj.as_ref(), 0);
     add_inplace(&mut la.res2, inp);
 
     layernorm_forward(ln, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, cfg.layer_norm_epsilon);
-    matmul_forward(&mut la.fch, ln, &p[lp.fc_w.clone()], Some(&p[lp.fc_b.clone()]), n, c, i);
-    if let Some(lo) = lora {
-        lo.forward(l * LORA_PER_LAYER + C_FC, &mut la.lora[C_FC], p, ln, &mut la.fch, n, train, rng);
-    }
+    lp.fc.forward(p, lora, &mut la.lora, ln, &mut la.fch, n, train, rng, true);
     // out = res2 + dropout(gelu(fch) @ Wfcproj + b)
-    let adapted = lora.is_some_and(|lo| lo.adapts(l * LORA_PER_LAYER + MLP_PROJ));
-    if output || adapted {
+    if output || lp.fcproj.adapted(lora) {
         gelu_forward(gelu, &la.fch);
     }
-    if output {
-        matmul_forward(out, gelu, &p[lp.fcproj_w.clone()], Some(&p[lp.fcproj_b.clone()]), n, i, c);
-    }
-    if let Some(lo) = lora {
-        lo.forward(l * LORA_PER_LAYER + MLP_PROJ, &mut la.lora[MLP_PROJ], p, gelu, out, n, train, rng);
-    }
+    lp.fcproj.forward(p, lora, &mut la.lora, gelu, out, n, train, rng, output);
     la.drops.fc = Dropout::draw(cfg.resid_pdrop, train, rng);
     if output {
         dropout_apply(out, la.drops.fc.as_ref(), 0);
@@ -349,7 +339,7 @@ impl<F: Real> Gpt2<F> {
             let (done, rest) = acts.res.split_at_mut(l);
             let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
             let scratch = (&mut acts.ln[..], &mut acts.gelu[..]);
-            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], scratch, inp, &mut rest[0], batch.mask, shape, scales[l], train, true, rng);
+            block_forward(cfg, lp, p, lora, &mut acts.layers[k], scratch, inp, &mut rest[0], batch.mask, shape, scales[l], train, true, rng);
         }
 
         let last = acts.res.last().unwrap_or(&acts.encoded);
@@ -427,25 +417,8 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
     }
 
     fn lora_modules(&self) -> (usize, Vec<LoraModule>) {
-        let (c, i) = (self.config.n_embd, self.config.inner());
-        let mut out = Vec::new();
-        for (l, lp) in self.layout.layers.iter().enumerate() {
-            let m = |kind: usize, name: &str, w: &Range<usize>, in_f: usize, out_f: usize| LoraModule {
-                name: format!("transformer.h.{l}.{name}"),
-                slot: l * LORA_PER_LAYER + kind,
-                in_f,
-                out_f,
-                weight: w.clone(),
-                conv1d: true,
-                out_col: 0,
-                out_rs: out_f,
-            };
-            out.push(m(C_ATTN, "attn.c_attn", &lp.attn_w, c, 3 * c));
-            out.push(m(ATTN_PROJ, "attn.c_proj", &lp.proj_w, c, c));
-            out.push(m(C_FC, "mlp.c_fc", &lp.fc_w, c, i));
-            out.push(m(MLP_PROJ, "mlp.c_proj", &lp.fcproj_w, i, c));
-        }
-        (self.config.n_layer * LORA_PER_LAYER, out)
+        let modules = self.layout.layers.iter().flat_map(LayerParams::linears).flat_map(Linear::lora_modules).collect();
+        (self.config.n_layer * LORA_PER_LAYER, modules)
     }
 
     fn lora(&self) -> Option<&Lora> {
@@ -509,7 +482,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
     }
 
     fn block_params(&self) -> Vec<Range<usize>> {
-        self.layout.layers.iter().map(|lp| lp.ln1_w.start..lp.fcproj_b.end).collect()
+        self.layout.layers.iter().map(|lp| lp.ln1_w.start..lp.fcproj.end()).collect()
     }
 
     fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, sink: Option<&mut dyn GradSink<F>>) -> Result<LossStats> {
@@ -522,7 +495,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
         let cfg = &self.config;
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let (b, t) = (acts.b, acts.t);
-        let (n, c, i, nh, v) = (b * t, cfg.n_embd, cfg.inner(), cfg.n_head, cfg.vocab_size);
+        let (n, c, nh, v) = (b * t, cfg.n_embd, cfg.n_head, cfg.vocab_size);
         let train = self.state.training;
         let (p, mut g) = self.state.grad_view(sink);
         let lora = self.lora.as_ref();
@@ -552,7 +525,7 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
             if acts.checkpointing && l + 1 < cfg.n_layer {
                 let mut rng = SplitMix64::new(acts.rng_at[l]);
                 let scratch = (&mut acts.ln[..], &mut acts.gelu[..]);
-                block_forward(cfg, lp, l, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shape, scales[l], train, false, &mut rng);
+                block_forward(cfg, lp, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shape, scales[l], train, false, &mut rng);
             }
             let la = &*la;
 
@@ -561,22 +534,10 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
             acts.dtmp.copy_from_slice(&acts.dres);
             dropout_apply(&mut acts.dtmp, la.drops.fc.as_ref(), 0);
             gelu_forward(&mut acts.gelu, &la.fch);
-            {
-                let (dw, db) = g.pair(&lp.fcproj_w, &lp.fcproj_b);
-                matmul_backward(&mut acts.dfch, dw, db, &acts.dtmp, &acts.gelu, &p[lp.fcproj_w.clone()], n, i, c);
-            }
-            if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + MLP_PROJ, &la.lora[MLP_PROJ], p, &mut g, &acts.gelu, &acts.dtmp, &mut acts.dfch, n);
-            }
+            lp.fcproj.backward(p, lora, &la.lora, &mut g, &acts.gelu, &acts.dtmp, &mut acts.dfch, n);
             gelu_backward(&mut acts.dfch, &la.fch);
             layernorm_recompute(&mut acts.ln, &la.res2, &la.ln2_mean, &la.ln2_rstd, &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c);
-            {
-                let (dw, db) = g.pair(&lp.fc_w, &lp.fc_b);
-                matmul_backward(&mut acts.dln, dw, db, &acts.dfch, &acts.ln, &p[lp.fc_w.clone()], n, c, i);
-            }
-            if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + C_FC, &la.lora[C_FC], p, &mut g, &acts.ln, &acts.dfch, &mut acts.dln, n);
-            }
+            lp.fc.backward(p, lora, &la.lora, &mut g, &acts.ln, &acts.dfch, &mut acts.dln, n);
             {
                 let (dw, db) = g.pair(&lp.ln2_w, &lp.ln2_b);
                 layernorm_backward(&mut acts.dres, dw, db, &acts.dln, &la.res2, &p[lp.ln2_w.clone()], &la.ln2_mean, &la.ln2_rstd, c);
@@ -586,22 +547,10 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
             let (datty, dqkv) = acts.dfch[..n * 4 * c].split_at_mut(n * c);
             acts.dtmp.copy_from_slice(&acts.dres);
             dropout_apply(&mut acts.dtmp, la.drops.proj.as_ref(), 0);
-            {
-                let (dw, db) = g.pair(&lp.proj_w, &lp.proj_b);
-                matmul_backward(datty, dw, db, &acts.dtmp, &la.atty, &p[lp.proj_w.clone()], n, c, c);
-            }
-            if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + ATTN_PROJ, &la.lora[ATTN_PROJ], p, &mut g, &la.atty, &acts.dtmp, datty, n);
-            }
+            lp.proj.backward(p, lora, &la.lora, &mut g, &la.atty, &acts.dtmp, datty, n);
             attention_backward(dqkv, datty, &la.qkv, &la.att_stats, batch.mask, la.drops.att.as_ref(), shape, scales[l]);
             layernorm_recompute(&mut acts.ln, residual, &la.ln1_mean, &la.ln1_rstd, &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c);
-            {
-                let (dw, db) = g.pair(&lp.attn_w, &lp.attn_b);
-                matmul_backward(&mut acts.dln, dw, db, dqkv, &acts.ln, &p[lp.attn_w.clone()], n, c, 3 * c);
-            }
-            if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + C_ATTN, &la.lora[C_ATTN], p, &mut g, &acts.ln, dqkv, &mut acts.dln, n);
-            }
+            lp.attn.backward(p, lora, &la.lora, &mut g, &acts.ln, dqkv, &mut acts.dln, n);
             {
                 let (dw, db) = g.pair(&lp.ln1_w, &lp.ln1_b);
                 layernorm_backward(&mut acts.dres, dw, db, &acts.dln, residual, &p[lp.ln1_w.clone()], &la.ln1_mean, &la.ln1_rstd, c);
@@ -640,11 +589,8 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
     }
 
     fn matmul_weights(&self) -> Vec<MatmulWeight> {
-        let (c, i, v) = (self.config.n_embd, self.config.inner(), self.config.vocab_size);
-        let conv = |range: &Range<usize>, k, n| MatmulWeight { range: range.clone(), n, k, conv1d: true };
-        let mut w: Vec<MatmulWeight> = (self.layout.layers.iter())
-            .flat_map(|lp| [conv(&lp.attn_w, c, 3 * c), conv(&lp.proj_w, c, c), conv(&lp.fc_w, c, i), conv(&lp.fcproj_w, i, c)])
-            .collect();
+        let (c, v) = (self.config.n_embd, self.config.vocab_size);
+        let mut w: Vec<MatmulWeight> = self.layout.layers.iter().flat_map(LayerParams::linears).map(Linear::matmul_weight).collect();
         w.push(MatmulWeight { range: self.layout.wte.clone(), n: v, k: c, conv1d: false });
         w
     }
@@ -670,7 +616,7 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
         }
         assert!(n <= sc.rows, "scratch sized for {} rows, {n} requested", sc.rows);
         let (p, lay) = (&self.state.params, &self.layout);
-        let w = Weights { p, half };
+        let (w, lora) = (Weights { p, half }, self.lora.as_ref());
         let (wte, wpe) = (&p[lay.wte.clone()], &p[lay.wpe.clone()]);
         // x (N, C) = wte[id] + wpe[position]
         for (r, xr) in sc.x[..n * c].chunks_exact_mut(c).enumerate() {
@@ -695,28 +641,16 @@ impl<F: Real> Decoder<F> for Gpt2<F> {
         let shape = AttnShape::mha(b, t, c, nh);
         for (l, lp) in lay.layers.iter().enumerate() {
             layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c, eps);
-            w.conv1d(&mut sc.qkv, &sc.ln[..n * c], lp.attn_w.clone(), Some(&p[lp.attn_b.clone()]), n, c, 3 * c);
-            if let Some(lo) = &self.lora {
-                lo.apply(l * LORA_PER_LAYER + C_ATTN, p, &sc.ln[..n * c], &mut sc.qkv, n);
-            }
+            lp.attn.decode(&w, lora, &sc.ln[..n * c], &mut sc.qkv, n);
             // append this call's keys and values: qkv (B, T, 3C) -> cache (B, NH, S, HS)
             cache.append(l, &sc.qkv, t, 3 * c, c, 2 * c);
             attention_cached_forward(&mut sc.atty[..n * c], &sc.qkv[..n * 3 * c], &cache.k[l], &cache.v[l], &cache.key_mask, shape, past, cap, scales[l]);
-            w.conv1d(&mut sc.tmp, &sc.atty[..n * c], lp.proj_w.clone(), Some(&p[lp.proj_b.clone()]), n, c, c);
-            if let Some(lo) = &self.lora {
-                lo.apply(l * LORA_PER_LAYER + ATTN_PROJ, p, &sc.atty[..n * c], &mut sc.tmp, n);
-            }
+            lp.proj.decode(&w, lora, &sc.atty[..n * c], &mut sc.tmp, n);
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
             layernorm_forward(&mut sc.ln[..n * c], &mut sc.mean[..n], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c, eps);
-            w.conv1d(&mut sc.fch, &sc.ln[..n * c], lp.fc_w.clone(), Some(&p[lp.fc_b.clone()]), n, c, i);
-            if let Some(lo) = &self.lora {
-                lo.apply(l * LORA_PER_LAYER + C_FC, p, &sc.ln[..n * c], &mut sc.fch, n);
-            }
+            lp.fc.decode(&w, lora, &sc.ln[..n * c], &mut sc.fch, n);
             gelu_forward(&mut sc.fchg[..n * i], &sc.fch[..n * i]);
-            w.conv1d(&mut sc.tmp, &sc.fchg[..n * i], lp.fcproj_w.clone(), Some(&p[lp.fcproj_b.clone()]), n, i, c);
-            if let Some(lo) = &self.lora {
-                lo.apply(l * LORA_PER_LAYER + MLP_PROJ, p, &sc.fchg[..n * i], &mut sc.tmp, n);
-            }
+            lp.fcproj.decode(&w, lora, &sc.fchg[..n * i], &mut sc.tmp, n);
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
         }
         // final LayerNorm and the tied lm_head, on every row or on the last one of each batch row

@@ -24,12 +24,12 @@ use crate::io::safetensors::RawTensor;
 use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape, ROW_STATS};
 use crate::kernels::crossentropy::{LossStats, IGNORE_INDEX};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
-use crate::kernels::matmul::{linear_backward_input, linear_backward_weight, linear_forward};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_recompute};
 use crate::kernels::rope::{rope_apply, rope_tables};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::kernels::Real;
 use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backward, take_lm_logits, SeqClsHead, SeqClsSpec};
+use crate::models::linear::Linear;
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
 use crate::models::{add_inplace, held, Batch, CausalLm, GradSink, Init, ModelState, Recycled};
@@ -37,16 +37,17 @@ use crate::rng::SplitMix64;
 
 struct LayerParams {
     ln1: Range<usize>,
-    qkv_w: Range<usize>,              // (QKV, C): q_proj | k_proj | v_proj
-    qkv_b: Option<Range<usize>>,      // (QKV)
-    qkv_parts: [Range<usize>; 3],     // q_proj, k_proj, v_proj weights
-    qkv_bias_parts: Option<[Range<usize>; 3]>,
-    o_w: Range<usize>,           // (C, A)
-    o_b: Option<Range<usize>>,   // (C)
+    qkv: Linear, // (QKV, C): q_proj | k_proj | v_proj, with biases (QKV) or without
+    o: Linear,   // (C, A), with a bias (C) or without
     ln2: Range<usize>,
-    gu_w: Range<usize>,            // (2I, C): gate_proj | up_proj
-    gu_parts: [Range<usize>; 2],   // gate_proj, up_proj weights
-    down_w: Range<usize>,          // (C, I)
+    gu: Linear,   // (2I, C): gate_proj | up_proj
+    down: Linear, // (C, I)
+}
+
+impl LayerParams {
+    fn linears(&self) -> [&Linear; 4] {
+        [&self.qkv, &self.o, &self.gu, &self.down]
+    }
 }
 
 struct Layout {
@@ -76,25 +77,24 @@ impl Layout {
                     let vb = push("self_attn.v_proj.bias", &[kv]);
                     [qb, kb, vb]
                 });
-                let qkv_b = qkv_bias_parts.as_ref().map(|[qb, _, vb]| qb.start..vb.end);
+                let [qb, kb, vb] = qkv_bias_parts.map_or([None, None, None], |bs| bs.map(Some));
                 let o_w = push("self_attn.o_proj.weight", &[c, q]);
                 let o_b = cfg.o_bias.then(|| push("self_attn.o_proj.bias", &[c]));
                 let ln2 = push("post_attention_layernorm.weight", &[c]);
                 let gw = push("mlp.gate_proj.weight", &[i, c]);
                 let uw = push("mlp.up_proj.weight", &[i, c]);
                 let down_w = push("mlp.down_proj.weight", &[c, i]);
+                let module = |n: &str| format!("model.layers.{l}.{n}");
+                let slot = |kind: usize| l * LORA_PER_LAYER + kind;
+                let qkv = vec![(module("self_attn.q_proj"), qw, qb), (module("self_attn.k_proj"), kw, kb), (module("self_attn.v_proj"), vw, vb)];
+                let gu = vec![(module("mlp.gate_proj"), gw, None), (module("mlp.up_proj"), uw, None)];
                 LayerParams {
                     ln1,
-                    qkv_w: qw.start..vw.end,
-                    qkv_b,
-                    qkv_parts: [qw, kw, vw.clone()],
-                    qkv_bias_parts,
-                    o_w,
-                    o_b,
+                    qkv: Linear::fused(qkv, c, slot(Q), Q),
+                    o: Linear::new(module("self_attn.o_proj"), o_w, o_b, false, q, c, slot(O), O),
                     ln2,
-                    gu_w: gw.start..uw.end,
-                    gu_parts: [gw, uw],
-                    down_w,
+                    gu: Linear::fused(gu, c, slot(GATE), GATE),
+                    down: Linear::new(module("mlp.down_proj"), down_w, None, false, i, c, slot(DOWN), DOWN),
                 }
             })
             .collect();
@@ -255,7 +255,6 @@ struct Rope<'a, F> {
 fn block_forward<F: Real>(
     cfg: &LlamaConfig,
     lp: &LayerParams,
-    l: usize,
     p: &[F],
     lora: Option<&Lora>,
     la: &mut LayerActs<F>,
@@ -270,42 +269,23 @@ fn block_forward<F: Real>(
     rng: &mut SplitMix64,
 ) {
     let (n, c, i, hs, eps) = (shape.b * shape.t, cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.rms_norm_eps);
-    let (a, qkv, rot_heads) = (shape.nh * hs, shape.qkv_width(), shape.nh + shape.nkv);
+    let (qkv, rot_heads) = (shape.qkv_width(), shape.nh + shape.nkv);
     let scale = 1.0 / (hs as f64).sqrt();
     rmsnorm_forward(ln, &mut la.ln1_rstd, inp, &p[lp.ln1.clone()], c, eps);
-    linear_forward(&mut la.qkv, ln, &p[lp.qkv_w.clone()], lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
-    if let Some(lo) = lora {
-        for k in Q..O {
-            lo.forward(l * LORA_PER_LAYER + k, &mut la.lora[k], p, ln, &mut la.qkv, n, train, rng);
-        }
-    }
+    lp.qkv.forward(p, lora, &mut la.lora, ln, &mut la.qkv, n, train, rng, true);
     rope_apply(&mut la.qkv, rope.cos, rope.sin, rope.positions, rot_heads, hs, qkv, false);
     attention_forward(&mut la.atty, &mut la.att_stats, &la.qkv, mask, None, shape, scale);
     // res2 = inp + o_proj(atty)
-    linear_forward(&mut la.res2, &la.atty, &p[lp.o_w.clone()], lp.o_b.clone().map(|r| &p[r]), n, a, c);
-    if let Some(lo) = lora {
-        lo.forward(l * LORA_PER_LAYER + O, &mut la.lora[O], p, &la.atty, &mut la.res2, n, train, rng);
-    }
+    lp.o.forward(p, lora, &mut la.lora, &la.atty, &mut la.res2, n, train, rng, true);
     add_inplace(&mut la.res2, inp);
 
     rmsnorm_forward(ln, &mut la.ln2_rstd, &la.res2, &p[lp.ln2.clone()], c, eps);
-    linear_forward(&mut la.gu, ln, &p[lp.gu_w.clone()], None, n, c, 2 * i);
-    if let Some(lo) = lora {
-        for k in GATE..DOWN {
-            lo.forward(l * LORA_PER_LAYER + k, &mut la.lora[k], p, ln, &mut la.gu, n, train, rng);
-        }
-    }
+    lp.gu.forward(p, lora, &mut la.lora, ln, &mut la.gu, n, train, rng, true);
     // out = res2 + down_proj(h)
-    let adapted = lora.is_some_and(|lo| lo.adapts(l * LORA_PER_LAYER + DOWN));
-    if output || adapted {
+    if output || lp.down.adapted(lora) {
         swiglu_forward(mlp, &la.gu, i);
     }
-    if output {
-        linear_forward(out, mlp, &p[lp.down_w.clone()], None, n, i, c);
-    }
-    if let Some(lo) = lora {
-        lo.forward(l * LORA_PER_LAYER + DOWN, &mut la.lora[DOWN], p, mlp, out, n, train, rng);
-    }
+    lp.down.forward(p, lora, &mut la.lora, mlp, out, n, train, rng, output);
     if output {
         add_inplace(out, &la.res2);
     }
@@ -313,15 +293,6 @@ fn block_forward<F: Real>(
 
 /// LoRA slots of each block: q, k, v, o, gate, up, down projections.
 const LORA_PER_LAYER: usize = 7;
-const LORA_NAMES: [&str; LORA_PER_LAYER] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
 const Q: usize = 0;
 const O: usize = 3;
 const GATE: usize = 4;
@@ -374,7 +345,7 @@ impl<F: Real> Llama<F> {
             let (done, rest) = acts.res.split_at_mut(l);
             let inp = if l == 0 { &acts.encoded } else { &done[l - 1] };
             let scratch = (&mut acts.ln[..], &mut acts.mlp[..]);
-            block_forward(cfg, lp, l, p, lora, &mut acts.layers[k], scratch, inp, &mut rest[0], batch.mask, shapes[l], &rope, train, true, rng);
+            block_forward(cfg, lp, p, lora, &mut acts.layers[k], scratch, inp, &mut rest[0], batch.mask, shapes[l], &rope, train, true, rng);
         }
 
         let last = acts.res.last().unwrap_or(&acts.encoded);
@@ -470,36 +441,8 @@ impl<F: Real> CausalLm<F> for Llama<F> {
     }
 
     fn lora_modules(&self) -> (usize, Vec<LoraModule>) {
-        let d = self.dims();
-        let (c, i, kv) = (d.c, d.mlp_act, d.nkv * d.hs);
-        let mut out = Vec::new();
-        for (l, lp) in self.layout.layers.iter().enumerate() {
-            // (weight, in, out, output column, output row stride) of each slot
-            let [qw, kw, vw] = &lp.qkv_parts;
-            let [gw, uw] = &lp.gu_parts;
-            let slots = [
-                (qw, c, d.a, 0, d.qkv),
-                (kw, c, kv, d.a, d.qkv),
-                (vw, c, kv, d.a + kv, d.qkv),
-                (&lp.o_w, d.a, c, 0, c),
-                (gw, c, i, 0, 2 * i),
-                (uw, c, i, i, 2 * i),
-                (&lp.down_w, i, c, 0, c),
-            ];
-            for (k, (w, in_f, out_f, out_col, out_rs)) in slots.into_iter().enumerate() {
-                out.push(LoraModule {
-                    name: format!("model.layers.{l}.{}", LORA_NAMES[k]),
-                    slot: l * LORA_PER_LAYER + k,
-                    in_f,
-                    out_f,
-                    weight: w.clone(),
-                    conv1d: false,
-                    out_col,
-                    out_rs,
-                });
-            }
-        }
-        (self.config.num_hidden_layers * LORA_PER_LAYER, out)
+        let modules = self.layout.layers.iter().flat_map(LayerParams::linears).flat_map(Linear::lora_modules).collect();
+        (self.config.num_hidden_layers * LORA_PER_LAYER, modules)
     }
 
     fn lora(&self) -> Option<&Lora> {
@@ -542,7 +485,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
     }
 
     fn block_params(&self) -> Vec<Range<usize>> {
-        self.layout.layers.iter().map(|lp| lp.ln1.start..lp.down_w.end).collect()
+        self.layout.layers.iter().map(|lp| lp.ln1.start..lp.down.end()).collect()
     }
 
     fn backward_with(&mut self, batch: &Batch<'_>, num_items: Option<f64>, sink: Option<&mut dyn GradSink<F>>) -> Result<LossStats> {
@@ -585,59 +528,25 @@ impl<F: Real> CausalLm<F> for Llama<F> {
             if acts.checkpointing && l + 1 < cfg.num_hidden_layers {
                 let mut rng = SplitMix64::new(acts.rng_at[l]);
                 let scratch = (&mut acts.ln[..], &mut acts.mlp[..]);
-                block_forward(cfg, lp, l, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shapes[l], &rope, train, false, &mut rng);
+                block_forward(cfg, lp, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shapes[l], &rope, train, false, &mut rng);
             }
             let la = &*la;
 
             // out = res2 + down_proj(swiglu(gate_up_proj(rmsnorm(res2))))
             swiglu_forward(&mut acts.mlp, &la.gu, i);
-            linear_backward_input(&mut acts.dh, &acts.dres, &p[lp.down_w.clone()], n, i, c);
-            linear_backward_weight(g.get(&lp.down_w), None, &acts.dres, c, &acts.mlp, n, i, c);
-            if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + DOWN, &la.lora[DOWN], p, &mut g, &acts.mlp, &acts.dres, &mut acts.dh, n);
-            }
+            lp.down.backward(p, lora, &la.lora, &mut g, &acts.mlp, &acts.dres, &mut acts.dh, n);
             swiglu_backward(&mut acts.dgu, &acts.dh, &la.gu, i);
             rmsnorm_recompute(&mut acts.ln, &la.res2, &la.ln2_rstd, &p[lp.ln2.clone()], c);
-            linear_backward_input(&mut acts.dln, &acts.dgu, &p[lp.gu_w.clone()], n, c, 2 * i);
-            for (k, part) in lp.gu_parts.iter().enumerate() {
-                linear_backward_weight(g.get(part), None, &acts.dgu[k * i..], 2 * i, &acts.ln, n, c, i);
-            }
-            if let Some(lo) = lora {
-                for k in GATE..DOWN {
-                    lo.backward(l * LORA_PER_LAYER + k, &la.lora[k], p, &mut g, &acts.ln, &acts.dgu, &mut acts.dln, n);
-                }
-            }
+            lp.gu.backward(p, lora, &la.lora, &mut g, &acts.ln, &acts.dgu, &mut acts.dln, n);
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln2), &acts.dln, &la.res2, &p[lp.ln2.clone()], &la.ln2_rstd, c);
 
             // res2 = residual + o_proj(attention(rope(qkv_proj(rmsnorm(residual)))))
             let (datty, dqkv) = acts.dgu[..n * (a + qkv)].split_at_mut(n * a);
-            linear_backward_input(datty, &acts.dres, &p[lp.o_w.clone()], n, a, c);
-            let (dw, db) = match &lp.o_b {
-                Some(ob) => g.pair(&lp.o_w, ob),
-                None => (g.get(&lp.o_w), None),
-            };
-            linear_backward_weight(dw, db, &acts.dres, c, &la.atty, n, a, c);
-            if let Some(lo) = lora {
-                lo.backward(l * LORA_PER_LAYER + O, &la.lora[O], p, &mut g, &la.atty, &acts.dres, datty, n);
-            }
+            lp.o.backward(p, lora, &la.lora, &mut g, &la.atty, &acts.dres, datty, n);
             attention_backward(dqkv, datty, &la.qkv, &la.att_stats, batch.mask, None, shapes[l], scale);
             rope_apply(dqkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, true);
             rmsnorm_recompute(&mut acts.ln, residual, &la.ln1_rstd, &p[lp.ln1.clone()], c);
-            linear_backward_input(&mut acts.dln, dqkv, &p[lp.qkv_w.clone()], n, c, qkv);
-            for (k, part) in lp.qkv_parts.iter().enumerate() {
-                // the part's output columns start where its rows start in the fused weight
-                let col = (part.start - lp.qkv_w.start) / c;
-                let (dw, db) = match &lp.qkv_bias_parts {
-                    Some(bias) => g.pair(part, &bias[k]),
-                    None => (g.get(part), None),
-                };
-                linear_backward_weight(dw, db, &dqkv[col..], qkv, &acts.ln, n, c, part.len() / c);
-            }
-            if let Some(lo) = lora {
-                for k in Q..O {
-                    lo.backward(l * LORA_PER_LAYER + k, &la.lora[k], p, &mut g, &acts.ln, dqkv, &mut acts.dln, n);
-                }
-            }
+            lp.qkv.backward(p, lora, &la.lora, &mut g, &acts.ln, dqkv, &mut acts.dln, n);
             rmsnorm_backward(&mut acts.dres, g.get(&lp.ln1), &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
             g.end_block(l);
         }
@@ -674,12 +583,8 @@ impl<F: Real> Decoder<F> for Llama<F> {
 
     fn matmul_weights(&self) -> Vec<MatmulWeight> {
         let d = self.dims();
-        let (c, i) = (d.c, d.mlp_act);
-        let lin = |range: &Range<usize>, n, k| MatmulWeight { range: range.clone(), n, k, conv1d: false };
-        let mut w: Vec<MatmulWeight> = (self.layout.layers.iter())
-            .flat_map(|lp| [lin(&lp.qkv_w, d.qkv, c), lin(&lp.o_w, c, d.a), lin(&lp.gu_w, 2 * i, c), lin(&lp.down_w, c, i)])
-            .collect();
-        w.push(lin(&self.layout.head, d.vocab, c));
+        let mut w: Vec<MatmulWeight> = self.layout.layers.iter().flat_map(LayerParams::linears).map(Linear::matmul_weight).collect();
+        w.push(MatmulWeight { range: self.layout.head.clone(), n: d.vocab, k: d.c, conv1d: false });
         w
     }
 
@@ -708,7 +613,7 @@ impl<F: Real> Decoder<F> for Llama<F> {
             (sc.cos, sc.sin) = rope_tables(&cfg.inv_freq(), cap);
         }
         let (p, lay) = (&self.state.params, &self.layout);
-        let w = Weights { p, half };
+        let (w, lora) = (Weights { p, half }, self.lora.as_ref());
         let embed = &p[lay.embed.clone()];
         let mut pos = Vec::with_capacity(n);
         for (r, xr) in sc.x[..n * c].chunks_exact_mut(c).enumerate() {
@@ -726,33 +631,17 @@ impl<F: Real> Decoder<F> for Llama<F> {
         let scale = 1.0 / (hs as f64).sqrt();
         for (l, lp) in lay.layers.iter().enumerate() {
             rmsnorm_forward(&mut sc.ln[..n * c], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln1.clone()], c, eps);
-            w.linear(&mut sc.qkv, &sc.ln[..n * c], lp.qkv_w.clone(), lp.qkv_b.clone().map(|r| &p[r]), n, c, qkv);
-            if let Some(lo) = &self.lora {
-                for k in Q..O {
-                    lo.apply(l * LORA_PER_LAYER + k, p, &sc.ln[..n * c], &mut sc.qkv, n);
-                }
-            }
+            lp.qkv.decode(&w, lora, &sc.ln[..n * c], &mut sc.qkv, n);
             rope_apply(&mut sc.qkv[..n * qkv], &sc.cos, &sc.sin, &pos, nh + cfg.num_key_value_heads, hs, qkv, false);
             cache.append(l, &sc.qkv, t, qkv, a, a + d.nkv * hs);
             let shape = self.attn_shape(b, t, l);
             attention_cached_forward(&mut sc.atty[..n * a], &sc.qkv[..n * qkv], &cache.k[l], &cache.v[l], &cache.key_mask, shape, past, cap, scale);
-            w.linear(&mut sc.tmp, &sc.atty[..n * a], lp.o_w.clone(), lp.o_b.clone().map(|r| &p[r]), n, a, c);
-            if let Some(lo) = &self.lora {
-                lo.apply(l * LORA_PER_LAYER + O, p, &sc.atty[..n * a], &mut sc.tmp, n);
-            }
+            lp.o.decode(&w, lora, &sc.atty[..n * a], &mut sc.tmp, n);
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
             rmsnorm_forward(&mut sc.ln[..n * c], &mut sc.rstd[..n], &sc.x[..n * c], &p[lp.ln2.clone()], c, eps);
-            w.linear(&mut sc.fch, &sc.ln[..n * c], lp.gu_w.clone(), None, n, c, 2 * i);
-            if let Some(lo) = &self.lora {
-                for k in GATE..DOWN {
-                    lo.apply(l * LORA_PER_LAYER + k, p, &sc.ln[..n * c], &mut sc.fch, n);
-                }
-            }
+            lp.gu.decode(&w, lora, &sc.ln[..n * c], &mut sc.fch, n);
             swiglu_forward(&mut sc.fchg[..n * i], &sc.fch[..n * 2 * i], i);
-            w.linear(&mut sc.tmp, &sc.fchg[..n * i], lp.down_w.clone(), None, n, i, c);
-            if let Some(lo) = &self.lora {
-                lo.apply(l * LORA_PER_LAYER + DOWN, p, &sc.fchg[..n * i], &mut sc.tmp, n);
-            }
+            lp.down.decode(&w, lora, &sc.fchg[..n * i], &mut sc.tmp, n);
             add_inplace(&mut sc.x[..n * c], &sc.tmp[..n * c]);
         }
         // final RMSNorm and lm_head, on every row or on the last one of each batch row

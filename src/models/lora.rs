@@ -6,7 +6,7 @@
 //! while training; `merge` folds the adapters into the base weights.
 //!
 //! Each architecture numbers the linear modules it can adapt ("slots", see
-//! `LoraModule`) and calls `forward` / `backward` / `apply` at those points; `attach_lora`
+//! `LoraModule`); its `Linear` modules (linear.rs) call `forward` / `backward` / `apply`; `attach_lora`
 //! and `merge_lora` add adapters to a model and fold them back into it.
 //!
 //! Shapes: N = rows (B * T), IN / OUT = the module's input / output features, R = rank.

@@ -8,6 +8,7 @@ pub mod decode;
 pub mod gpt2;
 mod grads;
 pub mod head;
+mod linear;
 pub mod llama;
 mod load;
 pub mod lora;
