@@ -31,7 +31,7 @@ use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backwa
 use crate::models::linear::Linear;
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, held, Batch, CausalLm, GradSink, Init, ModelState, Recycled};
+use crate::models::{add_inplace, held, Batch, CausalLm, GradSink, GradView, Init, ModelState, Recycled};
 use crate::rng::SplitMix64;
 
 pub(crate) struct LayerParams {
@@ -282,6 +282,54 @@ fn block_forward<F: Real>(
     }
 }
 
+/// One block's backward, the pair of `block_forward`: from what that saved in `la` and from
+/// the block's input `inp` (N, C), `dres` (N, C), the gradient of the residual stream after
+/// block l, becomes the gradient before it, and the gradients of the block's parameters go
+/// to `g`. `ln` (N, C) and `gelu` (N, I) are the forward's scratch, recomputed here; `dtmp`,
+/// `dln` (N, C) and `dfch` (N, max(I, 4C)) are gradient scratch.
+#[allow(clippy::too_many_arguments)]
+fn block_backward<F: Real>(
+    cfg: &Gpt2Config,
+    lp: &LayerParams,
+    p: &[F],
+    lora: Option<&Lora>,
+    la: &LayerActs<F>,
+    g: &mut GradView<'_, F>,
+    (ln, gelu): (&mut [F], &mut [F]),
+    (dtmp, dln, dfch): (&mut [F], &mut [F], &mut [F]),
+    inp: &[F],
+    dres: &mut [F],
+    mask: Option<&[i64]>,
+    shape: AttnShape,
+    scale: f64,
+) {
+    let (n, c) = (shape.b * shape.t, cfg.n_embd);
+    // out = res2 + drop(gelu(fch) @ Wfcproj + b): the residual gradient passes through;
+    // the branch gets it masked
+    dtmp.copy_from_slice(dres);
+    dropout_apply(dtmp, la.drops.fc.as_ref(), 0);
+    gelu_forward(gelu, &la.fch);
+    lp.fcproj.backward(p, lora, &la.lora, g, gelu, dtmp, dfch, n);
+    gelu_backward(dfch, &la.fch);
+    layernorm_recompute(ln, &la.res2, &la.ln2_mean, &la.ln2_rstd, &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c);
+    lp.fc.backward(p, lora, &la.lora, g, ln, dfch, dln, n);
+    {
+        let (dw, db) = g.pair(&lp.ln2_w, &lp.ln2_b);
+        layernorm_backward(dres, dw, db, dln, &la.res2, &p[lp.ln2_w.clone()], &la.ln2_mean, &la.ln2_rstd, c);
+    }
+
+    // res2 = inp + drop(atty @ Wproj + b)
+    let (datty, dqkv) = dfch[..n * 4 * c].split_at_mut(n * c);
+    dtmp.copy_from_slice(dres);
+    dropout_apply(dtmp, la.drops.proj.as_ref(), 0);
+    lp.proj.backward(p, lora, &la.lora, g, &la.atty, dtmp, datty, n);
+    attention_backward(dqkv, datty, &la.qkv, &la.att_stats, mask, la.drops.att.as_ref(), shape, scale);
+    layernorm_recompute(ln, inp, &la.ln1_mean, &la.ln1_rstd, &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c);
+    lp.attn.backward(p, lora, &la.lora, g, ln, dqkv, dln, n);
+    let (dw, db) = g.pair(&lp.ln1_w, &lp.ln1_b);
+    layernorm_backward(dres, dw, db, dln, inp, &p[lp.ln1_w.clone()], &la.ln1_mean, &la.ln1_rstd, c);
+}
+
 /// LoRA slots of each block: c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj.
 const LORA_PER_LAYER: usize = 4;
 const C_ATTN: usize = 0;
@@ -527,34 +575,9 @@ impl<F: Real> CausalLm<F> for Gpt2<F> {
                 let scratch = (&mut acts.ln[..], &mut acts.gelu[..]);
                 block_forward(cfg, lp, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shape, scales[l], train, false, &mut rng);
             }
-            let la = &*la;
-
-            // out = res2 + drop(gelu(fch) @ Wfcproj + b): the residual gradient passes through;
-            // the branch gets it masked
-            acts.dtmp.copy_from_slice(&acts.dres);
-            dropout_apply(&mut acts.dtmp, la.drops.fc.as_ref(), 0);
-            gelu_forward(&mut acts.gelu, &la.fch);
-            lp.fcproj.backward(p, lora, &la.lora, &mut g, &acts.gelu, &acts.dtmp, &mut acts.dfch, n);
-            gelu_backward(&mut acts.dfch, &la.fch);
-            layernorm_recompute(&mut acts.ln, &la.res2, &la.ln2_mean, &la.ln2_rstd, &p[lp.ln2_w.clone()], &p[lp.ln2_b.clone()], c);
-            lp.fc.backward(p, lora, &la.lora, &mut g, &acts.ln, &acts.dfch, &mut acts.dln, n);
-            {
-                let (dw, db) = g.pair(&lp.ln2_w, &lp.ln2_b);
-                layernorm_backward(&mut acts.dres, dw, db, &acts.dln, &la.res2, &p[lp.ln2_w.clone()], &la.ln2_mean, &la.ln2_rstd, c);
-            }
-
-            // res2 = residual + drop(atty @ Wproj + b)
-            let (datty, dqkv) = acts.dfch[..n * 4 * c].split_at_mut(n * c);
-            acts.dtmp.copy_from_slice(&acts.dres);
-            dropout_apply(&mut acts.dtmp, la.drops.proj.as_ref(), 0);
-            lp.proj.backward(p, lora, &la.lora, &mut g, &la.atty, &acts.dtmp, datty, n);
-            attention_backward(dqkv, datty, &la.qkv, &la.att_stats, batch.mask, la.drops.att.as_ref(), shape, scales[l]);
-            layernorm_recompute(&mut acts.ln, residual, &la.ln1_mean, &la.ln1_rstd, &p[lp.ln1_w.clone()], &p[lp.ln1_b.clone()], c);
-            lp.attn.backward(p, lora, &la.lora, &mut g, &acts.ln, dqkv, &mut acts.dln, n);
-            {
-                let (dw, db) = g.pair(&lp.ln1_w, &lp.ln1_b);
-                layernorm_backward(&mut acts.dres, dw, db, &acts.dln, residual, &p[lp.ln1_w.clone()], &la.ln1_mean, &la.ln1_rstd, c);
-            }
+            let scratch = (&mut acts.ln[..], &mut acts.gelu[..]);
+            let dscratch = (&mut acts.dtmp[..], &mut acts.dln[..], &mut acts.dfch[..]);
+            block_backward(cfg, lp, p, lora, la, &mut g, scratch, dscratch, residual, &mut acts.dres, batch.mask, shape, scales[l]);
             g.end_block(l);
         }
 

@@ -32,7 +32,7 @@ use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backwa
 use crate::models::linear::Linear;
 use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::models::params::ParamTable;
-use crate::models::{add_inplace, held, Batch, CausalLm, GradSink, Init, ModelState, Recycled};
+use crate::models::{add_inplace, held, Batch, CausalLm, GradSink, GradView, Init, ModelState, Recycled};
 use crate::rng::SplitMix64;
 
 struct LayerParams {
@@ -291,6 +291,48 @@ fn block_forward<F: Real>(
     }
 }
 
+/// One block's backward, the pair of `block_forward`: from what that saved in `la` and from
+/// the block's input `inp` (N, C), `dres` (N, C), the gradient of the residual stream after
+/// block l, becomes the gradient before it, and the gradients of the block's parameters go
+/// to `g`. `ln` (N, C) and `mlp` (N, I) are the forward's scratch, recomputed here; `dln`
+/// (N, C), `dh` (N, I) and `dgu` (N, max(2I, A + QKV)) are gradient scratch.
+#[allow(clippy::too_many_arguments)]
+fn block_backward<F: Real>(
+    cfg: &LlamaConfig,
+    lp: &LayerParams,
+    p: &[F],
+    lora: Option<&Lora>,
+    la: &LayerActs<F>,
+    g: &mut GradView<'_, F>,
+    (ln, mlp): (&mut [F], &mut [F]),
+    (dln, dh, dgu): (&mut [F], &mut [F], &mut [F]),
+    inp: &[F],
+    dres: &mut [F],
+    mask: Option<&[i64]>,
+    shape: AttnShape,
+    rope: &Rope<'_, F>,
+) {
+    let (n, c, i, hs) = (shape.b * shape.t, cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let (a, qkv, rot_heads) = (shape.nh * hs, shape.qkv_width(), shape.nh + shape.nkv);
+    let scale = 1.0 / (hs as f64).sqrt();
+    // out = res2 + down_proj(swiglu(gate_up_proj(rmsnorm(res2))))
+    swiglu_forward(mlp, &la.gu, i);
+    lp.down.backward(p, lora, &la.lora, g, mlp, dres, dh, n);
+    swiglu_backward(dgu, dh, &la.gu, i);
+    rmsnorm_recompute(ln, &la.res2, &la.ln2_rstd, &p[lp.ln2.clone()], c);
+    lp.gu.backward(p, lora, &la.lora, g, ln, dgu, dln, n);
+    rmsnorm_backward(dres, g.get(&lp.ln2), dln, &la.res2, &p[lp.ln2.clone()], &la.ln2_rstd, c);
+
+    // res2 = inp + o_proj(attention(rope(qkv_proj(rmsnorm(inp)))))
+    let (datty, dqkv) = dgu[..n * (a + qkv)].split_at_mut(n * a);
+    lp.o.backward(p, lora, &la.lora, g, &la.atty, dres, datty, n);
+    attention_backward(dqkv, datty, &la.qkv, &la.att_stats, mask, None, shape, scale);
+    rope_apply(dqkv, rope.cos, rope.sin, rope.positions, rot_heads, hs, qkv, true);
+    rmsnorm_recompute(ln, inp, &la.ln1_rstd, &p[lp.ln1.clone()], c);
+    lp.qkv.backward(p, lora, &la.lora, g, ln, dqkv, dln, n);
+    rmsnorm_backward(dres, g.get(&lp.ln1), dln, inp, &p[lp.ln1.clone()], &la.ln1_rstd, c);
+}
+
 /// LoRA slots of each block: q, k, v, o, gate, up, down projections.
 const LORA_PER_LAYER: usize = 7;
 const Q: usize = 0;
@@ -497,10 +539,7 @@ impl<F: Real> CausalLm<F> for Llama<F> {
         let (b, t) = (batch.b, batch.t);
         let shapes: Vec<AttnShape> = (0..self.config.num_hidden_layers).map(|l| self.attn_shape(b, t, l)).collect();
         let cfg = &self.config;
-        let (n, c, i, v, hs) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim);
-        let a = cfg.num_attention_heads * hs;
-        let (rot_heads, qkv) = (cfg.num_attention_heads + cfg.num_key_value_heads, shapes[0].qkv_width());
-        let scale = 1.0 / (hs as f64).sqrt();
+        let (n, c, v) = (b * t, cfg.hidden_size, cfg.vocab_size);
         let acts = self.acts.as_mut().expect("forward allocated activations");
         let train = self.state.training;
         let (p, mut g) = self.state.grad_view(sink);
@@ -530,24 +569,9 @@ impl<F: Real> CausalLm<F> for Llama<F> {
                 let scratch = (&mut acts.ln[..], &mut acts.mlp[..]);
                 block_forward(cfg, lp, p, lora, la, scratch, residual, &mut rest[0], batch.mask, shapes[l], &rope, train, false, &mut rng);
             }
-            let la = &*la;
-
-            // out = res2 + down_proj(swiglu(gate_up_proj(rmsnorm(res2))))
-            swiglu_forward(&mut acts.mlp, &la.gu, i);
-            lp.down.backward(p, lora, &la.lora, &mut g, &acts.mlp, &acts.dres, &mut acts.dh, n);
-            swiglu_backward(&mut acts.dgu, &acts.dh, &la.gu, i);
-            rmsnorm_recompute(&mut acts.ln, &la.res2, &la.ln2_rstd, &p[lp.ln2.clone()], c);
-            lp.gu.backward(p, lora, &la.lora, &mut g, &acts.ln, &acts.dgu, &mut acts.dln, n);
-            rmsnorm_backward(&mut acts.dres, g.get(&lp.ln2), &acts.dln, &la.res2, &p[lp.ln2.clone()], &la.ln2_rstd, c);
-
-            // res2 = residual + o_proj(attention(rope(qkv_proj(rmsnorm(residual)))))
-            let (datty, dqkv) = acts.dgu[..n * (a + qkv)].split_at_mut(n * a);
-            lp.o.backward(p, lora, &la.lora, &mut g, &la.atty, &acts.dres, datty, n);
-            attention_backward(dqkv, datty, &la.qkv, &la.att_stats, batch.mask, None, shapes[l], scale);
-            rope_apply(dqkv, &acts.cos, &acts.sin, &acts.positions, rot_heads, hs, qkv, true);
-            rmsnorm_recompute(&mut acts.ln, residual, &la.ln1_rstd, &p[lp.ln1.clone()], c);
-            lp.qkv.backward(p, lora, &la.lora, &mut g, &acts.ln, dqkv, &mut acts.dln, n);
-            rmsnorm_backward(&mut acts.dres, g.get(&lp.ln1), &acts.dln, residual, &p[lp.ln1.clone()], &la.ln1_rstd, c);
+            let scratch = (&mut acts.ln[..], &mut acts.mlp[..]);
+            let dscratch = (&mut acts.dln[..], &mut acts.dh[..], &mut acts.dgu[..]);
+            block_backward(cfg, lp, p, lora, la, &mut g, scratch, dscratch, residual, &mut acts.dres, batch.mask, shapes[l], &rope);
             g.end_block(l);
         }
 
