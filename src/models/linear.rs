@@ -19,13 +19,13 @@ use crate::models::lora::{Lora, LoraModule, SiteActs};
 use crate::rng::SplitMix64;
 
 /// One parameter of a module: its weight, its bias and its LoRA slot.
-pub(crate) struct LinearPart {
+struct LinearPart {
     /// transformers' module name, e.g. "transformer.h.0.attn.c_attn" or
     /// "model.layers.0.self_attn.q_proj".
-    pub name: String,
-    pub w: Range<usize>,
-    pub b: Option<Range<usize>>,
-    pub slot: usize,
+    name: String,
+    w: Range<usize>,
+    b: Option<Range<usize>>,
+    slot: usize,
 }
 
 impl LinearPart {
@@ -38,15 +38,17 @@ impl LinearPart {
     }
 }
 
+/// out (N, OUT) = x (N, IN) @ W + b for a Conv1D weight (IN, OUT), x @ W^T + b for an
+/// nn.Linear weight (OUT, IN), plus the LoRA branches of its parts.
 pub(crate) struct Linear {
     /// The weight (and bias) of every part, which are adjacent in the parameter buffer.
-    pub w: Range<usize>,
-    pub b: Option<Range<usize>>,
+    w: Range<usize>,
+    b: Option<Range<usize>>,
     /// Conv1D layout (IN, OUT) as GPT-2 stores it, instead of nn.Linear's (OUT, IN).
-    pub conv1d: bool,
-    pub in_f: usize,
-    pub out_f: usize,
-    pub parts: Vec<LinearPart>,
+    conv1d: bool,
+    in_f: usize,
+    out_f: usize,
+    parts: Vec<LinearPart>,
     /// Index of the first part's adapter activations in the block's `SiteActs`.
     acts: usize,
 }

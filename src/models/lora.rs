@@ -5,9 +5,9 @@
 //! The base weights stay frozen (no gradient memory or work) and W + BA is never formed
 //! while training; `merge` folds the adapters into the base weights.
 //!
-//! Each architecture numbers the linear modules it can adapt ("slots", see
-//! `LoraModule`); its `Linear` modules (linear.rs) call `forward` / `backward` / `apply`; `attach_lora`
-//! and `merge_lora` add adapters to a model and fold them back into it.
+//! Each architecture numbers the linear modules it can adapt ("slots", see `LoraModule`);
+//! its `Linear` modules (linear.rs) call `forward` / `backward` / `apply`. `attach_lora` and
+//! `merge_lora` add adapters to a model and fold them back into it.
 //!
 //! Shapes: N = rows (B * T), IN / OUT = the module's input / output features, R = rank.
 
