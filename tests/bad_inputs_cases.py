@@ -106,6 +106,16 @@ def tok():
 
 
 def rss_mb() -> float:
+    """Peak RSS of this process since it started its program, in MB. VmHWM is the high-water
+    mark of this program's own memory; ru_maxrss also keeps that of the parent it was forked
+    from (the kernel carries it across exec), so a large pytest process would count."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
