@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         truncation: true,
         max_length: Some(7),
         pad_to_multiple_of: Some(4),
+        offsets: true, // the char-offset encoding path too
     };
     if let Ok(batch) = t.encode_batch(&[text, "", "a"], &opts) {
         let _ = batch.to_rect();
