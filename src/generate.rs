@@ -244,6 +244,10 @@ pub fn sample(scores: &[f32], rng: &mut SplitMix64) -> usize {
 // the decoding loop
 // ---------------------------------------------------------------------------------------
 
+/// Fewest prompt rows a shared prefix must spare before `Generation::prefill` computes it
+/// once: below that, the extra one-row forward costs about what it saves.
+const MIN_SHARED_ROWS: usize = 32;
+
 /// One generate call in progress: owns the cache and the sequences; the model is passed to
 /// every `step` so the caller keeps ownership of it.
 pub struct Generation<F: Real> {
@@ -370,6 +374,72 @@ impl Generation<f32> {
         }
     }
 
+    /// Prompt tokens every row starts with after its left padding, when computing them once
+    /// for all rows spares at least `MIN_SHARED_ROWS` rows of the prompt's forward (a system
+    /// prompt, a chat template's header, few-shot examples); 0 for one row, for padding other
+    /// than on the left, or for too short a prefix. The last token of a row is never shared:
+    /// every row's logits come from its own tokens.
+    fn shared_prefix(&self) -> usize {
+        let (b, t, total) = (self.b, self.prompt_len, self.total());
+        if b < 2 {
+            return 0;
+        }
+        let first = &self.seqs[self.ignore[0]..t];
+        let mut shared = t;
+        for row in 0..b {
+            let (mask, start) = (&self.prompt_mask[row * t..(row + 1) * t], self.ignore[row]);
+            if mask.iter().enumerate().any(|(j, &m)| (m != 0) != (j >= start)) {
+                return 0;
+            }
+            let tokens = &self.seqs[row * total + start..row * total + t];
+            let common = first.iter().zip(tokens).take_while(|(x, y)| x == y).count();
+            shared = shared.min(common).min(tokens.len() - 1);
+        }
+        if (b - 1) * shared >= MIN_SHARED_ROWS {
+            shared
+        } else {
+            0
+        }
+    }
+
+    /// The first forward, over the whole prompt. Its shared prefix (`shared_prefix`) goes
+    /// through the model once, in a one-row cache copied into every row's first positions;
+    /// the rest of each row follows at its own positions (left padding moves after the
+    /// prefix, still masked). Keys are attended in the same order, so the logits are those of
+    /// the whole prompt's forward.
+    fn prefill(&mut self, model: &dyn Decoder<f32>) -> Result<()> {
+        let (b, t, total) = (self.b, self.prompt_len, self.total());
+        let shared = self.shared_prefix();
+        if shared > 0 {
+            let d = model.dims();
+            let start = self.ignore[0];
+            let pos: Vec<i64> = (0..shared as i64).collect();
+            let (mut prefix, mut sc) = (KvCache::new(&d, 1, shared), Scratch::new(&d, shared));
+            let ids = &self.seqs[start..start + shared];
+            model.forward_cached(self.half.as_deref(), &mut prefix, &mut sc, ids, &pos, &vec![1; shared], shared, &mut self.logits, false)?;
+            self.cache.start_with(&prefix);
+        }
+        // (B, T - shared) ids, position ids cumsum(mask) - 1 (0 on padding), mask
+        let n = b * (t - shared);
+        let (mut ids, mut pos, mut mask) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for row in 0..b {
+            let skip = self.ignore[row]..self.ignore[row] + shared;
+            let (mut cum, mut last) = (0i64, 0i64);
+            for j in 0..t {
+                let m = self.prompt_mask[row * t + j];
+                cum += i64::from(m != 0);
+                last = if m != 0 { cum - 1 } else { 0 };
+                if !skip.contains(&j) {
+                    ids.push(self.seqs[row * total + j]);
+                    pos.push(last);
+                    mask.push(m);
+                }
+            }
+            self.next_pos[row] = if cum == 0 { 0 } else { last } + 1;
+        }
+        model.forward_cached(self.half.as_deref(), &mut self.cache, &mut self.scratch, &ids, &pos, &mask, t - shared, &mut self.logits, false)
+    }
+
     /// One decoding step: a forward (the whole prompt on the first call, then the last
     /// token), the processors, the choice of each row's token. Returns the B new tokens, or
     /// None when generation is done.
@@ -379,21 +449,7 @@ impl Generation<f32> {
         }
         let (b, total, v) = (self.b, self.total(), model.dims().vocab);
         if self.cache.is_empty() {
-            let t = self.prompt_len;
-            let mut pos = vec![0i64; b * t];
-            let mut ids = vec![0i64; b * t];
-            for row in 0..b {
-                let mut cum = 0i64;
-                for j in 0..t {
-                    let m = self.prompt_mask[row * t + j];
-                    cum += i64::from(m != 0);
-                    pos[row * t + j] = if m != 0 { cum - 1 } else { 0 };
-                    ids[row * t + j] = self.seqs[row * total + j];
-                }
-                self.next_pos[row] = if cum == 0 { 0 } else { pos[row * t + t - 1] } + 1;
-            }
-            let mask = self.prompt_mask.clone();
-            model.forward_cached(self.half.as_deref(), &mut self.cache, &mut self.scratch, &ids, &pos, &mask, t, &mut self.logits, false)?;
+            self.prefill(model)?;
         } else {
             let ids: Vec<i64> = (0..b).map(|r| self.seqs[r * total + self.len - 1]).collect();
             let pos = self.next_pos.clone();
@@ -534,6 +590,47 @@ mod tests {
             .run(&m)
             .unwrap();
         assert_eq!(&both[2..12], &solo[..], "padded row {both:?} vs alone {solo:?}");
+    }
+
+    /// Rows sharing a prefix (computed once, `Generation::prefill`) generate what each row
+    /// generates alone, with the same logits at every step, left padding or not.
+    fn check_shared_prefix<M: Decoder<f32>>(m: &M, v: usize) {
+        let prefix: Vec<i64> = (0..16).map(|k| (k * 5 + 1) % v as i64).collect();
+        let tails: [&[i64]; 3] = [&[3, 4, 5], &[7], &[2, 2]];
+        let t = prefix.len() + 3;
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for tail in tails {
+            let pad = 3 - tail.len();
+            ids.extend(std::iter::repeat(0).take(pad).chain(prefix.iter().copied()).chain(tail.iter().copied()));
+            mask.extend(std::iter::repeat(0).take(pad).chain(std::iter::repeat(1).take(t - pad)));
+        }
+        let p = GenerateParams { max_new_tokens: 5, ..Default::default() };
+        let mut batch = Generation::new(m, &Batch { ids: &ids, mask: Some(&mask), labels: None, b: 3, t }, p.clone(), true).unwrap();
+        assert_eq!(batch.shared_prefix(), 16);
+        let seqs = batch.run(m).unwrap();
+        let steps = batch.len() - t;
+        for (row, tail) in tails.iter().enumerate() {
+            let alone: Vec<i64> = prefix.iter().chain(tail.iter()).copied().collect();
+            let mut solo = Generation::new(m, &Batch { ids: &alone, mask: None, labels: None, b: 1, t: alone.len() }, p.clone(), true).unwrap();
+            let out = solo.run(m).unwrap();
+            let pad = 3 - tail.len();
+            assert_eq!(&seqs[row * (t + steps) + pad..(row + 1) * (t + steps)], &out[..], "row {row}");
+            for s in 0..steps {
+                let (x, y) = (&batch.logits_history()[(s * 3 + row) * v..][..v], &solo.logits_history()[s * v..][..v]);
+                let err = x.iter().zip(y).fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(err < 1e-5, "row {row} step {s}: max abs error {err}");
+            }
+        }
+        // right padding: no sharing, as before
+        let right: Vec<i64> = mask.iter().rev().copied().collect();
+        let g = Generation::new(m, &Batch { ids: &ids, mask: Some(&right), labels: None, b: 3, t }, p, false).unwrap();
+        assert_eq!(g.shared_prefix(), 0);
+    }
+
+    #[test]
+    fn shared_prefix_is_invisible() {
+        check_shared_prefix(&tiny(32), 23);
+        check_shared_prefix(&tiny_llama(serde_json::json!({})), 23);
     }
 
     #[test]

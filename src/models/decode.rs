@@ -199,6 +199,26 @@ impl<F: Real> KvCache<F> {
             }
         }
     }
+    /// Starts every row with the keys and values of `prefix`, a one-row cache: positions
+    /// 0..P of each row (P = prefix.len) hold the prefix's and are attended to. Empty caches
+    /// only.
+    pub(crate) fn start_with(&mut self, prefix: &KvCache<F>) {
+        let (p, nkv, hs, cap) = (prefix.len, self.nkv, self.hs, self.cap);
+        assert!(self.is_empty() && prefix.b == 1 && prefix.nkv == nkv && prefix.hs == hs && p <= cap);
+        let layers = self.k.iter_mut().zip(&prefix.k).chain(self.v.iter_mut().zip(&prefix.v));
+        for (dst, src) in layers {
+            for row in 0..self.b {
+                for h in 0..nkv {
+                    dst[(row * nkv + h) * cap * hs..][..p * hs].copy_from_slice(&src[h * prefix.cap * hs..][..p * hs]);
+                }
+            }
+        }
+        for row in 0..self.b {
+            self.key_mask[row * cap..row * cap + p].fill(1);
+        }
+        self.len = p;
+    }
+
     /// Number of positions filled.
     pub fn len(&self) -> usize {
         self.len
