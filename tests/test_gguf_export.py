@@ -236,12 +236,32 @@ def test_command_line(tok, tmp_path, capsys):
     model.save_pretrained(src)
     tok.save_pretrained(src)
     assert gguf_main(["convert", str(src), str(tmp_path / "m.gguf"), "--quantization", "Q8_0"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "[3/3] writing" in out and "MiB" in out
+    # tqdm's bar (on stderr) reaches every stored value: the parameters, the tied head once
+    n = model.num_parameters()
+    assert "Exporting: 100%" in err and f"{n}/{n}" in err.replace(",", ""), err
     assert _core.read_gguf_metadata(tmp_path / "m.gguf")["general.file_type"] == 7
     back = ft.Model.from_pretrained(tmp_path / "m.gguf")
     ids = ids_for(tok)
     assert np.abs(back(ids).logits - model(ids).logits).max() < 0.05
+
+
+def test_progress_callback_sees_every_tensor_and_can_stop_the_export(tok, tmp_path):
+    model = ft.Model.from_config(qconfig(tok), seed=10)
+    calls = []
+    _core.save_gguf(model._core, str(tmp_path / "a.gguf"), "q8_0", tok._core, None, "m", lambda d, t: calls.append((d, t)))
+    n_tensors = len(_core.read_gguf_tensor_infos(tmp_path / "a.gguf"))
+    assert len(calls) == n_tensors and calls[-1] == (model.num_parameters(),) * 2
+    assert all(a[0] < b[0] for a, b in zip(calls, calls[1:])) and len({t for _, t in calls}) == 1
+
+    def stop(done, total):
+        if done > total // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _core.save_gguf(model._core, str(tmp_path / "b.gguf"), "q8_0", tok._core, None, "m", stop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gguf"], "nothing half-written"
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Stubs of the Rust extension module ferrotune._core (kept true by mypy.stubtest)."""
 
 from os import PathLike
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -290,6 +290,7 @@ def save_gguf(
     tokenizer: Tokenizer,
     chat_template: Optional[str],
     name: str,
+    progress: Optional[Callable[[int, int], object]] = None,
 ) -> tuple[list[tuple[str, str]], int, list[str]]: ...
 
 @final

@@ -17,9 +17,9 @@ from typing import Optional, Sequence
 QUANTIZATIONS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q6_k", "q4_k_m")
 
 
-def convert(src: str, dst: str, quantization: str = "f32", tokenizer: Optional[str] = None) -> int:
+def convert(src: str, dst: str, quantization: str = "f32", tokenizer: Optional[str] = None, progress: bool = True) -> int:
     """Loads ``src`` (model) and ``tokenizer`` (default: ``src``), writes ``dst``; returns its size
-    in bytes. Prints each stage with its time."""
+    in bytes. Prints each stage with its time, and a bar over the parameters while writing."""
     from .modeling import Model
     from .tokenizer import Tokenizer
 
@@ -30,7 +30,7 @@ def convert(src: str, dst: str, quantization: str = "f32", tokenizer: Optional[s
     tok = Tokenizer.from_pretrained(tokenizer or src)
     t1 = time.perf_counter()
     print(f"      loaded in {t1 - t0:.1f} s; [3/3] writing {dst} ({quantization})", flush=True)
-    model.save_gguf(dst, quantization=quantization, tokenizer=tok)
+    model.save_gguf(dst, quantization=quantization, tokenizer=tok, progress=progress)
     size = os.path.getsize(dst)
     print(f"      wrote {size / 2**20:.1f} MiB in {time.perf_counter() - t1:.1f} s", flush=True)
     return size
@@ -44,8 +44,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("output", help="the .gguf file to write")
     c.add_argument("--quantization", "-q", default="f32", choices=QUANTIZATIONS, type=str.lower)
     c.add_argument("--tokenizer", default=None, help="where the tokenizer is, when not beside the model")
+    c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     ns = p.parse_args(argv)
-    convert(ns.input, ns.output, ns.quantization, ns.tokenizer)
+    convert(ns.input, ns.output, ns.quantization, ns.tokenizer, ns.progress)
     return 0
 
 

@@ -15,6 +15,7 @@ from . import _core, hub
 from ._core import ConfigError, FerrotuneError, InputError
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .generation import generate as _generate
+from .progress import progress_bar
 
 PathLike = Union[str, "os.PathLike[str]"]
 ArrayLike = Any
@@ -590,7 +591,7 @@ class Model:
             self._core.save_pretrained(out)
             self.generation_config.save_pretrained(out)
 
-    def save_gguf(self, path: PathLike, quantization: str = "f32", tokenizer: Optional[Any] = None) -> None:
+    def save_gguf(self, path: PathLike, quantization: str = "f32", tokenizer: Optional[Any] = None, progress: bool = False) -> None:
         """Writes the model and its tokenizer to one GGUF file for llama.cpp / Ollama / LM
         Studio (atomically), as llama.cpp's ``convert_hf_to_gguf.py`` (+ ``llama-quantize``)
         would: ``quantization`` is "f32", "f16", "bf16", "q8_0", "q4_0", "q6_k" or "q4_k_m"
@@ -598,7 +599,9 @@ class Model:
         ``tokenizer`` (a byte-level BPE :class:`ferrotune.Tokenizer`) and its chat template
         are embedded. A model with LoRA adapters must be merged first
         (``merge_and_unload()``). Tensors whose rows do not fit the type's blocks fall back
-        as llama.cpp does, with a warning. ``Model.from_pretrained(path)`` reads it back."""
+        as llama.cpp does, with a warning. ``progress=True`` shows a bar over the parameters
+        quantised; Ctrl-C stops the export and leaves no file. ``Model.from_pretrained(path)``
+        reads it back."""
         import warnings
 
         from .tokenizer import Tokenizer
@@ -612,7 +615,14 @@ class Model:
         if isinstance(template, Mapping):
             template = template.get("default")
         name = os.path.basename(os.fspath(self.name_or_path).rstrip("/\\"))
-        _, _, notes = _core.save_gguf(self._core, os.fspath(path), str(quantization), tokenizer._core, template, name)
+        bar = progress_bar(self.num_parameters(), "Exporting", unit="param", disable=not progress)
+        with bar:
+
+            def report(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            _, _, notes = _core.save_gguf(self._core, os.fspath(path), str(quantization), tokenizer._core, template, name, report)
         for note in notes:
             warnings.warn(note, stacklevel=2)
 

@@ -9,7 +9,7 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::error::Error;
 use crate::io::gguf::{load_gguf as load_gguf_rs, tokenizer_from_gguf, GgufFile, GgufValue};
-use crate::io::gguf_write::{export_gguf, Quantization};
+use crate::io::gguf_write::{export_gguf_reporting, Quantization};
 
 use super::convert::to_numpy;
 use super::detach;
@@ -93,9 +93,12 @@ pub fn load_gguf(py: Python<'_>, path: PathBuf) -> PyResult<GgufModelParts<'_>> 
 
 /// Writes `model` (merged: a model with LoRA adapters is refused) and `tokenizer` to a GGUF
 /// file at `path` (atomically) with `quantization` ("f32", "f16", "bf16", "q8_0", "q4_0",
-/// "q6_k", "q4_k_m"). Returns ([(llama.cpp tensor name, ggml type)], file bytes, warnings).
+/// "q6_k", "q4_k_m"); `progress(values stored, values in all)` is called after each tensor,
+/// and an exception it raises (Ctrl-C) stops the export, writing nothing. Returns
+/// ([(llama.cpp tensor name, ggml type)], file bytes, warnings).
 #[pyfunction]
-#[pyo3(signature = (model, path, quantization, tokenizer, chat_template, name))]
+#[pyo3(signature = (model, path, quantization, tokenizer, chat_template, name, progress=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn save_gguf(
     py: Python<'_>,
     model: &PyModel,
@@ -104,6 +107,7 @@ pub fn save_gguf(
     tokenizer: &PyTokenizer,
     chat_template: Option<String>,
     name: String,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<(Vec<(String, String)>, u64, Vec<String>)> {
     let q = Quantization::parse(quantization).map_err(PyFerrotuneErr::from)?;
     let cell = model.lock()?;
@@ -119,6 +123,17 @@ pub fn save_gguf(
         state.table.infos().iter().map(|i| (i.name.clone(), i.shape.clone(), state.params[i.range.clone()].to_vec())).collect();
     let config = m.config_value();
     let tok = &tokenizer.inner;
-    let r = detach(py, move || Ok(export_gguf(&path, &config, tensors, tok, chat_template.as_deref(), &name, q)?))?;
-    Ok((r.tensors, r.bytes, r.warnings))
+    let mut raised: Option<PyErr> = None;
+    let mut report = |done: u64, all: u64| -> crate::error::Result<()> {
+        let Some(f) = &progress else { return Ok(()) };
+        Python::attach(|py| f.call1(py, (done, all)).map(drop)).map_err(|e| {
+            raised = Some(e);
+            Error::Input("the export was stopped by its progress callback".into())
+        })
+    };
+    let r = detach(py, || Ok(export_gguf_reporting(&path, &config, tensors, tok, chat_template.as_deref(), &name, q, &mut report)?));
+    match (r, raised) {
+        (_, Some(e)) => Err(e),
+        (r, None) => r.map(|r| (r.tensors, r.bytes, r.warnings)),
+    }
 }

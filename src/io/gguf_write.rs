@@ -99,6 +99,12 @@ impl GgufWriter {
     /// The file's bytes: header, metadata, tensor directory, then each tensor quantised at
     /// its aligned offset.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.to_bytes_reporting(&mut |_, _| Ok(()))
+    }
+
+    /// `to_bytes`, calling `progress(values done, values in all)` after each tensor; an error
+    /// it returns stops the export.
+    pub fn to_bytes_reporting(&self, progress: &mut Progress<'_>) -> Result<Vec<u8>> {
         let align = DEFAULT_ALIGNMENT as usize;
         let mut b = GGUF_MAGIC.to_vec();
         b.extend(3u32.to_le_bytes());
@@ -133,17 +139,21 @@ impl GgufWriter {
         }
         let data_start = b.len().div_ceil(align) * align;
         b.resize(data_start + offset, 0);
+        let (mut done, all) = (0u64, self.tensors.iter().map(|t| t.3.len() as u64).sum::<u64>());
         for ((name, _, ty, data), at) in self.tensors.iter().zip(offsets) {
             let (bs, ts) = ty.block_layout().expect("checked above");
             let out = &mut b[data_start + at..data_start + at + data.len() / bs * ts];
             quantize_into(*ty, data, out).map_err(|m| Error::Input(format!("tensor {name:?}: {m}")))?;
+            done += data.len() as u64;
+            progress(done, all)?;
         }
         Ok(b)
     }
 
-    /// Writes the file atomically; returns its size in bytes.
-    pub fn write(&self, path: &Path) -> Result<u64> {
-        let bytes = self.to_bytes()?;
+    /// Writes the file atomically, reporting as `to_bytes_reporting`; returns its size in
+    /// bytes.
+    pub fn write(&self, path: &Path, progress: &mut Progress<'_>) -> Result<u64> {
+        let bytes = self.to_bytes_reporting(progress)?;
         write_atomic(path, &bytes)?;
         Ok(bytes.len() as u64)
     }
@@ -364,6 +374,9 @@ fn model_metadata(config: &Value, arch: &str, name: &str, q: Quantization, n_voc
     Ok(md)
 }
 
+/// Called with (values stored, values in all) as an export goes; an error stops it.
+pub type Progress<'a> = dyn FnMut(u64, u64) -> Result<()> + 'a;
+
 /// Writes `tensors` (HF names, row-major shapes, f32 values) of a model with HF `config`
 /// and `tokenizer` to a GGUF file at `path` (atomically). `name` is `general.name`.
 pub fn export_gguf(
@@ -374,6 +387,21 @@ pub fn export_gguf(
     chat_template: Option<&str>,
     name: &str,
     q: Quantization,
+) -> Result<ExportReport> {
+    export_gguf_reporting(path, config, tensors, tokenizer, chat_template, name, q, &mut |_, _| Ok(()))
+}
+
+/// `export_gguf`, calling `progress` after each tensor is quantised.
+#[allow(clippy::too_many_arguments)]
+pub fn export_gguf_reporting(
+    path: &Path,
+    config: &Value,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    tokenizer: &Tokenizer,
+    chat_template: Option<&str>,
+    name: &str,
+    q: Quantization,
+    progress: &mut Progress<'_>,
 ) -> Result<ExportReport> {
     let model_type = config["model_type"].as_str().unwrap_or("");
     let arch = llama_cpp_arch(model_type)?;
@@ -439,7 +467,7 @@ pub fn export_gguf(
             names.join(", ")
         ));
     }
-    let bytes = w.write(path)?;
+    let bytes = w.write(path, progress)?;
     Ok(ExportReport { tensors: written, bytes, warnings })
 }
 
