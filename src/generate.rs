@@ -3,8 +3,10 @@
 //! inference forward of crate::models::decode.
 //!
 //! The cache is allocated once for prompt + max_new_tokens positions. The prompt goes
-//! through one forward that fills the cache; every later step feeds one token per row and
-//! reuses the cached keys and values (no recomputation of the prefix).
+//! through one forward that fills the cache (a prefix all rows share goes through once);
+//! every later step feeds one token per row and reuses the cached keys and values (no
+//! recomputation of the prefix). In greedy decoding with a pad token, rows that finished
+//! leave the batch.
 //!
 //! Left padding follows transformers' generate: position ids are cumsum(mask) - 1 (0 on
 //! padding) and padded keys are never attended to.
@@ -263,6 +265,9 @@ pub struct Generation<F: Real> {
     ignore: Vec<usize>,
     prompt_mask: Vec<i64>,
     unfinished: Vec<bool>,
+    /// the batch row of each row of the cache: every row until rows finish, then the
+    /// unfinished ones (`drops_finished_rows`)
+    rows: Vec<usize>,
     cache: KvCache<F>,
     scratch: Scratch<F>,
     /// bf16 copies of the weights to decode with (`use_half_weights`)
@@ -314,6 +319,7 @@ impl Generation<f32> {
             ignore,
             prompt_mask: mask,
             unfinished: vec![true; b],
+            rows: (0..b).collect(),
             cache: KvCache::new(&d, b, total),
             scratch: Scratch::new(&d, b * t),
             half: None,
@@ -372,6 +378,13 @@ impl Generation<f32> {
                 *u = false;
             }
         }
+    }
+
+    /// Whether finished rows leave the batch: they only ever get the pad token then, so
+    /// computing them is waste. Not when sampling (every row draws from the generator, as
+    /// transformers' does), nor when every step's logits are kept (B, V).
+    fn drops_finished_rows(&self) -> bool {
+        self.params.pad_token_id.is_some() && !self.params.do_sample && !self.keep_logits
     }
 
     /// Prompt tokens every row starts with after its left padding, when computing them once
@@ -451,20 +464,26 @@ impl Generation<f32> {
         if self.cache.is_empty() {
             self.prefill(model)?;
         } else {
-            let ids: Vec<i64> = (0..b).map(|r| self.seqs[r * total + self.len - 1]).collect();
-            let pos = self.next_pos.clone();
-            for p in self.next_pos.iter_mut() {
-                *p += 1;
+            if self.drops_finished_rows() && self.rows.iter().any(|&r| !self.unfinished[r]) {
+                let keep: Vec<bool> = self.rows.iter().map(|&r| self.unfinished[r]).collect();
+                self.cache.retain_rows(&keep);
+                self.rows.retain(|&r| self.unfinished[r]);
             }
-            let ones = vec![1i64; b];
+            let ids: Vec<i64> = self.rows.iter().map(|&r| self.seqs[r * total + self.len - 1]).collect();
+            let pos: Vec<i64> = self.rows.iter().map(|&r| self.next_pos[r]).collect();
+            for &r in &self.rows {
+                self.next_pos[r] += 1;
+            }
+            let ones = vec![1i64; self.rows.len()];
             model.forward_cached(self.half.as_deref(), &mut self.cache, &mut self.scratch, &ids, &pos, &ones, 1, &mut self.logits, false)?;
         }
         if self.keep_logits {
             self.history.extend_from_slice(&self.logits[..b * v]);
         }
-        let mut next = vec![0i64; b];
-        for row in 0..b {
-            let scores = &mut self.logits[row * v..(row + 1) * v];
+        // rows no longer decoded have finished: they get the pad token (drops_finished_rows)
+        let mut next = vec![self.params.pad_token_id.unwrap_or(0); b];
+        for (i, &row) in self.rows.iter().enumerate() {
+            let scores = &mut self.logits[i * v..(i + 1) * v];
             let prev = &self.seqs[row * total + self.ignore[row]..row * total + self.len];
             process_row(scores, prev, &self.params, &mut self.work);
             let tok = if self.params.do_sample { sample(scores, &mut self.rng) } else { argmax(scores) } as i64;
@@ -631,6 +650,24 @@ mod tests {
     fn shared_prefix_is_invisible() {
         check_shared_prefix(&tiny(32), 23);
         check_shared_prefix(&tiny_llama(serde_json::json!({})), 23);
+    }
+
+    /// Rows that finish leave the batch (greedy, pad set): the sequences are those of a run
+    /// that decodes every row to the end (keeping the logits keeps every row).
+    #[test]
+    fn finished_rows_leave_the_batch() {
+        let m = tiny_llama(serde_json::json!({}));
+        let ids: Vec<i64> = (0..4 * 5).map(|k| (k * 7 + 2) % 23).collect();
+        let batch = Batch { ids: &ids, mask: None, labels: None, b: 4, t: 5 };
+        let free = Generation::new(&m, &batch, GenerateParams { max_new_tokens: 12, ..Default::default() }, false).unwrap().run(&m).unwrap();
+        // the token row 0 generates second ends rows at different steps
+        let p = GenerateParams { max_new_tokens: 12, eos_token_ids: vec![free[6]], pad_token_id: Some(0), ..Default::default() };
+        let mut dropping = Generation::new(&m, &batch, p.clone(), false).unwrap();
+        let out = dropping.run(&m).unwrap();
+        let full = Generation::new(&m, &batch, p, true).unwrap().run(&m).unwrap();
+        assert_eq!(out, full);
+        let finished = dropping.unfinished().iter().filter(|&&u| !u).count();
+        assert!(finished >= 1 && dropping.cache.b < 4, "{finished} rows finished, {} rows decoded at the end", dropping.cache.b);
     }
 
     #[test]

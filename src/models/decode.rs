@@ -219,6 +219,24 @@ impl<F: Real> KvCache<F> {
         self.len = p;
     }
 
+    /// Keeps the rows flagged in `keep` (one flag per row), in order, and drops the others:
+    /// decoding goes on for the kept rows only.
+    pub(crate) fn retain_rows(&mut self, keep: &[bool]) {
+        assert_eq!(keep.len(), self.b, "retain_rows: one flag per row");
+        let (cap, row) = (self.cap, self.nkv * self.cap * self.hs);
+        let mut to = 0;
+        for from in (0..self.b).filter(|&r| keep[r]) {
+            if to != from {
+                for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+                    buf.copy_within(from * row..(from + 1) * row, to * row);
+                }
+                self.key_mask.copy_within(from * cap..(from + 1) * cap, to * cap);
+            }
+            to += 1;
+        }
+        self.b = to;
+    }
+
     /// Number of positions filled.
     pub fn len(&self) -> usize {
         self.len
