@@ -9,7 +9,7 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::error::Error;
 use crate::io::gguf::{load_gguf as load_gguf_rs, tokenizer_from_gguf, GgufFile, GgufValue};
-use crate::io::gguf_write::{export_gguf_reporting, Quantization};
+use crate::io::gguf_write::{export_gguf, Quantization};
 
 use super::convert::to_numpy;
 use super::detach;
@@ -131,7 +131,7 @@ pub fn save_gguf(
             Error::Input("the export was stopped by its progress callback".into())
         })
     };
-    let r = detach(py, || Ok(export_gguf_reporting(&path, &config, tensors, tok, chat_template.as_deref(), &name, q, &mut report)?));
+    let r = detach(py, || Ok(export_gguf(&path, &config, tensors, tok, chat_template.as_deref(), &name, q, &mut report)?));
     match (r, raised) {
         (_, Some(e)) => Err(e),
         (r, None) => r.map(|r| (r.tensors, r.bytes, r.warnings)),

@@ -378,22 +378,10 @@ fn model_metadata(config: &Value, arch: &str, name: &str, q: Quantization, n_voc
 pub type Progress<'a> = dyn FnMut(u64, u64) -> Result<()> + 'a;
 
 /// Writes `tensors` (HF names, row-major shapes, f32 values) of a model with HF `config`
-/// and `tokenizer` to a GGUF file at `path` (atomically). `name` is `general.name`.
-pub fn export_gguf(
-    path: &Path,
-    config: &Value,
-    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
-    tokenizer: &Tokenizer,
-    chat_template: Option<&str>,
-    name: &str,
-    q: Quantization,
-) -> Result<ExportReport> {
-    export_gguf_reporting(path, config, tensors, tokenizer, chat_template, name, q, &mut |_, _| Ok(()))
-}
-
-/// `export_gguf`, calling `progress` after each tensor is quantised.
+/// and `tokenizer` to a GGUF file at `path` (atomically), calling `progress` after each
+/// tensor is quantised. `name` is `general.name`.
 #[allow(clippy::too_many_arguments)]
-pub fn export_gguf_reporting(
+pub fn export_gguf(
     path: &Path,
     config: &Value,
     tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
