@@ -64,6 +64,11 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+
+    // ---- interop ----
+    #[cfg(feature = "candle")]
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -45,6 +45,8 @@ impl From<PyFerrotuneErr> for PyErr {
             Error::Tokenizer(_) => TokenizerError::new_err(msg),
             Error::NonFinite(_) => NonFiniteError::new_err(msg),
             Error::Json { .. } => ConfigError::new_err(msg),
+            #[cfg(feature = "candle")]
+            Error::Candle(_) => FerrotuneError::new_err(msg),
         }
     }
 }
