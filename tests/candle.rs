@@ -1,6 +1,7 @@
 //! ferrotune models handed to candle (`interop::candle`, feature `candle`):
 //! - candle-transformers' llama / qwen2 / mistral forwards on the tiny fixtures' weights give
-//!   our logits (max |diff| / max |logit| <= 1e-4), every position, windows and ties included;
+//!   our logits (max |diff| / max |logit| <= 1e-4), every position; windows, ties and llama3
+//!   rope included;
 //! - candle's `quantized_llama` on our q8_0 GGUF export against our forward of the same file
 //!   read back dequantised (candle also quantises the activations to 8 bits: the gap is that);
 //! - to_tensors -> load_tensors (and through a VarMap) is bit-exact, and bad maps are typed
@@ -69,16 +70,19 @@ fn check_family(name: &str, candle_logits: impl Fn(&BoxedModel, &[i64]) -> Vec<f
 
 #[test]
 fn candle_llama_gives_our_logits() {
-    // llama_tiny: tied embeddings (no lm_head.weight in the map), 6 heads over 2 KV heads
-    check_family("llama_tiny", |model, ids| {
-        let cfg = llama_config(model.as_ref()).unwrap();
-        assert!(cfg.tie_word_embeddings);
-        let net = llama::Llama::load(var_builder(model.as_ref(), DType::F32, &Device::Cpu).unwrap(), &cfg).unwrap();
-        per_prefix(ids, |x| {
-            let mut cache = llama::Cache::new(false, DType::F32, &cfg, &Device::Cpu).unwrap();
-            net.forward(x, 0, &mut cache).unwrap()
-        })
-    });
+    // llama_tiny: tied embeddings (no lm_head.weight in the map), 6 heads over 2 KV heads;
+    // llama3_rope_untied: llama3 rope frequencies (theta 5e5, factor 8 past 16 positions), an lm_head
+    for name in ["llama_tiny", "llama3_rope_untied"] {
+        check_family(name, |model, ids| {
+            let cfg = llama_config(model.as_ref()).unwrap();
+            assert_eq!((cfg.tie_word_embeddings, cfg.rope_scaling.is_some()), (name == "llama_tiny", name == "llama3_rope_untied"));
+            let net = llama::Llama::load(var_builder(model.as_ref(), DType::F32, &Device::Cpu).unwrap(), &cfg).unwrap();
+            per_prefix(ids, |x| {
+                let mut cache = llama::Cache::new(false, DType::F32, &cfg, &Device::Cpu).unwrap();
+                net.forward(x, 0, &mut cache).unwrap()
+            })
+        });
+    }
 }
 
 #[test]

@@ -69,8 +69,8 @@ fn check_biases(c: &LlamaConfig, family: &str, qkv: bool) -> Result<()> {
         return Err(refuse(
             family,
             format!(
-                "has {} q/k/v biases and no o_proj bias (the config has qkv bias {}, o_proj bias {})",
-                if qkv { "" } else { "no" },
+                "has {}q/k/v biases and no o_proj bias (the config has qkv bias {}, o_proj bias {})",
+                if qkv { "" } else { "no " },
                 c.qkv_bias,
                 c.o_bias
             ),
