@@ -5,7 +5,7 @@
 //! - candle's `quantized_llama` on our q8_0 GGUF export against our forward of the same file
 //!   read back dequantised (candle also quantises the activations to 8 bits: the gap is that);
 //! - to_tensors -> load_tensors (and through a VarMap) is bit-exact, and bad maps are typed
-//!   errors naming the tensor.
+//!   errors naming the tensor; a model with LoRA adapters is refused.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,8 @@ use ferrotune::error::Error;
 use ferrotune::interop::candle::{load_tensors, load_var_map, to_tensors, to_var_map, var_builder};
 use ferrotune::interop::candle_configs::{llama_config, mistral_config, qwen2_config};
 use ferrotune::io::gguf_write::{export_gguf, Quantization};
-use ferrotune::models::{from_config, from_pretrained, Batch, BoxedModel};
+use ferrotune::models::lora::LoraSpec;
+use ferrotune::models::{attach_lora, from_config, from_pretrained, Batch, BoxedModel};
 use ferrotune::tokenizer::{SpecialToken, Tokenizer};
 use serde_json::Value;
 
@@ -246,4 +247,14 @@ fn bad_tensor_maps_are_typed_errors_naming_the_tensor() {
     extra.insert("model.layers.2.mlp.up_proj.weight".into(), Tensor::zeros((80, 48), DType::F32, &Device::Cpu).unwrap());
     let e = load_tensors(dst.as_mut(), &extra).unwrap_err();
     assert!(matches!(e, Error::Checkpoint { .. }) && e.to_string().contains("model.layers.2.mlp.up_proj.weight"), "{e}");
+
+    // a model with LoRA adapters computes more than its base weights: refused both ways
+    let names: Vec<String> = dst.lora_modules().1.iter().map(|m| m.name.clone()).collect();
+    attach_lora(dst.as_mut(), &names, LoraSpec { r: 2, alpha: 4.0, dropout: 0.0, use_rslora: false }, 1).unwrap();
+    for e in [
+        to_tensors(dst.as_ref(), &Device::Cpu).unwrap_err(),
+        load_tensors(dst.as_mut(), &to_tensors(src.as_ref(), &Device::Cpu).unwrap()).unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::Input(_)) && e.to_string().contains("merge"), "{e}");
+    }
 }
