@@ -119,6 +119,9 @@ fn configs_candle_cannot_run_are_refused() {
     let qwen = from_pretrained(&fixture("qwen2_tiny")).unwrap();
     let e = llama_config(qwen.as_ref()).unwrap_err().to_string();
     assert!(e.contains("cannot run a qwen2 model"), "{e}");
+    let gpt2 = from_pretrained(&fixture("gpt2_tiny_a")).unwrap();
+    let e = mistral_config(gpt2.as_ref()).unwrap_err().to_string();
+    assert!(e.contains("cannot run a gpt2 model"), "{e}");
     let mut c = config("llama_tiny");
     c["head_dim"] = 16.into(); // 6 heads of 16 over hidden 48
     let e = llama_config(from_config(c, 1).unwrap().as_ref()).unwrap_err().to_string();

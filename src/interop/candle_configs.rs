@@ -21,21 +21,18 @@ use candle_nn::Activation;
 use candle_transformers::models::{llama, mistral, qwen2};
 use serde_json::Value;
 
-use crate::config::{LlamaConfig, RopeScaling};
+use crate::config::{model_type, LlamaConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::models::CausalLm;
 
-/// The model's config, for a candle `family` whose `model_type`s are `accepted`.
-fn config_of(model: &dyn CausalLm<f32>, family: &str, accepted: &[&str]) -> Result<LlamaConfig> {
-    let c = LlamaConfig::from_value(model.config_value())?;
-    if !accepted.contains(&c.model_type.as_str()) {
-        return Err(Error::Config(format!(
-            "candle-transformers' {family} model cannot run a {} model (it runs {})",
-            c.model_type,
-            accepted.join(", ")
-        )));
+/// The model's config, when its `model_type` is the candle `family`'s.
+fn config_of(model: &dyn CausalLm<f32>, family: &str) -> Result<LlamaConfig> {
+    let v = model.config_value();
+    let m = model_type(&v)?;
+    if m != family {
+        return Err(Error::Config(format!("candle-transformers' {family} model cannot run a {m} model")));
     }
-    Ok(c)
+    LlamaConfig::from_value(v)
 }
 
 fn refuse(family: &str, why: String) -> Error {
@@ -91,7 +88,7 @@ fn candle_window(c: &LlamaConfig, family: &str) -> Result<Option<usize>> {
 /// candle-transformers' `llama::Config` (flash attention off) for a llama model.
 pub fn llama_config(model: &dyn CausalLm<f32>) -> Result<llama::Config> {
     const F: &str = "llama";
-    let c = config_of(model, F, &["llama"])?;
+    let c = config_of(model, F)?;
     check_derived_head_dim(&c, F)?;
     check_biases(&c, F, false)?;
     if candle_window(&c, F)?.is_some() {
@@ -137,7 +134,7 @@ pub fn llama_config(model: &dyn CausalLm<f32>) -> Result<llama::Config> {
 /// the weights have no `lm_head.weight`, which is what `interop::candle::to_tensors` gives.
 pub fn qwen2_config(model: &dyn CausalLm<f32>) -> Result<qwen2::Config> {
     const F: &str = "qwen2";
-    let c = config_of(model, F, &["qwen2"])?;
+    let c = config_of(model, F)?;
     check_derived_head_dim(&c, F)?;
     check_biases(&c, F, true)?;
     check_default_rope(&c, F)?;
@@ -164,7 +161,7 @@ pub fn qwen2_config(model: &dyn CausalLm<f32>) -> Result<qwen2::Config> {
 /// candle-transformers' `mistral::Config` (flash attention off) for a mistral model.
 pub fn mistral_config(model: &dyn CausalLm<f32>) -> Result<mistral::Config> {
     const F: &str = "mistral";
-    let c = config_of(model, F, &["mistral"])?;
+    let c = config_of(model, F)?;
     check_biases(&c, F, false)?;
     check_default_rope(&c, F)?;
     if c.tie_word_embeddings {
