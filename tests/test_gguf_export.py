@@ -160,6 +160,22 @@ def test_q8_0_q4_0_equal_the_gguf_package(arch, q, bound, tok, tmp_path):
     assert 0 < diff < (0.05 if q == "q8_0" else 0.5)
 
 
+def test_k_quant_fallbacks_equal_the_gguf_package(tok, tmp_path):
+    """Rows of 64 are not whole 256-blocks: q4_k_m and q6_k store those tensors as llama.cpp's
+    fallbacks, which the gguf package quantises too: byte for byte the same."""
+    model = ft.Model.from_config(qconfig(tok), seed=8)
+    src = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(str(save(model, tmp_path / "f.gguf", "f32", tok))).tensors}
+    seen = set()
+    for q in ("q4_k_m", "q6_k"):
+        for t in gguf.GGUFReader(str(save(model, tmp_path / f"{q}.gguf", q, tok))).tensors:
+            ty = gguf.GGMLQuantizationType(t.tensor_type)
+            if ty.name in ("Q5_0", "Q5_1", "Q8_0", "Q4_0", "Q4_1"):
+                ref = gguf.quants.quantize(src[t.name], ty)
+                assert np.array_equal(np.asarray(t.data).reshape(-1), ref.reshape(-1)), (q, t.name, ty.name)
+                seen.add(ty.name)
+    assert {"Q5_0", "Q8_0"} <= seen, seen
+
+
 def test_q4_0_puts_the_tied_output_in_q8_0(tok, tmp_path):
     model = ft.Model.from_config(qconfig(tok), seed=5)
     types = {n: t for n, t, _ in _core.read_gguf_tensor_infos(save(model, tmp_path / "q.gguf", "q4_0", tok))}
