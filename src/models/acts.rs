@@ -7,7 +7,7 @@ use crate::kernels::Real;
 /// next set. Training on batches whose length varies (dynamic padding) would otherwise free
 /// and map hundreds of MB at every step and pay for it in page faults and TLB shootdowns;
 /// reused, the memory stays mapped and the model holds the largest shape it has seen.
-pub(crate) struct Recycled<F> {
+pub struct Recycled<F> {
     free: Vec<Vec<F>>,
     /// The logits / loss-chunk buffer, which the head sizes itself.
     pub logits: Vec<F>,

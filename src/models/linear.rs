@@ -40,7 +40,7 @@ impl LinearPart {
 
 /// out (N, OUT) = x (N, IN) @ W + b for a Conv1D weight (IN, OUT), x @ W^T + b for an
 /// nn.Linear weight (OUT, IN), plus the LoRA branches of its parts.
-pub(crate) struct Linear {
+pub struct Linear {
     /// The weight (and bias) of every part, which are adjacent in the parameter buffer.
     w: Range<usize>,
     b: Option<Range<usize>>,

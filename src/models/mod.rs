@@ -14,6 +14,7 @@ mod load;
 pub mod lora;
 pub mod params;
 mod state;
+pub mod transformer;
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -67,6 +67,21 @@ pub fn recycled_activations_are_exact<M: CausalLm<f32>>(make: impl Fn() -> M) {
     }
 }
 
+/// Moves every parameter a little (biases and norms away from their init), so that every
+/// path of the backward is exercised.
+pub fn perturb<M: CausalLm<f64>>(m: &mut M) {
+    let mut r = crate::rng::SplitMix64::new(9);
+    for x in m.state_mut().params.iter_mut() {
+        *x += 0.1 * (r.next_f64() - 0.5);
+    }
+}
+
+/// The backward against central differences in f64, for every trainable parameter.
+pub fn assert_gradients_match<M: CausalLm<f64>>(m: &mut M, batch: &Batch<'_>) {
+    let (worst, scale) = gradient_error(m, batch);
+    assert!(worst < 1e-7 * scale.max(1.0), "max abs error {worst:e} (grad scale {scale:e})");
+}
+
 /// One backward, then central differences in f64 for every trainable parameter:
 /// returns (max |analytic - numeric|, max |analytic|).
 pub fn gradient_error<M: CausalLm<f64>>(m: &mut M, batch: &Batch<'_>) -> (f64, f64) {
