@@ -181,7 +181,7 @@ pub enum RopeScaling {
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
 }
 
-/// transformers' `LlamaConfig`, also serving `mistral` and `qwen2` configs. The parsed fields
+/// transformers' `LlamaConfig`, also serving `mistral`, `qwen2` and `qwen3` configs. The parsed fields
 /// are what the model needs; `raw` keeps the whole config.json so it round-trips.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -199,8 +199,10 @@ pub struct LlamaConfig {
     pub rope_scaling: RopeScaling,
     /// Bias on q_proj, k_proj, v_proj (qwen2 always; llama/mistral with attention_bias).
     pub qkv_bias: bool,
-    /// Bias on o_proj (llama/mistral with attention_bias).
+    /// Bias on o_proj (llama/mistral/qwen3 with attention_bias).
     pub o_bias: bool,
+    /// RMSNorm of each query and key head before RoPE (qwen3's q_norm, k_norm).
+    pub qk_norm: bool,
     pub tie_word_embeddings: bool,
     /// The embedding row transformers gives no gradient (nn.Embedding's padding_idx).
     pub pad_token_id: Option<i64>,
@@ -244,7 +246,9 @@ impl LlamaConfig {
         let heads = req_usize(&v, "num_attention_heads", a)?;
         let kv_heads = get(&v, "num_key_value_heads").map_or(Ok(heads), |_| req_usize(&v, "num_key_value_heads", a))?;
         let layers = req_usize(&v, "num_hidden_layers", a)?;
-        let head_dim = get(&v, "head_dim").map_or(Ok(hidden_size / heads), |_| req_usize(&v, "head_dim", a))?;
+        // Qwen3Config's head_dim defaults to 128, not hidden_size / heads
+        let default_head_dim = if a == "qwen3" { 128 } else { hidden_size / heads };
+        let head_dim = get(&v, "head_dim").map_or(Ok(default_head_dim), |_| req_usize(&v, "head_dim", a))?;
         if heads % kv_heads != 0 {
             return Err(Error::Config(format!("num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")));
         }
@@ -320,8 +324,8 @@ impl LlamaConfig {
                     .collect::<Result<Vec<_>>>()?
             }
             None if a == "mistral" => vec![window; layers],
-            None if a == "qwen2" && get(&v, "use_sliding_window").and_then(Value::as_bool).unwrap_or(false) => {
-                return Err(Error::Config("qwen2 use_sliding_window without layer_types is not supported".into()))
+            None if (a == "qwen2" || a == "qwen3") && get(&v, "use_sliding_window").and_then(Value::as_bool).unwrap_or(false) => {
+                return Err(Error::Config(format!("{a} use_sliding_window without layer_types is not supported")))
             }
             None => vec![None; layers],
         };
@@ -335,6 +339,7 @@ impl LlamaConfig {
             pad_token_id: get(&v, "pad_token_id").and_then(Value::as_i64),
             qkv_bias: a == "qwen2" || attention_bias,
             o_bias: a != "qwen2" && attention_bias,
+            qk_norm: a == "qwen3",
             model_type: arch,
             hidden_size,
             num_hidden_layers: layers,
@@ -379,6 +384,7 @@ impl LlamaConfig {
         let arch = match self.model_type.as_str() {
             "mistral" => "MistralForCausalLM",
             "qwen2" => "Qwen2ForCausalLM",
+            "qwen3" => "Qwen3ForCausalLM",
             _ => "LlamaForCausalLM",
         };
         v.as_object_mut().expect("config is an object").entry("architectures").or_insert_with(|| serde_json::json!([arch]));

@@ -16,7 +16,7 @@ from ferrotune import ConfigError, Trainer, TrainingArguments
 
 from conftest import fixture_dir
 
-CAUSAL = ["gpt2_tiny_a", "llama_tiny", "mistral_tiny", "qwen2_tiny", "llama3_rope_untied"]
+CAUSAL = ["gpt2_tiny_a", "llama_tiny", "mistral_tiny", "qwen2_tiny", "llama3_rope_untied", "qwen3_tiny"]
 LORA_TARGETS = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],

@@ -17,6 +17,7 @@ CASES = [
     "llama3_rope_untied",  # llama3 rope scaling, untied lm_head
     "qwen2_tiny",  # q/k/v bias, right padding
     "mistral_tiny",  # sliding window 4 < T
+    "qwen3_tiny",  # q/k RMSNorm per head, head_dim 12 != C / NH, untied, left padding
 ]
 
 

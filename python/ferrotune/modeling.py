@@ -179,7 +179,7 @@ def _local_path(path: PathLike, gguf_file: Optional[PathLike], **hub_kwargs: Any
 
 
 class Model:
-    """A causal language model (GPT-2, Llama, Mistral, Qwen2) with the transformers API.
+    """A causal language model (GPT-2, Llama, Mistral, Qwen2, Qwen3) with the transformers API.
 
     >>> model = Model.from_pretrained("path/to/gpt2")
     >>> out = model(input_ids, attention_mask=mask, labels=input_ids)
@@ -255,7 +255,7 @@ class Model:
             config = ModelConfig.from_json_file(os.path.join(path, "config.json")).to_dict()
         else:  # a GGUF file: its config comes from the loaded model
             config = cls.from_pretrained(path).config.to_dict()
-        arch = {"gpt2": "GPT2", "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}.get(config.get("model_type", ""))
+        arch = {"gpt2": "GPT2", "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}.get(config.get("model_type", ""))
         if arch is None:
             raise ConfigError(f"no sequence-classification head for model_type {config.get('model_type')!r}")
         if id2label is not None:

@@ -159,7 +159,8 @@ def get_no_decay_parameter_names(names: Sequence[str]) -> List[str]:
     transformers decides by module type (``nn.LayerNorm``) and by name pattern (``bias``,
     ``layernorm``, ``rmsnorm``, ``norm``); ferrotune has only the names, so the LayerNorm
     modules are recognised by their names too (GPT-2: ``ln_1``, ``ln_2``, ``ln_f``;
-    Llama/Qwen2/Mistral: ``input_layernorm``, ``post_attention_layernorm``, ``norm``).
+    Llama/Qwen2/Mistral/Qwen3: ``input_layernorm``, ``post_attention_layernorm``, ``norm``,
+    Qwen3's ``q_norm``, ``k_norm``).
     """
     return [n for n in names if any(p.search(n.lower()) for p in _NO_DECAY_PATTERNS)]
 

@@ -1,6 +1,7 @@
 //! The Llama family (transformers' `LlamaForCausalLM`, `MistralForCausalLM`,
-//! `Qwen2ForCausalLM`): token embeddings, pre-RMSNorm blocks of rotary grouped-query
-//! attention (optional q/k/v bias, optional sliding window) and a SwiGLU MLP, a final
+//! `Qwen2ForCausalLM`, `Qwen3ForCausalLM`): token embeddings, pre-RMSNorm blocks of rotary
+//! grouped-query attention (optional q/k/v bias, optional sliding window, optional RMSNorm
+//! of each query and key head before RoPE) and a SwiGLU MLP, a final
 //! RMSNorm and an lm_head tied to the embedding or not. Weights keep transformers' names
 //! and nn.Linear layout (y = x @ W^T, W: (out, in)). The trunk, the head, checkpointing and
 //! decoding are transformer.rs's; this file holds the block and the config mapping.
@@ -19,7 +20,7 @@ use serde_json::Value;
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::kernels::attention::{attention_backward, attention_cached_forward, attention_forward, AttnShape, ROW_STATS};
-use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_recompute};
+use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_heads_backward, rmsnorm_heads_forward, rmsnorm_recompute, Heads};
 use crate::kernels::{rope::{rope_apply, rope_tables}, swiglu::{swiglu_backward, swiglu_forward}, Real};
 use crate::models::decode::{DecoderDims, KvCache, Scratch, Weights};
 use crate::models::linear::Linear;
@@ -29,7 +30,7 @@ use crate::models::transformer::{Block, Ctx, Ends, Transformer, Trunk};
 use crate::models::{add_inplace, held, GradView, Init, Recycled};
 use crate::rng::SplitMix64;
 
-/// Llama, Mistral, Qwen2: the shared decoder-only transformer with the Llama block.
+/// Llama, Mistral, Qwen2, Qwen3: the shared decoder-only transformer with the Llama block.
 pub type Llama<F> = Transformer<F, LlamaBlock>;
 
 /// One block's parameters.
@@ -37,6 +38,7 @@ pub struct LlamaBlock {
     ln1: Range<usize>,
     qkv: Linear, // (QKV, C): q_proj | k_proj | v_proj, with biases (QKV) or without
     o: Linear,   // (C, A), with a bias (C) or without
+    qk_norm: Option<(Range<usize>, Range<usize>)>, // Qwen3's q_norm, k_norm (HS) each
     ln2: Range<usize>,
     gu: Linear,   // (2I, C): gate_proj | up_proj
     down: Linear, // (C, I)
@@ -61,6 +63,8 @@ pub struct LayerActs<F> {
     res2: Vec<F>,      // (N, C) residual after attention
     ln2_rstd: Vec<F>,  // (N)
     gu: Vec<F>,        // (N, 2I)
+    qk_in: Vec<F>,     // (N, NH + NKV, HS) q and k heads before their norm; empty without
+    qk_rstd: Vec<F>,   // (N, NH + NKV)
     lora: Vec<SiteActs<F>>, // (LORA_PER_LAYER) what the block's adapters save
 }
 
@@ -81,6 +85,30 @@ pub struct Work<F> {
 fn attn_shape(cfg: &LlamaConfig, b: usize, t: usize, l: usize) -> AttnShape {
     let (nh, nkv, hs, window) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.layer_windows[l]);
     AttnShape { b, t, nh, nkv, hs, window }
+}
+
+/// Where the q heads and the k heads sit in a (N, QKV) row.
+fn q_k_heads(s: &AttnShape) -> [Heads; 2] {
+    let w = s.qkv_width();
+    [Heads { h0: 0, h: s.nh, hs: s.hs, w }, Heads { h0: s.nh, h: s.nkv, hs: s.hs, w }]
+}
+
+impl LlamaBlock {
+    /// Qwen3's RMSNorm of each query and key head, in place on qkv (N, QKV); `saved` gets
+    /// the heads' input and rstd for the backward.
+    fn qk_norm_forward<F: Real>(&self, p: &[F], qkv: &mut [F], saved: Option<(&mut [F], &mut [F])>, shape: &AttnShape, eps: f64) {
+        let Some((qn, kn)) = &self.qk_norm else { return };
+        let ([q, k], n) = (q_k_heads(shape), shape.b * shape.t);
+        let (qs, ks) = match saved {
+            Some((inp, rstd)) => {
+                let ((qi, ki), (qr, kr)) = (inp.split_at_mut(n * q.h * q.hs), rstd.split_at_mut(n * q.h));
+                (Some((qi, qr)), Some((ki, kr)))
+            }
+            None => (None, None),
+        };
+        rmsnorm_heads_forward(qkv, qs, &p[qn.clone()], q, eps);
+        rmsnorm_heads_forward(qkv, ks, &p[kn.clone()], k, eps);
+    }
 }
 
 impl<F: Real> Block<F> for LlamaBlock {
@@ -125,6 +153,7 @@ impl<F: Real> Block<F> for LlamaBlock {
                 let [qb, kb, vb] = qkv_bias_parts.map_or([None, None, None], |bs| bs.map(Some));
                 let o_w = push("self_attn.o_proj.weight", &[c, q]);
                 let o_b = cfg.o_bias.then(|| push("self_attn.o_proj.bias", &[c]));
+                let qk_norm = cfg.qk_norm.then(|| (push("self_attn.q_norm.weight", &[hs]), push("self_attn.k_norm.weight", &[hs])));
                 let ln2 = push("post_attention_layernorm.weight", &[c]);
                 let gw = push("mlp.gate_proj.weight", &[i, c]);
                 let uw = push("mlp.up_proj.weight", &[i, c]);
@@ -137,6 +166,7 @@ impl<F: Real> Block<F> for LlamaBlock {
                     ln1,
                     qkv: Linear::fused(qkv, c, slot(Q), Q),
                     o: Linear::new(module("self_attn.o_proj"), o_w, o_b, false, q, c, slot(O), O),
+                    qk_norm,
                     ln2,
                     gu: Linear::fused(gu, c, slot(GATE), GATE),
                     down: Linear::new(module("mlp.down_proj"), down_w, None, false, i, c, slot(DOWN), DOWN),
@@ -193,7 +223,8 @@ impl<F: Real> Block<F> for LlamaBlock {
 
     fn new_acts(cfg: &LlamaConfig, b: usize, t: usize, z: &mut Recycled<F>) -> LayerActs<F> {
         let (n, c, i, nh, hs) = (b * t, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim);
-        let (a, qkv) = (nh * hs, (nh + 2 * cfg.num_key_value_heads) * hs);
+        let (a, qk, qkv) = (nh * hs, nh + cfg.num_key_value_heads, (nh + 2 * cfg.num_key_value_heads) * hs);
+        let norms = |len: usize, z: &mut Recycled<F>| if cfg.qk_norm { z.take(len) } else { Vec::new() };
         LayerActs {
             ln1_rstd: z.take(n),
             qkv: z.take(n * qkv),
@@ -202,6 +233,8 @@ impl<F: Real> Block<F> for LlamaBlock {
             res2: z.take(n * c),
             ln2_rstd: z.take(n),
             gu: z.take(n * 2 * i),
+            qk_in: norms(n * qk * hs, z),
+            qk_rstd: norms(n * qk, z),
             lora: (0..LORA_PER_LAYER).map(|_| SiteActs::default()).collect(),
         }
     }
@@ -225,8 +258,8 @@ impl<F: Real> Block<F> for LlamaBlock {
 
     /// The LoRA sites' small buffers are dropped.
     fn recycle(acts: LayerActs<F>, free: &mut Vec<Vec<F>>) {
-        let LayerActs { ln1_rstd, qkv, att_stats, atty, res2, ln2_rstd, gu, lora: _ } = acts;
-        free.extend([ln1_rstd, qkv, att_stats, atty, res2, ln2_rstd, gu]);
+        let LayerActs { ln1_rstd, qkv, att_stats, atty, res2, ln2_rstd, gu, qk_in, qk_rstd, lora: _ } = acts;
+        free.extend([ln1_rstd, qkv, att_stats, atty, res2, ln2_rstd, gu, qk_in, qk_rstd]);
     }
 
     fn recycle_work(w: Work<F>, free: &mut Vec<Vec<F>>) {
@@ -234,7 +267,7 @@ impl<F: Real> Block<F> for LlamaBlock {
     }
 
     fn acts_bytes(a: &LayerActs<F>) -> usize {
-        let bufs = [&a.ln1_rstd, &a.qkv, &a.att_stats, &a.atty, &a.res2, &a.ln2_rstd, &a.gu];
+        let bufs = [&a.ln1_rstd, &a.qkv, &a.att_stats, &a.atty, &a.res2, &a.ln2_rstd, &a.gu, &a.qk_in, &a.qk_rstd];
         held(&bufs) + a.lora.iter().map(SiteActs::bytes).sum::<usize>()
     }
 
@@ -250,6 +283,7 @@ impl<F: Real> Block<F> for LlamaBlock {
         let ln = &mut w.ln[..];
         rmsnorm_forward(ln, &mut la.ln1_rstd, inp, &p[self.ln1.clone()], c, eps);
         self.qkv.forward(p, lora, &mut la.lora, ln, &mut la.qkv, n, train, rng, true);
+        self.qk_norm_forward(p, &mut la.qkv, Some((&mut la.qk_in, &mut la.qk_rstd)), &shape, eps);
         rope_apply(&mut la.qkv, &w.cos, &w.sin, &w.positions, rot_heads, hs, qkv, false);
         attention_forward(&mut la.atty, &mut la.att_stats, &la.qkv, x.mask, None, shape, 1.0 / (hs as f64).sqrt());
         // res2 = inp + o_proj(atty)
@@ -287,6 +321,13 @@ impl<F: Real> Block<F> for LlamaBlock {
         self.o.backward(p, lora, &la.lora, g, &la.atty, dres, datty, n);
         attention_backward(dqkv, datty, &la.qkv, &la.att_stats, x.mask, None, shape, 1.0 / (hs as f64).sqrt());
         rope_apply(dqkv, cos, sin, positions, rot_heads, hs, qkv, true);
+        if let Some((qn, kn)) = &self.qk_norm {
+            let [q, k] = q_k_heads(&shape);
+            let (qi, ki) = la.qk_in.split_at(n * q.h * hs);
+            let (qr, kr) = la.qk_rstd.split_at(n * q.h);
+            rmsnorm_heads_backward(dqkv, g.get(qn), qi, qr, &p[qn.clone()], q);
+            rmsnorm_heads_backward(dqkv, g.get(kn), ki, kr, &p[kn.clone()], k);
+        }
         rmsnorm_recompute(ln, inp, &la.ln1_rstd, &p[self.ln1.clone()], c);
         self.qkv.backward(p, lora, &la.lora, g, ln, dqkv, dln, n);
         rmsnorm_backward(dres, g.get(&self.ln1), dln, inp, &p[self.ln1.clone()], &la.ln1_rstd, c);
@@ -306,6 +347,7 @@ impl<F: Real> Block<F> for LlamaBlock {
         let (x, ln) = (&mut sc.x[..n * c], &mut sc.ln[..n * c]);
         rmsnorm_forward(ln, &mut sc.rstd[..n], x, &p[self.ln1.clone()], c, eps);
         self.qkv.decode(w, lora, ln, &mut sc.qkv, n);
+        self.qk_norm_forward(p, &mut sc.qkv[..n * qkv], None, &shape, eps);
         rope_apply(&mut sc.qkv[..n * qkv], &sc.cos, &sc.sin, pos, shape.nh + shape.nkv, hs, qkv, false);
         cache.append(l, &sc.qkv, t, qkv, a, a + shape.nkv * hs);
         let atty = &mut sc.atty[..n * a];
@@ -360,6 +402,13 @@ mod tests {
         check_gradients(config(serde_json::json!({"model_type": "qwen2", "tie_word_embeddings": false})));
     }
 
+    /// Qwen3: q/k RMSNorm per head, head_dim (6) other than hidden / heads (2), biases on all
+    /// four attention projections.
+    #[test]
+    fn qwen3_qk_norm_gradients_match_finite_differences() {
+        check_gradients(config(serde_json::json!({"model_type": "qwen3", "head_dim": 6, "attention_bias": true, "tie_word_embeddings": false})));
+    }
+
     #[test]
     fn mistral_window_llama3_rope_gradients_match_finite_differences() {
         check_gradients(config(serde_json::json!({
@@ -390,6 +439,17 @@ mod tests {
         // and the adapters' 7 (N, R) products (their dropout masks are drawn again from seeds)
         let lora = 7 * n * 2;
         assert_eq!(full - ckpt, 2 * (block + lora) * 4);
+    }
+
+    /// Qwen3's per-head norms keep what they save through the checkpoint recompute.
+    #[test]
+    fn qwen3_checkpointing_gives_identical_gradients() {
+        let cfg = config(serde_json::json!({"model_type": "qwen3", "head_dim": 6, "num_hidden_layers": 3}));
+        let mut m = Llama::<f32>::from_config(cfg, 1).unwrap();
+        crate::models::testing::attach_lora_everywhere(&mut m);
+        let ids = [1i64, 5, 7, 2, 0, 3, 9, 4, 12, 6, 11, 8];
+        let batch = Batch { ids: &ids, mask: None, labels: None, b: 2, t: 6 };
+        crate::models::testing::checkpointing_is_exact(&mut m, &batch);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::io::safetensors::{load_model_dir, RawTensor};
 use crate::models::{gpt2, llama, BoxedModel};
 
 /// The `model_type`s ferrotune can build.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "qwen3"];
 
 /// Builds the architecture a config.json value names: initialised with `init_seed`, or with
 /// zero weights (to be loaded) when it is None.
@@ -25,7 +25,7 @@ fn build(config: Value, init_seed: Option<u64>) -> Result<BoxedModel> {
                 None => gpt2::Gpt2::empty(c)?,
             })
         }
-        "llama" | "mistral" | "qwen2" => {
+        "llama" | "mistral" | "qwen2" | "qwen3" => {
             let c = LlamaConfig::from_value(config)?;
             Box::new(match init_seed {
                 Some(seed) => llama::Llama::from_config(c, seed)?,
