@@ -33,15 +33,7 @@ impl Batch<'_> {
                 "sequence length {t} exceeds the model's maximum of {max_positions} positions"
             )));
         }
-        let check_ids = |what: &'static str, xs: &[i64], allow_ignore: bool| -> Result<()> {
-            for (k, &id) in xs.iter().enumerate() {
-                if (id < 0 || id as usize >= v) && !(allow_ignore && id == IGNORE_INDEX) {
-                    return Err(Error::TokenOutOfRange { what, id, row: k / t, col: k % t, vocab: v });
-                }
-            }
-            Ok(())
-        };
-        check_ids("token id", self.ids, false)?;
+        check_ids("token id", self.ids, t, v, false)?;
         if let Some(m) = self.mask {
             if m.len() != b * t {
                 return Err(Error::Input(format!("attention_mask has {} elements but input_ids has shape ({b}, {t})", m.len())));
@@ -54,7 +46,7 @@ impl Batch<'_> {
             if l.len() != b * t {
                 return Err(Error::shape("labels", &[b, t], &[l.len()]));
             }
-            check_ids("label", l, true)?;
+            check_ids("label", l, t, v, true)?;
         }
         Ok(())
     }
@@ -75,6 +67,17 @@ impl Batch<'_> {
             };
         }
     }
+}
+
+/// Checks that every id of `xs` (rows of T) is in [0, vocab), or -100 where `allow_ignore`;
+/// the error names the first one that is not, by row and column.
+pub(crate) fn check_ids(what: &'static str, xs: &[i64], t: usize, vocab: usize, allow_ignore: bool) -> Result<()> {
+    for (k, &id) in xs.iter().enumerate() {
+        if (id < 0 || id as usize >= vocab) && !(allow_ignore && id == IGNORE_INDEX) {
+            return Err(Error::TokenOutOfRange { what, id, row: k / t, col: k % t, vocab });
+        }
+    }
+    Ok(())
 }
 
 /// The scale of the loss gradient: 1 / (tokens counted in the whole optimizer step).

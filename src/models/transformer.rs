@@ -30,6 +30,7 @@ use crate::models::head::{head_forward, head_loss_stats, logit_rows, loss_backwa
 use crate::models::linear::Linear;
 use crate::models::lora::{Lora, LoraModule};
 use crate::models::params::ParamTable;
+use crate::models::batch::check_ids;
 use crate::models::{held, Batch, CausalLm, GradSink, GradView, Init, ModelState, Recycled};
 use crate::rng::SplitMix64;
 
@@ -476,6 +477,7 @@ impl<F: Real, B: Block<F>> Decoder<F> for Transformer<F, B> {
             return Err(Error::Input(format!("KV cache holds {cap} positions, {} requested", past + t)));
         }
         assert!(n <= sc.rows, "scratch sized for {} rows, {n} requested", sc.rows);
+        check_ids("token id", &ids[..n], t, v, false)?;
         B::decode_begin(&self.config, sc, cap);
         let (p, e) = (&self.state.params, &self.ends);
         let (w, lora) = (Weights { p, half }, self.lora.as_ref());
@@ -483,11 +485,8 @@ impl<F: Real, B: Block<F>> Decoder<F> for Transformer<F, B> {
         // x (N, C) = embed[id] (+ wpe[position])
         let mut pos = Vec::with_capacity(n);
         for (r, xr) in sc.x[..n * c].chunks_exact_mut(c).enumerate() {
-            let (id, ps) = (ids[r], positions[r]);
-            if id < 0 || id as usize >= v {
-                return Err(Error::TokenOutOfRange { what: "token id", id, row: r / t, col: r % t, vocab: v });
-            }
-            xr.copy_from_slice(&embed[id as usize * c..][..c]);
+            let ps = positions[r];
+            xr.copy_from_slice(&embed[ids[r] as usize * c..][..c]);
             match &e.wpe {
                 Some(_) if ps < 0 || ps as usize >= d.max_positions => {
                     let max = d.max_positions;
