@@ -99,6 +99,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rejects_bad_batches() {
+        let ids = [1i64, 11];
+        let err = Batch { ids: &ids, mask: None, labels: None, b: 1, t: 2 }.validate(11, 8, true).unwrap_err();
+        assert!(err.to_string().contains("11 at [0, 1]"), "{err}");
+        let long = [0i64; 9];
+        assert!(Batch { ids: &long, mask: None, labels: None, b: 1, t: 9 }.validate(11, 8, true).is_err());
+        let mask = [1i64];
+        assert!(Batch { ids: &[1, 2], mask: Some(&mask), labels: None, b: 1, t: 2 }.validate(11, 8, true).is_err());
+    }
+
+    #[test]
     fn num_items_must_be_positive_and_finite() {
         let targets = [3, IGNORE_INDEX, 5];
         assert_eq!(loss_scale(&targets, None).unwrap(), 0.5);
