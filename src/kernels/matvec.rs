@@ -259,7 +259,8 @@ unsafe fn nk_tile<V: Lanes, W: Weight, const MR: usize, const OR: usize>(
     }
 }
 
-/// Columns [o0, o1) of out (M, N) = x (M, K) @ w^T, w (N, K), in MR x OR tiles.
+/// Columns [o0, o1) of out (M, N) = x (M, K) @ w^T, w (N, K), in MR x OR tiles: all rows of x
+/// for each OR weight rows, so those stay in L1 while a batch's rows go by.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn nk_cols<V: Lanes, W: Weight, const MR: usize, const OR: usize>(
@@ -273,21 +274,21 @@ unsafe fn nk_cols<V: Lanes, W: Weight, const MR: usize, const OR: usize>(
     o1: usize,
     acc: bool,
 ) {
-    let mut r = 0;
-    while r < m {
-        let full = m - r >= MR;
-        let mut o = o0;
-        while o < o1 {
-            let wide = o1 - o >= OR;
+    let mut o = o0;
+    while o < o1 {
+        let wide = o1 - o >= OR;
+        let mut r = 0;
+        while r < m {
+            let full = m - r >= MR;
             match (full, wide) {
                 (true, true) => nk_tile::<V, W, MR, OR>(out, x, w, n, k, r, o, acc),
                 (true, false) => nk_tile::<V, W, MR, 1>(out, x, w, n, k, r, o, acc),
                 (false, true) => nk_tile::<V, W, 1, OR>(out, x, w, n, k, r, o, acc),
                 (false, false) => nk_tile::<V, W, 1, 1>(out, x, w, n, k, r, o, acc),
             }
-            o += if wide { OR } else { 1 };
+            r += if full { MR } else { 1 };
         }
-        r += if full { MR } else { 1 };
+        o += if wide { OR } else { 1 };
     }
 }
 

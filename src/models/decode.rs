@@ -119,9 +119,13 @@ pub struct Weights<'a, F> {
 }
 
 /// Up to this many rows (a decoding step of a small batch), f32 products go through the
-/// memory-bound kernels of kernels/matvec.rs instead of the blocked GEMM (which they beat
-/// there by streaming weights with prefetch). They sum in f32, so f64 models keep the GEMM.
-const SKINNY_ROWS: usize = 4;
+/// kernels of kernels/matvec.rs instead of the blocked GEMM, which they beat there by
+/// streaming the weights once, unpacked, with prefetch (SmolLM2-135M, batch 16: 89 -> 66 ms
+/// per decoding step, benchmarks/RESULTS.md). Conv1D (K, N) weights only up to
+/// `SKINNY_ROWS_CONV1D` rows: larger batches were not measured there. They sum in f32, so
+/// f64 models keep the GEMM.
+const SKINNY_ROWS: usize = 16;
+const SKINNY_ROWS_CONV1D: usize = 4;
 
 impl<F: Real> Weights<'_, F> {
     /// out (N, OC) = inp (N, C) @ w^T + bias, w the nn.Linear (OC, C) parameter at `w`.
@@ -136,7 +140,7 @@ impl<F: Real> Weights<'_, F> {
     /// through the GEMM.
     pub fn product(&self, out: &mut [F], inp: &[F], w: Range<usize>, bias: Option<&[F]>, (n, c, oc): (usize, usize, usize), conv1d: bool) {
         let inp = &inp[..n * c];
-        let skinny = n <= SKINNY_ROWS && F::as_f32(inp).is_some();
+        let skinny = n <= if conv1d { SKINNY_ROWS_CONV1D } else { SKINNY_ROWS } && F::as_f32(inp).is_some();
         match (self.half, conv1d) {
             (Some(h), _) => with_bias(out, bias, n, oc, |out, acc| matmul_nk(out, inp, h.get(&w), n, oc, c, acc)),
             (None, true) if skinny => with_bias(out, bias, n, oc, |out, acc| matmul_kn(out, inp, &self.p[w], n, oc, c, acc)),
