@@ -239,8 +239,11 @@ unsafe fn nk_tile<V: Lanes, W: Weight, const MR: usize, const OR: usize>(
         let mut wv = [V::zero(); OR];
         for (j, v) in wv.iter_mut().enumerate() {
             *v = W::load::<V>(wp.add(j * k + kk), left);
-            // the same place in the next tile's rows (a prefetch past the end is harmless)
-            V::prefetch(wp.wrapping_add((OR + j) * k + kk) as *const u8);
+            // the same place in the next tile's rows (a prefetch past the end is harmless),
+            // once: the first rows of x stream the weights, later ones find them in L1
+            if r0 == 0 {
+                V::prefetch(wp.wrapping_add((OR + j) * k + kk) as *const u8);
+            }
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let xv = V::load(xp.add(r * k + kk), left);
