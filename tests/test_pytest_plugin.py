@@ -223,7 +223,7 @@ def test_a_failing_test_keeps_its_own_error(pytester):
     source = """
         def test_fails(ft_record):
             ft_record("f1", 0.1)
-            assert 1 == 2, "its own error"
+            raise ValueError("its own error")
     """
     result = run(pytester, source, "--ft-baseline=baseline.json")
     result.assert_outcomes(failed=1)
