@@ -120,8 +120,8 @@ pub struct Weights<'a, F> {
 
 /// Up to this many rows (a decoding step of a small batch), f32 products go through the
 /// kernels of kernels/matvec.rs instead of the blocked GEMM, which they beat there by
-/// streaming the weights once, unpacked, with prefetch (SmolLM2-135M, batch 16: 89 -> 66 ms
-/// per decoding step, benchmarks/RESULTS.md). Conv1D (K, N) weights only up to
+/// streaming the weights once, unpacked, with prefetch (benchmarks/bench_evaluate.py decodes
+/// SmolLM2-135M in batches of 16; RESULTS.md "Evaluation"). Conv1D (K, N) weights only up to
 /// `SKINNY_ROWS_CONV1D` rows: larger batches were not measured there. They sum in f32, so
 /// f64 models keep the GEMM.
 const SKINNY_ROWS: usize = 16;
