@@ -37,6 +37,17 @@ pub fn bf16_products() -> bool {
     BF16_PRODUCTS.load(Ordering::Relaxed)
 }
 
+/// What runs the f32 products now, for bug reports (`ferrotune.show_config()`).
+pub fn engine() -> &'static str {
+    if bf16_products() {
+        "bf16 products (AVX512_BF16) for large products, the gemm crate for the rest"
+    } else if avx2_forced() {
+        "ferrotune's AVX2 kernel (the avx2 tier forced on an AVX-512 CPU)"
+    } else {
+        "the gemm crate"
+    }
+}
+
 /// A row-major or strided matrix operand: element (i, j) is at `ptr + i*rs + j*cs`.
 #[derive(Clone, Copy)]
 pub struct View<F> {
