@@ -143,16 +143,7 @@ fn gemm_with<F: Real>(
     scale: F,
     par: Parallelism,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n, "gemm: dst too small");
-    if k == 0 {
-        if !accumulate {
-            for row in dst.chunks_mut(dst_rs).take(m) {
-                row[..n].fill(F::zero());
-            }
-        }
+    if settled_without_product(dst, dst_rs, m, n, k, accumulate, "gemm") {
         return;
     }
     if matches!(par, Parallelism::Rayon(_)) && m.min(n).min(k) >= BF16_MIN_SIDE && bf16_products() {
@@ -193,6 +184,22 @@ fn gemm_with<F: Real>(
             par,
         )
     }
+}
+
+/// Checks that dst (M, N), rows `dst_rs` apart, fits in `dst` (panics naming `who` if not)
+/// and settles the products with nothing to sum: an empty dst, or K = 0 (dst zeroed unless
+/// `accumulate`). True when nothing is left to do.
+pub(crate) fn settled_without_product<F: Real>(dst: &mut [F], dst_rs: usize, m: usize, n: usize, k: usize, accumulate: bool, who: &str) -> bool {
+    if m == 0 || n == 0 {
+        return true;
+    }
+    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n, "{who}: dst too small");
+    if k == 0 && !accumulate {
+        for row in dst.chunks_mut(dst_rs).take(m) {
+            row[..n].fill(F::zero());
+        }
+    }
+    k == 0
 }
 
 /// out (N, OC) = inp (N, C) @ w (C, OC) + bias (OC)

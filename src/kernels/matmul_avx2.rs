@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::cpu::{self, isa, Isa};
-use super::matmul::View;
+use super::matmul::{settled_without_product, View};
 use super::SyncPtr;
 
 /// Rows of a microkernel tile.
@@ -99,16 +99,7 @@ pub fn gemm_f32(
     parallel: bool,
 ) {
     assert!(available(), "gemm_f32 needs AVX2 and FMA");
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n, "gemm_f32: dst too small");
-    if k == 0 {
-        if !accumulate {
-            for row in dst.chunks_mut(dst_rs).take(m) {
-                row[..n].fill(0.0);
-            }
-        }
+    if settled_without_product(dst, dst_rs, m, n, k, accumulate, "gemm_f32") {
         return;
     }
     let (pa, ra, ca) = lhs.raw();

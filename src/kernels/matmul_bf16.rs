@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::cpu::{isa, simd, Isa};
-use super::matmul::View;
+use super::matmul::{settled_without_product, View};
 use super::matvec::round;
 use super::SyncPtr;
 
@@ -52,16 +52,7 @@ fn pair(lo: f32, hi: f32) -> u32 {
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16(dst: &mut [f32], dst_rs: usize, m: usize, n: usize, k: usize, lhs: View<f32>, rhs: View<f32>, accumulate: bool, scale: f32) {
     assert!(available(), "gemm_bf16 needs AVX512_BF16");
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n, "gemm_bf16: dst too small");
-    if k == 0 {
-        if !accumulate {
-            for row in dst.chunks_mut(dst_rs).take(m) {
-                row[..n].fill(0.0);
-            }
-        }
+    if settled_without_product(dst, dst_rs, m, n, k, accumulate, "gemm_bf16") {
         return;
     }
     let ((pa, ra, ca), (pb, rb, cb)) = (lhs.raw(), rhs.raw());
