@@ -73,9 +73,13 @@ impl<F> View<F> {
     pub fn t(data: &[F], cols: usize) -> Self {
         Self { ptr: data.as_ptr(), rs: 1, cs: cols as isize }
     }
-    /// (pointer, row stride, column stride), for packing routines that read runs directly.
-    pub(crate) fn raw(&self) -> (*const F, isize, isize) {
-        (self.ptr, self.rs, self.cs)
+    /// This (M, K) left operand as the packing routines read it: i = row.
+    pub(crate) fn lhs_operand(self) -> Operand<F> {
+        Operand { base: self.ptr, si: self.rs, sk: self.cs }
+    }
+    /// This (K, N) right operand as the packing routines read it: i = column.
+    pub(crate) fn rhs_operand(self) -> Operand<F> {
+        Operand { base: self.ptr, si: self.cs, sk: self.rs }
     }
     /// The same view over f32 when F is f32.
     fn f32_view(self) -> Option<View<f32>>
@@ -89,6 +93,36 @@ impl<F> View<F> {
 // SAFETY: a View is a read-only window into a slice that outlives the product using it.
 unsafe impl<F: Sync> Send for View<F> {}
 unsafe impl<F: Sync> Sync for View<F> {}
+
+/// A (len, K) operand of a packed product: element (i, kk) at base + i * si + kk * sk.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<F> {
+    pub base: *const F,
+    pub si: isize,
+    pub sk: isize,
+}
+
+// SAFETY: read-only access to data the caller keeps alive for the whole product.
+unsafe impl<F: Sync> Send for Operand<F> {}
+unsafe impl<F: Sync> Sync for Operand<F> {}
+
+impl<F: Copy> Operand<F> {
+    /// `len` elements from (i, kk) on, along i (`along_k` false) or along K: a contiguous run.
+    ///
+    /// # Safety
+    /// The elements must be readable and the run's stride 1.
+    pub unsafe fn run<'a>(self, i: usize, kk: usize, len: usize, along_k: bool) -> &'a [F] {
+        let stride = if along_k { self.sk } else { self.si };
+        debug_assert_eq!(stride, 1);
+        std::slice::from_raw_parts(self.base.offset(i as isize * self.si + kk as isize * self.sk), len)
+    }
+    /// # Safety
+    /// Element (i, kk) must be readable.
+    #[inline(always)]
+    pub unsafe fn at(self, i: usize, kk: usize) -> F {
+        *self.base.offset(i as isize * self.si + kk as isize * self.sk)
+    }
+}
 
 /// dst (M, N) row-major `=` (or `+=` when `accumulate`) lhs (M, K) @ rhs (K, N).
 pub fn gemm<F: Real>(dst: &mut [F], m: usize, n: usize, k: usize, lhs: View<F>, rhs: View<F>, accumulate: bool) {

@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::cpu::{self, isa, Isa};
-use super::matmul::{settled_without_product, View};
+use super::matmul::{settled_without_product, Operand, View};
 use super::SyncPtr;
 
 /// Rows of a microkernel tile.
@@ -102,10 +102,7 @@ pub fn gemm_f32(
     if settled_without_product(dst, dst_rs, m, n, k, accumulate, "gemm_f32") {
         return;
     }
-    let (pa, ra, ca) = lhs.raw();
-    let (pb, rb, cb) = rhs.raw();
-    let a = Operand { base: pa, si: ra, sk: ca };
-    let b = Operand { base: pb, si: cb, sk: rb };
+    let (a, b) = (lhs.lhs_operand(), rhs.rhs_operand());
     let dptr = SyncPtr(dst.as_mut_ptr());
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     // row blocks of equal height (a multiple of MR, at most MC)
@@ -179,31 +176,12 @@ pub fn gemm_f32(
     PACKED.with(|p| p.borrow_mut().rhs = bpack);
 }
 
-/// A (len, K) operand: element (i, kk) at base + i * si + kk * sk.
-#[derive(Clone, Copy)]
-struct Operand {
-    base: *const f32,
-    si: isize,
-    sk: isize,
-}
-
-// SAFETY: read-only access to data the caller keeps alive for the whole product.
-unsafe impl Send for Operand {}
-unsafe impl Sync for Operand {}
-
-impl Operand {
-    #[inline(always)]
-    unsafe fn at(self, i: usize, kk: usize) -> f32 {
-        *self.base.offset(i as isize * self.si + kk as isize * self.sk)
-    }
-}
-
 /// Packs columns [col, col + cols) x depth [k0, k0 + kc) of rhs into kc lines of NR
 /// values, zero past `cols`.
 ///
 /// # Safety
 /// Every addressed element of `b` must be readable.
-unsafe fn pack_rhs(out: &mut [Line], b: Operand, col: usize, cols: usize, k0: usize, kc: usize) {
+unsafe fn pack_rhs(out: &mut [Line], b: Operand<f32>, col: usize, cols: usize, k0: usize, kc: usize) {
     if b.si == 1 && cols == NR {
         // each kk is a contiguous run of the NR columns
         for (j, line) in out.iter_mut().enumerate() {
@@ -239,7 +217,7 @@ unsafe fn pack_rhs(out: &mut [Line], b: Operand, col: usize, cols: usize, k0: us
 ///
 /// # Safety
 /// Every addressed element of `a` must be readable.
-unsafe fn pack_lhs(out: &mut Vec<f32>, a: Operand, r0: usize, rows: usize, k0: usize, kc: usize) {
+unsafe fn pack_lhs(out: &mut Vec<f32>, a: Operand<f32>, r0: usize, rows: usize, k0: usize, kc: usize) {
     let panels = rows.div_ceil(MR);
     out.resize(panels * kc * MR, 0.0);
     for (p, panel) in out.chunks_exact_mut(kc * MR).enumerate() {

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::cpu::{isa, simd, Isa};
-use super::matmul::{settled_without_product, View};
+use super::matmul::{settled_without_product, Operand, View};
 use super::matvec::round;
 use super::SyncPtr;
 
@@ -55,14 +55,12 @@ pub fn gemm_bf16(dst: &mut [f32], dst_rs: usize, m: usize, n: usize, k: usize, l
     if settled_without_product(dst, dst_rs, m, n, k, accumulate, "gemm_bf16") {
         return;
     }
-    let ((pa, ra, ca), (pb, rb, cb)) = (lhs.raw(), rhs.raw());
-    // SAFETY (both): the views cover (M, K) and (K, N) (the callers' contract). lhs element
-    // (row, kk) is at row * ra + kk * ca, rhs element (kk, col) at kk * rb + col * cb.
+    // SAFETY (both): the views cover (M, K) and (K, N) (the callers' contract).
     PACKED.with(|packed| {
         let (apack, bpack) = &mut *packed.borrow_mut();
         unsafe {
-            pack(apack, Operand { base: pa, si: ra, sk: ca }, m, k, MR);
-            pack(bpack, Operand { base: pb, si: cb, sk: rb }, n, k, NR);
+            pack(apack, lhs.lhs_operand(), m, k, MR);
+            pack(bpack, rhs.rhs_operand(), n, k, NR);
         }
         products(dst, dst_rs, m, n, k, apack, bpack, accumulate, scale);
     });
@@ -111,37 +109,13 @@ fn products(dst: &mut [f32], dst_rs: usize, m: usize, n: usize, k: usize, apack:
     });
 }
 
-/// A (len, K) operand: element (i, kk) at base + i * si + kk * sk.
-#[derive(Clone, Copy)]
-struct Operand {
-    base: *const f32,
-    si: isize,
-    sk: isize,
-}
-
-// SAFETY: read-only access to data the caller keeps alive for the whole product.
-unsafe impl Send for Operand {}
-unsafe impl Sync for Operand {}
-
-impl Operand {
-    /// `len` elements from (i, kk) on, along i (`along_k` false) or along K.
-    unsafe fn run<'a>(self, i: usize, kk: usize, len: usize, along_k: bool) -> &'a [f32] {
-        let stride = if along_k { self.sk } else { self.si };
-        debug_assert_eq!(stride, 1);
-        std::slice::from_raw_parts(self.base.offset(i as isize * self.si + kk as isize * self.sk), len)
-    }
-    unsafe fn at(self, i: usize, kk: usize) -> f32 {
-        *self.base.offset(i as isize * self.si + kk as isize * self.sk)
-    }
-}
-
 /// Packs a (len, K) operand into panels of `w` rows: out[panel][kk / 2][i % w] = the bf16
 /// pair (kk, kk + 1) of row i, zero-padded past K. Contiguous runs (along K, or along
 /// the rows) are read as slices so that the loops vectorise.
 ///
 /// # Safety
 /// Every (i < len, kk < K) element of `x` must be readable.
-unsafe fn pack(out: &mut Vec<u32>, x: Operand, len: usize, k: usize, w: usize) {
+unsafe fn pack(out: &mut Vec<u32>, x: Operand<f32>, len: usize, k: usize, w: usize) {
     let kp = k.div_ceil(2);
     // padding rows of the last panel may keep an earlier product's values: they only reach
     // output rows (columns) past M (N), which are never stored
