@@ -386,10 +386,7 @@ mod tests {
         }
         let mut rng = crate::rng::SplitMix64::new(7);
         for &(m, n, k) in &[(1, 1, 1), (7, 70, 3), (13, 300, 600), (150, 17, 515), (2, 4200, 40), (300, 33, 1)] {
-            let a: Vec<f32> = (0..m * k).map(|_| rng.next_f64() as f32 - 0.5).collect(); // (M, K)
-            let b: Vec<f32> = (0..k * n).map(|_| rng.next_f64() as f32 - 0.5).collect(); // (K, N)
-            let at: Vec<f32> = (0..k * m).map(|i| a[i % m * k + i / m]).collect(); // (K, M)
-            let bt: Vec<f32> = (0..n * k).map(|i| b[i % k * n + i / k]).collect(); // (N, K)
+            let [a, b, at, bt] = crate::kernels::testing::gemm_operands(m, n, k, &mut rng);
             let lhs = [View::rows(&a, k), View::t(&at, m)];
             let rhs = [View::rows(&b, n), View::t(&bt, k)];
             for (li, ri, accumulate, parallel) in [(0, 0, false, true), (0, 1, true, false), (1, 0, true, true), (1, 1, false, false)] {

@@ -215,6 +215,16 @@ pub(crate) mod testing {
         assert!(err <= tol * scale, "{name}: max abs error {err:e} > {tol:e} * {scale}");
     }
 
+    /// Random f32 GEMM operands in [-0.5, 0.5): a (M, K), b (K, N) and their transposes
+    /// at (K, M), bt (N, K), so that a test can feed every packing path the same product.
+    pub fn gemm_operands(m: usize, n: usize, k: usize, rng: &mut crate::rng::SplitMix64) -> [Vec<f32>; 4] {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let at: Vec<f32> = (0..k * m).map(|i| a[i % m * k + i / m]).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| b[i % k * n + i / k]).collect();
+        [a, b, at, bt]
+    }
+
     /// A fixed random projection turns an output tensor into a scalar loss; its gradient
     /// with respect to the output is the projection itself.
     pub fn project(out: &[f64], proj: &[f64]) -> f64 {
