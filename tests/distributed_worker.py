@@ -22,6 +22,16 @@ def rows(n, seed, lo=4, hi=20, vocab=100):
     return [{"input_ids": rng.integers(0, vocab, int(rng.integers(lo, hi + 1))).tolist()} for _ in range(n)]
 
 
+class Stream:
+    """A re-iterable dataset without a length (the Trainer's stream path)."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __iter__(self):
+        return iter(self.items)
+
+
 class RaiseOnRank(TrainerCallback):
     def __init__(self, rank, step):
         self.rank, self.step = rank, step
@@ -70,8 +80,9 @@ def train(spec, report):
         callbacks.append(RaiseOnRank(*spec["raise_on"]))
     if "signal_at" in spec:
         callbacks.append(SignalAt(*spec["signal_at"]))
-    trainer = Trainer(model, args, train_dataset=rows(*spec["train"]), eval_dataset=rows(*spec["eval"]),
-                      callbacks=callbacks)
+    train = rows(*spec["train"])
+    trainer = Trainer(model, args, train_dataset=Stream(train) if spec.get("stream") else train,
+                      eval_dataset=rows(*spec["eval"]), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=spec.get("resume"))
     trainer.save_model(os.path.join(args.output_dir, "final"))
     report["weights"] = {k: v.tolist() for k, v in model.state_dict().items()}

@@ -78,14 +78,16 @@ def dropout_model(tmp_path, p=0.1):
     return str(d)
 
 
-def test_two_ranks_of_batch_2_equal_one_process_of_batch_4(tmp_path):
+@pytest.mark.parametrize("stream", [False, True])
+def test_two_ranks_of_batch_2_equal_one_process_of_batch_4(tmp_path, stream):
     """3 steps (one epoch, no padding examples) with accumulation over examples of uneven
     lengths: the weights of 2 ranks x per-device batch 2 equal those of 1 process x batch 4
     (the same global batches, the loss the token mean over both ranks), and the logged losses
-    and gradient norms agree. (lr 1e-3: AdamW divides by the gradients' own scale, so the
-    rounding of sums in another order moves weights whose gradient is ~0 by up to ~lr; at
-    lr 1e-2 the largest difference is 4e-5, at 1e-3 4e-6.)"""
-    common = dict(model=str(TINY), mode="train", train=(24, 1), eval=(3, 2), bucket_bytes=1)
+    and gradient norms agree; for a map-style dataset and for a stream. (lr 1e-3: AdamW
+    divides by the gradients' own scale, so the rounding of sums in another order moves
+    weights whose gradient is ~0 by up to ~lr; at lr 1e-2 the largest difference is 4e-5, at
+    1e-3 4e-6.)"""
+    common = dict(model=str(TINY), mode="train", train=(24, 1), eval=(3, 2), bucket_bytes=1, stream=stream)
     _, one = launch({**common, "report": str(tmp_path / "r1"),
                      "args": args(tmp_path / "one", per_device_train_batch_size=4, gradient_accumulation_steps=2,
                                   max_steps=3, learning_rate=1e-3)}, ranks=1)
