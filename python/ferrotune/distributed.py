@@ -105,10 +105,8 @@ def init() -> World:
         _world = World(0, 1, 0, 1, None, None, None)
         return _world
     try:
-        import mpi4py
-
-        # every MPI call is made from the thread that runs the training loop
-        mpi4py.rc.thread_level = "funneled"
+        # mpi4py's default thread level (multiple): MPICH's progress thread
+        # (MPIR_CVAR_ASYNC_PROGRESS=1) needs it
         from mpi4py import MPI
     except ImportError:
         raise ConfigError(
@@ -274,6 +272,10 @@ def shard(indices: Sequence[T]) -> List[T]:
 
 class GradientReducer:
     """Sums a model's gradients over the ranks in place, overlapped with the backward.
+
+    MPI moves a non-blocking reduction forward only inside MPI calls, so a bucket advances
+    at each block boundary (the hook's ``Testall``) and while ``finish`` waits; with cores to
+    spare, MPICH's progress thread (``MPIR_CVAR_ASYNC_PROGRESS=1``) moves it all the time.
 
     The gradient buffer's blocks are grouped into buckets (consecutive blocks, at least
     :data:`BUCKET_BYTES` each) in the order the backward finishes them (the last block
