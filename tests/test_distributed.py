@@ -142,7 +142,7 @@ def test_overlapped_bucketed_reduction_equals_one_all_reduce(tmp_path):
 def test_checkpoints_written_once_and_resume_exactly(tmp_path):
     """With dropout on: rank 0 alone writes each checkpoint (with both ranks' RNG states);
     resuming 2 ranks from checkpoint-2 ends with the weights of the uninterrupted run, bit
-    for bit."""
+    for bit; resuming it as one process warns that the run then differs."""
     model = dropout_model(tmp_path)
     common = dict(model=model, mode="train", train=(16, 3), eval=(3, 2))
     full_args = args(tmp_path / "full", per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3,
@@ -161,6 +161,13 @@ def test_checkpoints_written_once_and_resume_exactly(tmp_path):
     assert max_diff(weights(full[0]), weights(resumed[0])) == 0.0
     assert max_diff(weights(resumed[0]), weights(resumed[1])) == 0.0
     assert [r["optimizer_saves"] for r in resumed] == [1, 0]
+
+    # another world size: restored, with a warning that says what then differs
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", other / "checkpoint-2")
+    p, _ = launch({**common, "report": str(tmp_path / "ro"), "args": {**full_args, "output_dir": str(other)},
+                   "resume": True}, ranks=1)
+    assert "was written by a run of 2 process(es), this one has 1" in p.stderr, p.stderr[-2000:]
 
 
 def test_sharded_evaluation_equals_one_process(tmp_path):
