@@ -694,7 +694,9 @@ class Trainer:
         self._flos_per_token = _flos_per_token(self.model)
         self.model.zero_grad()
         # data-parallel: the gradients are summed over the ranks during each step's last backward
-        self._reducer = distributed.GradientReducer(self.model) if args.world_size > 1 else None
+        # (with optimizer_in_backward, inside the fused step: each block's before its update)
+        overlapped = args.world_size > 1 and not args.optimizer_in_backward
+        self._reducer = distributed.GradientReducer(self.model) if overlapped else None
         if hasattr(self.model, "set_rng_state"):
             # each rank its own dropout masks (rank 0's are those of a single process)
             self.model.set_rng_state(_seed_to_rng_state(args.seed + 1_000_003 * args.process_index))
@@ -858,9 +860,9 @@ class Trainer:
             tokens = positions
         else:
             tokens = sum(int(np.count_nonzero(b["attention_mask"])) for b in batches)
-        reducer = self._reducer
-        if reducer is not None:
-            # data-parallel: the loss is the mean over the tokens of all ranks' micro-batches
+        reducer, data_parallel = self._reducer, args.world_size > 1
+        if data_parallel:
+            # the loss is the mean over the tokens of all ranks' micro-batches
             num_items, tokens, positions = (int(x) for x in distributed.all_reduce_sum([num_items, tokens, positions]))
         rng0 = model.get_rng_state() if hasattr(model, "get_rng_state") else None
         applied = False
@@ -898,7 +900,7 @@ class Trainer:
                         self.optimizer.lr = lr
                         self.control = self.callback_handler.on_pre_optimizer_step(args, state, self.control)
                         # data-parallel: each block's update waits for the sum of its gradients
-                        reduce = {"reduce_gradients": distributed.all_reduce_array} if reducer is not None else {}
+                        reduce = {"reduce_gradients": distributed.all_reduce_array} if data_parallel else {}
                         with _DeferSigint():
                             loss_i = self.optimizer.backward_step(
                                 b["input_ids"],
@@ -938,8 +940,8 @@ class Trainer:
                 if i < len(batches) - 1:
                     self.control = self.callback_handler.on_substep_end(args, state, self.control)
             if reducer is not None:
-                if not args.optimizer_in_backward:
-                    reducer.finish()  # issues what the hook has not (all of it when no backward ran) and waits
+                reducer.finish()  # issues what the hook has not (all of it when no backward ran) and waits
+            if data_parallel:
                 step_loss = distributed.all_reduce_sum([step_loss])[0]
             if not args.optimizer_in_backward:
                 max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
