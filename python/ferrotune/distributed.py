@@ -281,7 +281,7 @@ class GradientReducer:
     :data:`BUCKET_BYTES` each) in the order the backward finishes them (the last block
     first). :meth:`hook` is the ``on_block_done`` of the step's last backward: when the
     first block of a bucket is done the bucket's non-blocking all-reduce starts, and each
-    call drives the pending ones (MPICH makes progress only inside MPI calls). :meth:`finish`
+    call drives the pending ones. :meth:`finish`
     then reduces the rest (embeddings, final norm, heads, adapters: the tied embedding's
     gradient is written after the blocks) and waits for everything. Every rank issues the
     same buckets in the same order; :meth:`finish` alone (no hook ran) issues them all, so a
