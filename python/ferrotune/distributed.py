@@ -308,8 +308,6 @@ class GradientReducer:
         self._pending: List[Any] = []
         self._issued = 0
         self._buf: Optional[np.ndarray] = None
-        # seconds spent waiting for reductions after the backward (communication not hidden)
-        self.wait_seconds = 0.0
 
     def _issue_through(self, k: int) -> None:
         from mpi4py import MPI
@@ -339,8 +337,6 @@ class GradientReducer:
         """Issues what is left and waits for every bucket: the gradients are then the sums."""
         if self._buf is None:
             self.begin()
-        t0 = time.perf_counter()
         self._issue_through(len(self.buckets) - 1)
         wait(self._pending)
-        self.wait_seconds += time.perf_counter() - t0
         self._pending, self._buf = [], None
