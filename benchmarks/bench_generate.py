@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from hostinfo import add_isa_argument, isa_env, tier
+
 CONFIG = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 PROMPT, NEW, REPEATS = 32, 128, 3
 
@@ -98,7 +100,8 @@ def bench_transformers(dtype: str) -> dict:
 
     n = sum(p.numel() for p in model.parameters()) - CONFIG["n_positions"] * CONFIG["n_embd"]
     r = bench(run, n)
-    r["versions"] = f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads"
+    r["versions"] = (f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+                     f"{tier('pytorch')}")
     return r
 
 
@@ -122,7 +125,10 @@ def main() -> None:
     ap.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16"],
                     help="with --impl transformers: the dtype the model is cast to")
     ap.add_argument("--rounds", type=int, default=2)
+    add_isa_argument(ap)
     args = ap.parse_args()
+    # before ferrotune's first kernel call, and inherited by the transformers subprocesses
+    os.environ.update(isa_env(args.isa))
     if args.impl == "transformers":
         print("RESULT " + json.dumps(bench_transformers(args.torch_dtype)), flush=True)
         return

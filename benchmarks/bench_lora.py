@@ -38,7 +38,7 @@ import statistics
 import subprocess
 import sys
 
-from hostinfo import machine
+from hostinfo import add_isa_argument, isa_env, machine, tier
 
 GPT2_124M = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -139,7 +139,7 @@ WORKERS = {"ferrotune": worker_ferrotune, "torch": worker_torch}
 def run_worker(python: str, framework: str, args: argparse.Namespace) -> dict:
     cmd = [python, os.path.abspath(__file__), "--worker", framework,
            "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **isa_env(args.isa)})
     if out.returncode != 0:
         raise RuntimeError(f"{framework} worker failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -163,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="runs per framework, alternating the order")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--json", help="also write the raw results here")
+    add_isa_argument(p)
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(WORKERS[args.worker](args.batch, args.seq, args.steps, args.threads)))
+        r = WORKERS[args.worker](args.batch, args.seq, args.steps, args.threads)
+        r["tier"] = tier("ferrotune" if args.worker == "ferrotune" else "pytorch")
+        print(json.dumps(r))
         return 0
 
     pythons = {"ferrotune": sys.executable}
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         for fw in order:
             r = run_worker(pythons[fw], fw, args)
             results[fw].append(r)
-            print(f"  run {rep + 1} {fw}: steps {', '.join(f'{t:.2f}' for t in r['times'])} s "
+            print(f"  run {rep + 1} {fw} ({r['tier']}): steps {', '.join(f'{t:.2f}' for t in r['times'])} s "
                   f"(warm-up {r['warmup']:.2f} s), loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}, "
                   f"peak RSS {r['peak_rss'] / 1e9:.2f} GB", flush=True)
 

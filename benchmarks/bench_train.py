@@ -73,6 +73,8 @@ import sys
 import tempfile
 import time
 
+from hostinfo import add_isa_argument, isa_env, tier
+
 GPT2_124M = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 TINY = dict(vocab_size=50257, n_positions=1024, n_embd=256, n_layer=4, n_head=4)
 MODELS = {"train": GPT2_124M, "bf16": GPT2_124M, "ckpt": GPT2_124M, "fused": GPT2_124M, "fusedckpt": GPT2_124M,
@@ -349,6 +351,7 @@ def worker_main(job_json: str) -> None:
     r = fn(job)
     r["peak_rss"] = _peak_rss_bytes()
     if job["kind"] != "matmul":
+        r["tier"] = tier(job["kind"])
         # a matmul probe in every run (after reading the peak RSS), so that the MFU denominator is
         # the best rate seen over the whole benchmark, not one moment of a shared machine
         r["gflops"] = worker_matmul({"torch": job["kind"] == "pytorch", "torch_threads": job["torch_threads"]})["gflops"]
@@ -424,6 +427,7 @@ def main() -> None:
     ap.add_argument("--frameworks", nargs="+", choices=["ferrotune", "pytorch"], default=["ferrotune", "pytorch"])
     ap.add_argument("--tuned-pytorch", action="store_true",
                     help="also run PyTorch with MKL forced onto its AVX-512 path (needs a C compiler, cc)")
+    add_isa_argument(ap)
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="also show MFU against this nominal peak f32 rate (GFLOP/s), e.g. the CPU's FMA peak")
     ap.add_argument("--no-snapshot", action="store_true",
@@ -469,12 +473,16 @@ def main() -> None:
     print(f"date: {date}; source tree: {source}")
     started = time.time()
 
+    tier_env = isa_env(args.isa)
+    if args.isa != "native" and args.tuned_pytorch:
+        sys.exit("--tuned-pytorch forces MKL onto AVX-512: it goes with --isa native only")
+
     def measure_matmul() -> dict:
         """f32 matmul rate (GFLOP/s) in each environment."""
-        out = run_job(sys.executable, {"kind": "matmul"})["gflops"]
+        out = run_job(sys.executable, {"kind": "matmul"}, tier_env)["gflops"]
         if use_torch:
             out.update(run_job(torch_python, {"kind": "matmul", "torch": True,
-                                              "torch_threads": args.torch_threads})["gflops"])
+                                              "torch_threads": args.torch_threads}, tier_env)["gflops"])
         return out
 
     def show_matmul(when: str, mm: dict) -> None:
@@ -496,7 +504,8 @@ def main() -> None:
         subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", lib, src], check=True)
         tuned_env["LD_PRELOAD"] = lib
     raw = {}
-    versions = {}
+    versions: dict = {}
+    tiers: dict = {}
     builds: dict = {}
     for rep in range(args.repeats):
         for mode, b, t in args.shapes:
@@ -505,12 +514,13 @@ def main() -> None:
                 job = dict(kind=fw, mode=mode, b=b, t=t, warmup=args.warmup, steps=args.steps,
                            torch_threads=args.torch_threads)
                 if fw == "ferrotune":
-                    r = run_job(sys.executable, job, {**ft_env, "RAYON_NUM_THREADS": str(th)})
+                    r = run_job(sys.executable, job, {**ft_env, **tier_env, "RAYON_NUM_THREADS": str(th)})
                 elif fw == "pytorch-tuned":
                     r = run_job(torch_python, {**job, "kind": "pytorch"}, tuned_env)
                 else:
-                    r = run_job(torch_python, job)
+                    r = run_job(torch_python, job, tier_env)
                 versions[fw] = r["version"]
+                tiers[fw] = r["tier"]
                 probes.append(r["gflops"])
                 if "build" in r:
                     builds.setdefault(r["build"], []).append(f"{mode}:{b}x{t}")
@@ -526,7 +536,7 @@ def main() -> None:
     show_matmul("at end", probes[-1])
     data = {
         "machine": machine_description(), "source": source, "date": date, "builds": builds,
-        "versions": versions, "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
+        "versions": versions, "isa": args.isa, "tiers": tiers, "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
         "torch_threads": args.torch_threads, "wall_s": time.time() - started, "load_end": load_average(),
         "matmul_gflops": probes,
         "runs": [dict(mode=k[0], b=k[1], t=k[2], framework=k[3], threads=k[4], results=v) for k, v in raw.items()],
@@ -559,6 +569,9 @@ def print_report(data: dict, peak_gflops: float | None = None) -> None:
         )
     print()
     print(f"versions: {'; '.join(data['versions'].values())}; source tree {data.get('source', '?')}")
+    if data.get("tiers"):
+        print(f"instruction-set tiers (--isa {data.get('isa', 'native')}): "
+              + ", ".join(f"{fw} {t}" for fw, t in data["tiers"].items()))
     for build in data.get("builds", {}):
         print(f"ferrotune extension: {build}")
     if len(data.get("builds", {})) > 1:

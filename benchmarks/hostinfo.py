@@ -41,3 +41,44 @@ def git_revision() -> str:
         return out.stdout.strip() or "?"
     except OSError:
         return "?"
+
+
+# --isa: the instruction-set tier both sides of a benchmark run in
+ISAS = ("native", "avx2", "generic")
+
+
+def isa_env(isa: str) -> dict:
+    """Environment for a benchmark subprocess that restricts it to `isa`, whichever framework it
+    runs: ferrotune's kernels (FERROTUNE_CPU), PyTorch's ATen kernels (ATEN_CPU_CAPABILITY), MKL
+    (MKL_ENABLE_INSTRUCTIONS), oneDNN (ONEDNN_MAX_CPU_ISA) and numpy's OpenBLAS, whose matmul rate
+    is the benchmarks' MFU yardstick (OPENBLAS_CORETYPE). "native": nothing restricted, each
+    takes the best code this CPU runs. Check what each side ran: ``ferrotune.cpu_isa()`` and
+    ``torch.backends.cpu.get_cpu_capability()`` (`tiers`)."""
+    if isa == "native":
+        return {}
+    if isa == "avx2":
+        return {"FERROTUNE_CPU": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}
+    if isa == "generic":
+        return {"FERROTUNE_CPU": "generic", "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                "ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Nehalem"}
+    raise ValueError(f"unknown isa {isa!r} (one of {', '.join(ISAS)})")
+
+
+def add_isa_argument(parser) -> None:
+    parser.add_argument("--isa", choices=ISAS, default="native",
+                        help="instruction-set tier for both sides: avx2 forces ferrotune's avx2 tier "
+                             "(FERROTUNE_CPU) and PyTorch's (ATen, MKL, oneDNN) on a CPU with AVX-512; "
+                             "default native (each side's best)")
+
+
+def tier(framework: str) -> str:
+    """The tier the framework runs in this process: ferrotune's kernel tier (``cpu_isa()``) or
+    PyTorch's CPU capability."""
+    if framework == "ferrotune":
+        import ferrotune
+
+        return ferrotune.cpu_isa()
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()

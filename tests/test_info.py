@@ -1,5 +1,6 @@
 """`python -m ferrotune.info` / `ferrotune.show_config()`: what a bug report needs."""
 
+import os
 import re
 import subprocess
 import sys
@@ -31,3 +32,15 @@ def test_show_config_prints(capsys):
     ferrotune.show_config()
     out = capsys.readouterr().out
     assert "ferrotune  " in out and ferrotune.cpu_isa() in out
+
+
+def test_config_names_what_runs_the_f32_products():
+    assert config()["matmul"] == "the gemm crate"
+    # FERROTUNE_CPU=avx2 on a CPU with AVX-512 hands the products to ferrotune's AVX2 kernel (the
+    # gemm crate would take its AVX-512 path); where AVX2 is the best tier, the gemm crate keeps them
+    code = "from ferrotune.info import config; print(config()['matmul'])"
+    env = {**os.environ, "FERROTUNE_CPU": "avx2"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 0, run.stderr
+    forced = ferrotune.cpu_isa().startswith("avx512")
+    assert run.stdout.strip() == ("ferrotune's AVX2 kernel (the avx2 tier forced on an AVX-512 CPU)" if forced else "the gemm crate")

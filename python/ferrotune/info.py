@@ -41,6 +41,7 @@ def config() -> dict[str, str]:
         "crates": core["crates"],
         "cpu": f"{_cpu_model()} ({os.cpu_count()} logical cores)",
         "cpu tier": core["cpu_isa"] + (f" (FERROTUNE_CPU={os.environ['FERROTUNE_CPU']})" if "FERROTUNE_CPU" in os.environ else ""),
+        "matmul": core["matmul"],
         "threads": core["threads"] + (f" (RAYON_NUM_THREADS={os.environ['RAYON_NUM_THREADS']})" if "RAYON_NUM_THREADS" in os.environ else ""),
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         "platform": platform.platform(),

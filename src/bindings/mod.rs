@@ -40,8 +40,8 @@ fn cpu_isa() -> &'static str {
 }
 
 /// How this extension was built and what it runs with, for bug reports: version, git
-/// commit, cargo profile and target, compiler, the numerics crates' versions, the CPU tier
-/// and the worker threads (`ferrotune.show_config()` prints it).
+/// commit, cargo profile and target, compiler, the numerics crates' versions, the CPU tier,
+/// what runs the f32 products and the worker threads (`ferrotune.show_config()` prints it).
 #[pyfunction]
 fn build_info() -> std::collections::BTreeMap<&'static str, String> {
     [
@@ -52,6 +52,7 @@ fn build_info() -> std::collections::BTreeMap<&'static str, String> {
         ("rustc", env!("FERROTUNE_RUSTC").to_string()),
         ("crates", env!("FERROTUNE_CRATES").to_string()),
         ("cpu_isa", crate::kernels::cpu::isa_name().to_string()),
+        ("matmul", crate::kernels::matmul::engine().to_string()),
         ("threads", rayon::current_num_threads().to_string()),
     ]
     .into_iter()

@@ -92,14 +92,24 @@ pub fn isa_name() -> &'static str {
 /// (a large closure is otherwise left out of line, baseline).
 #[inline(always)]
 pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: `isa()` is a tier this CPU runs
+    unsafe { simd_on(isa(), f) }
+}
+
+/// `simd` compiled for a given tier, so that tests can check every tier in one process.
+///
+/// # Safety
+/// The CPU must run `isa` (one of `available()`).
+#[inline(always)]
+pub(crate) unsafe fn simd_on<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    match isa() {
+    match isa {
         Isa::Avx512 { .. } => {
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
             unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            // SAFETY: the CPU has these features (checked by `isa`).
+            // SAFETY: the CPU has these features (the caller's contract).
             return unsafe { wide(f) };
         }
         Isa::Avx2 => {
@@ -107,7 +117,7 @@ pub fn simd<R>(f: impl FnOnce() -> R) -> R {
             unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            // SAFETY: the CPU has these features (checked by `isa`).
+            // SAFETY: the CPU has these features (the caller's contract).
             return unsafe { wide(f) };
         }
         Isa::Neon | Isa::Generic => {}

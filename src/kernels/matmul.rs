@@ -5,12 +5,14 @@
 //! `out = inp @ w + bias` (`matmul_*`), and nn.Linear (Llama, Qwen2, Mistral), w: (OC, C),
 //! so `out = inp @ w^T + bias` (`linear_*`). The tied lm_head uses the embedding (V, C)
 //! transposed through strides. Large f32 products can run as bf16 products with f32 sums
-//! (`set_bf16_products`, on CPUs with AVX512_BF16).
+//! (`set_bf16_products`, on CPUs with AVX512_BF16). With the avx2 tier forced on a CPU with
+//! AVX-512 (FERROTUNE_CPU=avx2), f32 products run in our own AVX2 kernel (matmul_avx2.rs).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gemm::Parallelism;
 
+use super::matmul_avx2::{forced as avx2_forced, gemm_f32};
 use super::matmul_bf16::{available as bf16_available, gemm_bf16};
 use super::Real;
 
@@ -33,6 +35,17 @@ pub fn set_bf16_products(on: bool) -> bool {
 
 pub fn bf16_products() -> bool {
     BF16_PRODUCTS.load(Ordering::Relaxed)
+}
+
+/// What runs the f32 products now, for bug reports (`ferrotune.show_config()`).
+pub fn engine() -> &'static str {
+    if bf16_products() {
+        "bf16 products (AVX512_BF16) for large products, the gemm crate for the rest"
+    } else if avx2_forced() {
+        "ferrotune's AVX2 kernel (the avx2 tier forced on an AVX-512 CPU)"
+    } else {
+        "the gemm crate"
+    }
 }
 
 /// A row-major or strided matrix operand: element (i, j) is at `ptr + i*rs + j*cs`.
@@ -146,6 +159,13 @@ fn gemm_with<F: Real>(
         if let (Some(lhs), Some(rhs)) = (lhs.f32_view(), rhs.f32_view()) {
             let d = F::as_f32_mut(dst).expect("F is f32");
             return gemm_bf16(d, dst_rs, m, n, k, lhs, rhs, accumulate, scale.to_f32().unwrap_or(f32::NAN));
+        }
+    }
+    if avx2_forced() {
+        if let (Some(l), Some(r)) = (lhs.f32_view(), rhs.f32_view()) {
+            let d = F::as_f32_mut(dst).expect("F is f32");
+            let parallel = matches!(par, Parallelism::Rayon(_));
+            return gemm_f32(d, dst_rs, m, n, k, l, r, accumulate, scale.to_f32().unwrap_or(f32::NAN), parallel);
         }
     }
     // SAFETY: the callers pass views over slices holding at least the (M, K) and (K, N)

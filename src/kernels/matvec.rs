@@ -3,23 +3,24 @@
 //!
 //! - `matmul_nk`: x (M, K) @ w^T with w (N, K) row-major, in f32 or bf16. Every output is a
 //!   dot product over one contiguous weight row, and a parallel task streams whole rows.
-//! - `matmul_kn`: x (M, K) @ w with w (K, N) row-major f32 (HF Conv1D), column blocks of w
-//!   walked row by row.
+//! - `matmul_kn`: x (M, K) @ w with w (K, N) row-major f32 (HF Conv1D): parallel tasks
+//!   stream blocks of whole rows of w into partial sums, added in a fixed order.
 //! - `round_weight`: bf16 copies of weights (round to nearest even, like
 //!   `half::bf16::from_f32`), transposing Conv1D weights to (N, K) on the way, so that
 //!   bf16 decoding reads half the bytes of f32. A bf16 weight widens to f32 exactly (a
 //!   16-bit shift); activations are never rounded and products accumulate in f32.
 //!
-//! f32 activations take tiles written once over `Lanes` (kernels/lanes.rs) and instantiated
-//! for AVX-512, AVX2 + FMA and NEON; f64 (tests) and the generic tier take portable loops.
-//! The tiles prefetch the next rows in software: the row streams of a tile are short
-//! (a few KB) and the hardware prefetcher does not pick them up; without it a core reads
-//! ~10 GB/s instead of ~50. Shapes: M = rows of x, K = input features, N = output features.
+//! `matmul_nk` on f32 activations takes tiles written once over `Lanes` (kernels/lanes.rs)
+//! and instantiated for AVX-512, AVX2 + FMA and NEON; f64 (tests) and the generic tier take
+//! portable loops. The tiles prefetch the next rows in software: the row streams of a tile
+//! are short (a few KB) and the hardware prefetcher does not pick them up; without it a core
+//! reads ~10 GB/s instead of ~50. `matmul_kn` is a portable loop compiled per tier (`simd`).
+//! Shapes: M = rows of x, K = input features, N = output features.
 
 use half::bf16;
 use rayon::prelude::*;
 
-use super::cpu::{isa, simd, Isa};
+use super::cpu::{isa, simd, simd_on, Isa};
 use super::lanes::Lanes;
 use super::{Real, SyncPtr};
 
@@ -156,8 +157,17 @@ pub fn matmul_kn<F: Real>(out: &mut [F], x: &[F], w: &[F], m: usize, n: usize, k
     matmul_kn_on(isa(), out, x, w, m, n, k, accumulate)
 }
 
-/// Output columns handled by one parallel task of `matmul_kn` (4 AVX-512 registers).
-const COLS_PER_TASK: usize = 64;
+/// Rows of w (K, N) one parallel task of `matmul_kn` reads: whole rows, front to back, so
+/// that the hardware prefetcher streams them (column blocks walked row by row read a few
+/// hundred bytes per row, a stride the prefetcher does not follow).
+const KN_ROWS_PER_TASK: usize = 64;
+/// Columns of the rows in use that stay in L1 while every row of x takes them.
+const KN_COLS: usize = 256;
+
+thread_local! {
+    /// The tasks' partial sums of the calling thread's last `matmul_kn`, kept for the next.
+    static KN_PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 #[allow(clippy::too_many_arguments)]
 fn matmul_kn_on<F: Real>(isa: Isa, out: &mut [F], x: &[F], w: &[F], m: usize, n: usize, k: usize, accumulate: bool) {
@@ -165,33 +175,61 @@ fn matmul_kn_on<F: Real>(isa: Isa, out: &mut [F], x: &[F], w: &[F], m: usize, n:
         out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
         "matmul_kn: buffers too small for ({m}, {k}) @ ({k}, {n})"
     );
-    let dst = SyncPtr(out.as_mut_ptr());
-    (0..n.div_ceil(COLS_PER_TASK)).into_par_iter().for_each(|task| {
-        let (o0, o1) = (task * COLS_PER_TASK, ((task + 1) * COLS_PER_TASK).min(n));
-        // SAFETY: as in matmul_nk_on: disjoint columns per task, sizes asserted.
-        let out = unsafe { dst.slice_mut(0, m * n) };
-        if let (Some(xf), Some(wf), Some(of)) = (F::as_f32(x), F::as_f32(w), F::as_f32_mut(out)) {
-            // SAFETY: as above.
-            if unsafe { tiers::kn_cols(isa, of, xf, wf, m, n, k, o0, o1, accumulate) } {
-                return;
-            }
-        }
-        let mut acc = vec![0.0f32; o1 - o0];
-        simd(#[inline(always)] move || {
-            for r in 0..m {
-                acc.fill(0.0);
-                for kk in 0..k {
-                    let xv = x[r * k + kk].widen();
-                    for (a, wv) in acc.iter_mut().zip(&w[kk * n + o0..kk * n + o1]) {
-                        *a += xv * wv.widen();
-                    }
-                }
-                for (o, a) in (o0..o1).zip(&acc) {
-                    store(&mut out[r * n + o], *a, accumulate);
-                }
+    assert!(crate::kernels::cpu::available().contains(&isa), "matmul_kn: this CPU does not run {isa:?}");
+    let tasks = k.div_ceil(KN_ROWS_PER_TASK);
+    KN_PARTIAL.with(|partial| {
+        let mut partial = partial.borrow_mut();
+        // (tasks, M, N): task t's sums over rows [t * KN_ROWS_PER_TASK, ...) of w
+        partial.clear();
+        partial.resize(tasks * m * n, 0.0);
+        partial.par_chunks_mut(m * n).enumerate().for_each(|(t, part)| {
+            let (k0, k1) = (t * KN_ROWS_PER_TASK, ((t + 1) * KN_ROWS_PER_TASK).min(k));
+            // SAFETY: the CPU runs `isa` (asserted)
+            unsafe { simd_on(isa, #[inline(always)] || kn_rows(part, x, w, m, n, k, k0, k1)) }
+        });
+        // the tasks' sums added in task order: the same result on any number of threads
+        let partial = &partial[..];
+        out[..m * n].par_chunks_mut(KN_COLS).enumerate().for_each(|(c, o)| {
+            let i0 = c * KN_COLS;
+            for (j, d) in o.iter_mut().enumerate() {
+                let s = (0..tasks).map(|t| partial[t * m * n + i0 + j]).fold(0.0f32, |a, b| a + b);
+                store(d, s, accumulate);
             }
         });
     });
+}
+
+/// part (M, N) = x[:, k0..k1] @ w[k0..k1, :], w (K, N): four rows of w at a time, each
+/// row's columns in blocks of KN_COLS that every row of x uses while they are in L1.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn kn_rows<F: Real>(part: &mut [f32], x: &[F], w: &[F], m: usize, n: usize, k: usize, k0: usize, k1: usize) {
+    let mut kk = k0;
+    while kk < k1 {
+        let rows = (k1 - kk).min(4);
+        for c0 in (0..n).step_by(KN_COLS) {
+            let c1 = (c0 + KN_COLS).min(n);
+            let wr = |i: usize| &w[(kk + i) * n + c0..(kk + i) * n + c1];
+            for r in 0..m {
+                let xr = |i: usize| x[r * k + kk + i].widen();
+                let p = &mut part[r * n + c0..r * n + c1];
+                if rows == 4 {
+                    let (x0, x1, x2, x3) = (xr(0), xr(1), xr(2), xr(3));
+                    for ((((d, a), b), c), e) in p.iter_mut().zip(wr(0)).zip(wr(1)).zip(wr(2)).zip(wr(3)) {
+                        *d += x0 * a.widen() + x1 * b.widen() + x2 * c.widen() + x3 * e.widen();
+                    }
+                } else {
+                    for i in 0..rows {
+                        let xi = xr(i);
+                        for (d, a) in p.iter_mut().zip(wr(i)) {
+                            *d += xi * a.widen();
+                        }
+                    }
+                }
+            }
+        }
+        kk += rows;
+    }
 }
 
 /// f32 dot product of an activation row and a weight row, 8 partial sums.
@@ -295,89 +333,11 @@ unsafe fn nk_cols<V: Lanes, W: Weight, const MR: usize, const OR: usize>(
     }
 }
 
-/// out[r0..r0+MR, c0..c1] of x @ w with w (K, N), c1 - c0 <= NV * LANES: one row segment of
-/// w per step, x[r, k] broadcast times it into MR x NV accumulators.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kn_tile<V: Lanes, const MR: usize, const NV: usize>(
-    out: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    n: usize,
-    k: usize,
-    r0: usize,
-    c0: usize,
-    c1: usize,
-    accumulate: bool,
-) {
-    let left: [usize; NV] = std::array::from_fn(|j| (c1 - c0).saturating_sub(V::LANES * j));
-    let mut acc = [[V::zero(); NV]; MR];
-    let (xp, wp) = (x.as_ptr().add(r0 * k), w.as_ptr().add(c0));
-    // rows of w ahead of the one in use (the column block is a few hundred bytes of each row)
-    const AHEAD: usize = 8;
-    for kk in 0..k {
-        let row = wp.add(kk * n);
-        let mut wv = [V::zero(); NV];
-        for j in 0..NV {
-            if left[j] > 0 {
-                wv[j] = V::load(row.add(V::LANES * j), left[j]);
-            }
-            V::prefetch(row.wrapping_add(AHEAD * n + V::LANES * j) as *const u8);
-        }
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = V::splat(*xp.add(r * k + kk));
-            for j in 0..NV {
-                acc_r[j] = acc_r[j].fma(xv, wv[j]);
-            }
-        }
-    }
-    for (r, acc_r) in acc.iter().enumerate() {
-        let dst = out.as_mut_ptr().add((r0 + r) * n + c0);
-        for j in (0..NV).filter(|&j| left[j] > 0) {
-            let mut v = acc_r[j];
-            if accumulate {
-                v = v.add(V::load(dst.add(V::LANES * j), left[j]));
-            }
-            v.store(dst.add(V::LANES * j), left[j]);
-        }
-    }
-}
-
-/// Columns [o0, o1) (at most COLS_PER_TASK) of out (M, N) = x (M, K) @ w, w (K, N), in
-/// blocks of NV registers' width.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kn_cols<V: Lanes, const MR: usize, const NV: usize>(
-    out: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    o0: usize,
-    o1: usize,
-    acc: bool,
-) {
-    for c0 in (o0..o1).step_by(NV * V::LANES) {
-        let c1 = (c0 + NV * V::LANES).min(o1);
-        let mut r = 0;
-        while r < m {
-            if m - r >= MR {
-                kn_tile::<V, MR, NV>(out, x, w, n, k, r, c0, c1, acc);
-                r += MR;
-            } else {
-                kn_tile::<V, 1, NV>(out, x, w, n, k, r, c0, c1, acc);
-                r += 1;
-            }
-        }
-    }
-}
-
 /// The tiles instantiated per tier, each inside a function compiled with the tier's features.
 /// Tile sizes keep accumulators + weight registers + x within the register file (32 zmm,
 /// 16 ymm, 32 NEON q registers).
 mod tiers {
-    use super::{kn_cols as kn, nk_cols as nk, Isa, Weight};
+    use super::{nk_cols as nk, Isa, Weight};
     #[cfg(target_arch = "aarch64")]
     use crate::kernels::lanes::Neon;
     #[cfg(target_arch = "x86_64")]
@@ -402,36 +362,11 @@ mod tiers {
         true
     }
 
-    /// Columns [o0, o1) of `matmul_kn` on the tier's intrinsics; false on the generic tier.
-    ///
-    /// # Safety
-    /// As `nk_cols`, with w (K, N).
-    #[allow(clippy::too_many_arguments, unused_variables)]
-    pub(super) unsafe fn kn_cols(isa: Isa, out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) -> bool {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 { .. } => kn_avx512(out, x, w, m, n, k, o0, o1, acc),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => kn_avx2(out, x, w, m, n, k, o0, o1, acc),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => kn_neon(out, x, w, m, n, k, o0, o1, acc),
-            _ => return false,
-        }
-        true
-    }
-
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn nk_avx512<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
         nk::<Avx512, W, 4, 4>(out, x, w, m, n, k, o0, o1, acc)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn kn_avx512(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
-        kn::<Avx512, 4, 4>(out, x, w, m, n, k, o0, o1, acc)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -441,25 +376,11 @@ mod tiers {
         nk::<Avx2, W, 2, 4>(out, x, w, m, n, k, o0, o1, acc)
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn kn_avx2(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
-        kn::<Avx2, 2, 4>(out, x, w, m, n, k, o0, o1, acc)
-    }
-
     #[cfg(target_arch = "aarch64")]
     #[target_feature(enable = "neon")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn nk_neon<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
         nk::<Neon, W, 4, 4>(out, x, w, m, n, k, o0, o1, acc)
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    #[target_feature(enable = "neon")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn kn_neon(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, o0: usize, o1: usize, acc: bool) {
-        kn::<Neon, 4, 4>(out, x, w, m, n, k, o0, o1, acc)
     }
 }
 

@@ -20,6 +20,7 @@ pub mod hugepages;
 pub mod lanes;
 pub mod layernorm;
 pub mod matmul;
+pub mod matmul_avx2;
 pub mod matmul_bf16;
 pub mod matvec;
 pub mod rmsnorm;
