@@ -1,6 +1,6 @@
 """ferrotune: fine-tune Hugging Face language models on CPU, with a Rust core and no PyTorch."""
 
-from . import datasets, hub, io, metrics
+from . import datasets, distributed, hub, io, metrics
 from ._core import (
     BusyError,
     CheckpointError,
@@ -43,6 +43,9 @@ from .tokenizer import BatchEncoding, Tokenizer
 from .trainer import PredictionOutput, Trainer, TrainOutput, get_last_checkpoint
 from .training_args import TrainingArguments
 
+# under mpiexec/srun: join the MPI world and set the threads per rank before the Rust
+# thread pool starts (importing the modules above runs no Rust work); one process: nothing
+distributed.init()
 
 
 def show_config() -> None:
@@ -107,6 +110,7 @@ __all__ = [
     "get_peft_model",
     "get_scheduler",
     "datasets",
+    "distributed",
     "hub",
     "io",
     "metrics",

@@ -36,7 +36,13 @@ RNG_STATE_NAME = "rng_state.json"
 LOOP_STATE_NAME = "loop_state.json"
 
 # the types of the keys read back from rng_state.json and loop_state.json on resume
-_RNG_STATE_TYPES = {"model_rng_state": Optional[int], "data_seed": Optional[int]}
+_RNG_STATE_TYPES = {
+    "model_rng_state": Optional[int],
+    "data_seed": Optional[int],
+    # data-parallel runs: the number of ranks and each one's dropout generator, by rank
+    "world_size": Optional[int],
+    "model_rng_states": Optional[List[Optional[int]]],
+}
 _LOOP_STATE_TYPES = {
     "data_position": Optional[Dict[str, Any]],
     "tr_loss_sum": float,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -309,6 +310,7 @@ class Model:
         labels: Optional[ArrayLike] = None,
         attention_mask: Optional[ArrayLike] = None,
         num_items_in_batch: Optional[int] = None,
+        on_block_done: Optional[Callable[[int], object]] = None,
     ) -> float:
         """Forward + backward; gradients are added to the model's gradient buffers.
 
@@ -316,8 +318,14 @@ class Model:
         ``num_items_in_batch`` — pass the number of counted tokens of all micro-batches of
         one optimizer step so every token weighs the same (default: this batch's count).
         Without labels, ``input_ids`` are the labels (-100 where ``attention_mask`` is 0).
+        ``on_block_done(l)`` is called as soon as transformer block ``l``'s gradients are final
+        (the last block first): :class:`ferrotune.distributed.GradientReducer` starts reducing
+        them there while the backward goes on.
         """
-        loss, _ = training_call(self, self._core.forward_backward, input_ids, labels, attention_mask, num_items_in_batch)
+        fn = self._core.forward_backward
+        if on_block_done is not None:
+            fn = functools.partial(fn, on_block_done=on_block_done)
+        loss, _ = training_call(self, fn, input_ids, labels, attention_mask, num_items_in_batch)
         return loss
 
     def loss_stats(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Tuple
+import functools
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -52,6 +53,7 @@ class AdamW:
         labels: Optional[ArrayLike] = None,
         attention_mask: Optional[ArrayLike] = None,
         num_items_in_batch: Optional[int] = None,
+        reduce_gradients: Optional[Callable[[np.ndarray], object]] = None,
     ) -> float:
         """Forward, backward and one update, the update fused into the backward
         (torchtune's ``optimizer_in_bwd``): each transformer block's gradients go into the
@@ -67,11 +69,17 @@ class AdamW:
         folded before the first non-finite one keep their moments' update (it cannot be
         undone), which the message says.
 
+        ``reduce_gradients(g)`` is called on each block's final gradients, then on those outside
+        the blocks, before they are folded: ``g`` is a float32 array over the step's own memory,
+        to change in place and valid only during the call (data-parallel training sums it over
+        the ranks there: :func:`ferrotune.distributed.all_reduce_array`).
+
         >>> loss = opt.backward_step(input_ids)   # instead of forward_backward; step; zero_grad
         """
-        loss, (self.grad_norm,) = training_call(
-            self.model, self._core.backward_step, input_ids, labels, attention_mask, num_items_in_batch
-        )
+        fn = self._core.backward_step
+        if reduce_gradients is not None:
+            fn = functools.partial(fn, reduce_gradients=reduce_gradients)
+        loss, (self.grad_norm,) = training_call(self.model, fn, input_ids, labels, attention_mask, num_items_in_batch)
         return loss
 
     @property

@@ -39,6 +39,16 @@ stream consumes (reads, without training on them) the micro-batches the checkpoi
 already used, so a stream that yields the same rows each time it is iterated (a re-iterable
 object, a ``datasets.IterableDataset``) continues exactly.
 
+Data-parallel (under ``mpiexec``/``srun``, see :mod:`ferrotune.distributed`): every rank runs
+this loop on its shard of the data (``DistributedSampler``'s: one seeded order, rank-strided,
+padded so every rank has the same steps; a stream's micro-batches of ``world_size`` times the
+batch are split among the ranks). ``N`` in step 1 is summed over the ranks first, and the
+gradients are summed over the ranks in place, each block's as soon as the last micro-batch's
+backward is done with it (:class:`ferrotune.distributed.GradientReducer`), before clipping
+and the update, which every rank then makes alike. Rank 0 alone logs, shows progress and
+writes checkpoints and models; evaluation is sharded by batch and its sums and predictions
+gathered once. A checkpoint holds every rank's dropout generator; resuming restores each.
+
 Safety:
 
 * A NaN/inf loss or gradient norm raises :class:`ferrotune.NonFiniteError` naming the step;
@@ -84,7 +94,7 @@ from .callbacks import (
     TrainerState,
     default_progress_callback,
 )
-from . import checkpoint
+from . import checkpoint, distributed
 from .checkpoint import (
     LOOP_STATE_NAME,
     PREFIX_CHECKPOINT_DIR,
@@ -123,6 +133,10 @@ __all__ = [
     "get_no_decay_parameter_names",
     "speed_metrics",
 ]
+
+#: Data-parallel Ctrl-C: how long ranks wait for each other to agree and for rank 0's save.
+_STOP_TIMEOUT_S = 120.0
+
 
 class TrainOutput(NamedTuple):
     global_step: int
@@ -357,9 +371,11 @@ class Trainer:
         self._user_scheduler = self.lr_scheduler is not None
 
         report_to = cast(List[str], args.report_to)  # normalised to a list by TrainingArguments
-        default_callbacks: List[Any] = [DefaultFlowCallback, *get_reporting_integration_callbacks(report_to)]
-        all_callbacks = default_callbacks + list(callbacks or [])
-        all_callbacks.append(default_progress_callback(args))
+        # data-parallel: rank 0 alone reports (TensorBoard, jsonl, ...) and shows progress
+        reporting = get_reporting_integration_callbacks(report_to) if args.should_log else []
+        all_callbacks: List[Any] = [DefaultFlowCallback, *reporting, *(callbacks or [])]
+        if args.should_log:
+            all_callbacks.append(default_progress_callback(args))
         self.callback_handler = CallbackHandler(
             all_callbacks, self.model, self.processing_class, self.optimizer, self.lr_scheduler
         )
@@ -369,6 +385,7 @@ class Trainer:
         self._reset_loop_accumulators()
         self._last_saved_step: Optional[int] = None
         self._post: Optional[Dict[str, Any]] = None
+        self._reducer: Optional[distributed.GradientReducer] = None
         self.is_in_train = False
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
@@ -518,10 +535,12 @@ class Trainer:
         bs = args.per_device_train_batch_size
         rng = self._data_rng(epoch)
         if args.group_by_length:
-            order = _length_grouped_indices(feats.lengths(), bs * args.gradient_accumulation_steps, rng)
+            order = _length_grouped_indices(feats.lengths(), bs * args.gradient_accumulation_steps * args.world_size, rng)
         else:
             order = rng.permutation(n).tolist()
-        batches = [order[i : i + bs] for i in range(0, n, bs)]
+        # data-parallel: the same order on every rank, each taking its DistributedSampler share
+        order = distributed.shard(order)
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
         if args.dataloader_drop_last and batches and len(batches[-1]) < bs:
             batches.pop()
         return batches
@@ -533,7 +552,9 @@ class Trainer:
         return np.random.default_rng([abs(self._data_seed()), int(epoch)])
 
     def _num_batches(self, n: int) -> int:
+        """Micro-batches per epoch of each rank, for ``n`` examples in all."""
         bs = self.args.per_device_train_batch_size
+        n = math.ceil(n / self.args.world_size)  # a rank's shard (padded: every rank the same)
         return n // bs if self.args.dataloader_drop_last else math.ceil(n / bs)
 
     # ------------------------------------------------------------------ optimizer / schedule
@@ -626,7 +647,8 @@ class Trainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
         _check_stream_args(self.train_dataset, args)
         os.makedirs(args.output_dir, exist_ok=True)
-        self._remove_stale_tmp_dirs()
+        if args.should_save:
+            self._remove_stale_tmp_dirs()
         ga = args.gradient_accumulation_steps
         streaming = is_iterable_dataset(self.train_dataset)
         feats: Optional[IndexedDataset] = None
@@ -671,8 +693,13 @@ class Trainer:
         self.create_scheduler(max_steps)
         self._flos_per_token = _flos_per_token(self.model)
         self.model.zero_grad()
+        # data-parallel: the gradients are summed over the ranks during each step's last backward
+        # (with optimizer_in_backward, inside the fused step: each block's before its update)
+        overlapped = args.world_size > 1 and not args.optimizer_in_backward
+        self._reducer = distributed.GradientReducer(self.model) if overlapped else None
         if hasattr(self.model, "set_rng_state"):
-            self.model.set_rng_state(_seed_to_rng_state(args.seed))
+            # each rank its own dropout masks (rank 0's are those of a single process)
+            self.model.set_rng_state(_seed_to_rng_state(args.seed + 1_000_003 * args.process_index))
 
         epochs_trained = 0
         steps_trained_in_current_epoch = 0
@@ -699,8 +726,8 @@ class Trainer:
         self.state.max_steps = max_steps
         self.state.num_train_epochs = num_train_epochs
         self.state.compute_steps(args, max_steps)
-        self.state.is_local_process_zero = True
-        self.state.is_world_process_zero = True
+        self.state.is_local_process_zero = args.local_process_index == 0
+        self.state.is_world_process_zero = args.process_index == 0
         for attr in ("model", "optimizer", "lr_scheduler"):
             setattr(self.callback_handler, attr, getattr(self, attr))
         self.callback_handler.train_dataloader = None
@@ -771,9 +798,13 @@ class Trainer:
             set_epoch = getattr(self.train_dataset, "set_epoch", None)
             if callable(set_epoch):
                 set_epoch(epoch)  # a datasets.IterableDataset reshuffles per epoch
-            batches = self._stream_batches(
-                self.train_dataset, args.per_device_train_batch_size, args.dataloader_drop_last, skip=consumed
+            # data-parallel: each micro-batch of the world is split among the ranks (as transformers'
+            # IterableDatasetShard; a short last one is padded from its own start)
+            global_batches = self._stream_batches(
+                self.train_dataset, args.per_device_train_batch_size * args.world_size, args.dataloader_drop_last,
+                skip=consumed,
             )
+            batches = (distributed.shard(b) for b in global_batches)
             self.callback_handler.train_dataloader = self.train_dataset
             self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
             empty_pass = consumed == 0
@@ -823,11 +854,20 @@ class Trainer:
         batches = [self._collate(ex) for ex in examples]
         counts = [self._count_items(b["labels"]) for b in batches]
         num_items = sum(counts)
+        # every position of every micro-batch, padding included (as transformers' flos)
+        positions = sum(int(b["input_ids"].size) for b in batches)
+        if args.include_num_input_tokens_seen == "all":
+            tokens = positions
+        else:
+            tokens = sum(int(np.count_nonzero(b["attention_mask"])) for b in batches)
+        reducer, data_parallel = self._reducer, args.world_size > 1
+        if data_parallel:
+            # the loss is the mean over the tokens of all ranks' micro-batches
+            num_items, tokens, positions = (int(x) for x in distributed.all_reduce_sum([num_items, tokens, positions]))
         rng0 = model.get_rng_state() if hasattr(model, "get_rng_state") else None
         applied = False
         committed = False
         step_loss = 0.0
-        tokens = 0
         grad_norm: Optional[float] = None
         lr = 0.0
 
@@ -836,8 +876,7 @@ class Trainer:
             state.global_step += 1
             state.epoch = epoch + (first_micro + len(batches)) / steps_in_epoch
             state.num_input_tokens_seen += tokens
-            # as transformers: every position of every micro-batch, padding included
-            state.total_flos += float(self._flos_per_token * sum(int(b["input_ids"].size) for b in batches))
+            state.total_flos += float(self._flos_per_token * positions)
             self._data_position = (epoch, first_micro + len(batches))
             self._tr_loss_sum += step_loss
             self._call_loss_sum += step_loss
@@ -853,33 +892,36 @@ class Trainer:
                     "its loss is 0 and its gradient is zero"
                 )
             for i, (b, n_i) in enumerate(zip(batches, counts)):
-                if args.include_num_input_tokens_seen == "all":
-                    tokens += int(b["input_ids"].size)
-                else:
-                    tokens += int(np.count_nonzero(b["attention_mask"]))
                 if n_i == 0 and not args.optimizer_in_backward:
-                    continue  # contributes nothing to the loss or the gradient
+                    continue  # contributes nothing to the loss or the gradient (nor to the reduction hook)
                 try:
                     if args.optimizer_in_backward:
                         lr = self._lr_for_step(state.global_step)
                         self.optimizer.lr = lr
                         self.control = self.callback_handler.on_pre_optimizer_step(args, state, self.control)
+                        # data-parallel: each block's update waits for the sum of its gradients
+                        reduce = {"reduce_gradients": distributed.all_reduce_array} if data_parallel else {}
                         with _DeferSigint():
                             loss_i = self.optimizer.backward_step(
                                 b["input_ids"],
                                 labels=b["labels"],
                                 attention_mask=b["attention_mask"],
                                 num_items_in_batch=num_items,
+                                **reduce,
                             )
                             applied = True
                         grad_norm = float(self.optimizer.grad_norm)
-                        step_loss = float(loss_i) if n_i else 0.0
+                        step_loss = float(loss_i) * (n_i / num_items) if n_i else 0.0
                         break
+                    # data-parallel: the last micro-batch's backward starts each block's reduction
+                    # as soon as the block is done (earlier ones only accumulate, as DDP's no_sync)
+                    hook = {"on_block_done": reducer.begin()} if reducer is not None and i == len(batches) - 1 else {}
                     loss_i = model.forward_backward(
                         b["input_ids"],
                         labels=b["labels"],
                         attention_mask=b["attention_mask"],
                         num_items_in_batch=num_items,
+                        **hook,
                     )
                 except NonFiniteError as e:
                     raise NonFiniteError(
@@ -897,6 +939,10 @@ class Trainer:
                 step_loss += loss_i * n_i / num_items
                 if i < len(batches) - 1:
                     self.control = self.callback_handler.on_substep_end(args, state, self.control)
+            if reducer is not None:
+                reducer.finish()  # issues what the hook has not (all of it when no backward ran) and waits
+            if data_parallel:
+                step_loss = distributed.all_reduce_sum([step_loss])[0]
             if not args.optimizer_in_backward:
                 max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
                 grad_norm = float(model.clip_grad_norm(max_norm))
@@ -1003,7 +1049,9 @@ class Trainer:
         train_loss = self._call_loss_sum / max(steps, 0.001)
         # as transformers: samples of the whole schedule, scaled to the share of steps run in this call
         if args.max_steps > 0:
-            total_samples = float(args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps)
+            total_samples = float(
+                args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            )
         else:
             total_samples = len(self._features(self.train_dataset)) * float(args.num_train_epochs)
         num_samples = total_samples * steps / max(state.max_steps, 1)
@@ -1032,17 +1080,35 @@ class Trainer:
         where = f"step {state.global_step}"
         saved = None
         needs_save = state.global_step > 0 and (self._last_saved_step != state.global_step or self._post is not None)
+        rng_states: Optional[List[Optional[int]]] = None
+        if args.world_size > 1:
+            # mpiexec/srun pass Ctrl-C to every rank, each stopping at its own point: rank 0
+            # saves its step with every rank's RNG state when all stopped after the same step
+            rng = int(self.model.get_rng_state()) if hasattr(self.model, "get_rng_state") else 0
+            rows = distributed.agree_on_stop([state.global_step, rng], timeout=_STOP_TIMEOUT_S)
+            if rows is not None and len(set(rows[:, 0].tolist())) == 1:
+                rng_states = [int(x) for x in rows[:, 1]]
+            else:
+                if args.should_save:
+                    warnings.warn(
+                        "the ranks stopped after different steps (or some did not stop): the interrupt checkpoint "
+                        "holds rank 0's step, and resuming draws new dropout masks on the other ranks"
+                    )
+                rng_states = [rng] + [None] * (args.world_size - 1)
         if args.save_on_interrupt and not args.save_only_model and needs_save:
             try:
-                saved = self._save_checkpoint(interrupt=True)
+                saved = self._save_checkpoint(interrupt=True, rng_states=rng_states)
             except BaseException as save_exc:  # noqa: BLE001 - the interrupt must still propagate
                 warnings.warn(f"could not save the interrupt checkpoint: {save_exc!r}")
         elif state.global_step > 0 and self._last_saved_step == state.global_step:
             saved = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        # no rank may end the job (MPI_Abort) before rank 0 has written the checkpoint
+        distributed.barrier(timeout=_STOP_TIMEOUT_S, _comm=distributed.init().stop_comm)
         msg = f"Training interrupted after {where} (epoch {state.epoch:.3f}); the model holds the weights of {where}."
         if saved:
             msg += f" Checkpoint: {saved}. Continue with trainer.train(resume_from_checkpoint=True)."
-        print(msg)
+        if args.should_log:
+            print(msg)
         self.callback_handler.on_train_abort(args, state, self.control, error=exc)
 
     # ------------------------------------------------------------------ logging
@@ -1127,6 +1193,7 @@ class Trainer:
         self, dataset: Any, prefix: str, want_preds: bool
     ) -> Tuple[Dict[str, float], Any, Any, int, int]:
         bs = self.args.per_device_eval_batch_size
+        world, rank = self.args.world_size, self.args.process_index
         batches: Iterable[List[Dict[str, Any]]]
         if is_iterable_dataset(dataset):
             batches = self._stream_batches(dataset, bs, drop_last=False)
@@ -1134,8 +1201,11 @@ class Trainer:
         else:
             feats = self._features(dataset)
             index_batches = [range(i, min(i + bs, len(feats))) for i in range(0, len(feats), bs)]
-            batches = ([feats[i] for i in idx] for idx in index_batches)
             self.callback_handler.eval_dataloader = index_batches
+            # data-parallel: batch k goes to rank k % world (read only there)
+            batches = ([feats[i] for i in idx] for idx in index_batches[rank::world])
+        if world > 1 and is_iterable_dataset(dataset):
+            batches = islice(batches, rank, None, world)
         n_samples = n_batches = 0
         model = self.model
         was_training = bool(getattr(model, "training", False))
@@ -1186,6 +1256,16 @@ class Trainer:
         finally:
             if hasattr(model, "train") and was_training:
                 model.train()
+        if world > 1:
+            # the ranks' sums, and their batches' predictions back in dataset order (batch k from rank k % world)
+            loss_sum, n_tokens, n_correct, n_samples, n_batches = distributed.all_reduce_sum(
+                [loss_sum, n_tokens, n_correct, n_samples, n_batches]
+            )
+            n_tokens, n_correct, n_samples, n_batches = int(n_tokens), int(n_correct), int(n_samples), int(n_batches)
+            if want_preds or classifier:
+                per_rank = distributed.gather((preds, labels_all))
+                preds = [per_rank[k % world][0][k // world] for k in range(n_batches)]
+                labels_all = [per_rank[k % world][1][k // world] for k in range(n_batches)]
         if n_batches == 0:
             raise DataError("the evaluation stream yielded no examples")
         loss = loss_sum / n_tokens if n_tokens else float("nan")
@@ -1224,7 +1304,10 @@ class Trainer:
     def save_model(self, output_dir: Optional[Union[str, os.PathLike]] = None) -> None:
         """Save the model (``config.json`` + ``model.safetensors``), the tokenizer and
         ``training_args.json``, all at once (see :func:`ferrotune.io.atomic_directory`: the
-        directory holds its previous files or all the new ones; other files in it are kept)."""
+        directory holds its previous files or all the new ones; other files in it are kept).
+        Data-parallel, only rank 0 writes (``args.should_save``; the ranks' weights are equal)."""
+        if not self.args.should_save:
+            return
         out = os.fspath(output_dir) if output_dir is not None else self.args.output_dir
         with atomic_directory(out) as tmp:
             self.model.save_pretrained(tmp)
@@ -1234,7 +1317,9 @@ class Trainer:
                 f.write(self.args.to_json_string())
 
     def save_state(self) -> None:
-        """Write ``trainer_state.json`` into ``output_dir`` (as transformers' ``save_state``)."""
+        """Write ``trainer_state.json`` into ``output_dir`` (as transformers' ``save_state``; rank 0 only)."""
+        if not self.args.should_save:
+            return
         os.makedirs(self.args.output_dir, exist_ok=True)
         self.state.save_to_json(os.path.join(self.args.output_dir, TRAINER_STATE_NAME))
 
@@ -1242,10 +1327,14 @@ class Trainer:
         """Removes what killed saves and rotations left in ``output_dir`` (hidden temporaries)."""
         remove_stale_temporaries(self.args.output_dir)
 
-    def _save_checkpoint(self, interrupt: bool = False) -> str:
+    def _save_checkpoint(self, interrupt: bool = False, rng_states: Optional[List[Optional[int]]] = None) -> str:
         """Write ``output_dir/checkpoint-<step>`` atomically (it replaces a checkpoint of the
-        same step wholesale), then rotate."""
+        same step wholesale), then rotate. Data-parallel, every rank calls it: rank 0 writes
+        (with every rank's dropout RNG state, ``rng_states`` when already gathered) while the
+        others wait, so that all of them find the checkpoint once it returns."""
         args, state = self.args, self.state
+        if rng_states is None:
+            rng_states = self._gather_rng_states()
         run_dir = args.output_dir
         final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
@@ -1253,17 +1342,20 @@ class Trainer:
             best_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
             if state.best_global_step == state.global_step or os.path.exists(best_dir):
                 state.best_model_checkpoint = best_dir
-        with atomic_directory(final, keep_other_files=False) as tmp:
-            self.save_model(tmp)
-            if not args.save_only_model:
-                checkpoint.save_optimizer(self.optimizer, tmp)
-                self._save_scheduler(tmp)
-                self._save_rng_state(tmp)
-                write_json(os.path.join(tmp, LOOP_STATE_NAME), self._loop_state(interrupt))
-            self._store_callback_states()
-            state.save_to_json(os.path.join(tmp, TRAINER_STATE_NAME))
+        self._store_callback_states()
+        if args.should_save:
+            with atomic_directory(final, keep_other_files=False) as tmp:
+                self.save_model(tmp)
+                if not args.save_only_model:
+                    checkpoint.save_optimizer(self.optimizer, tmp)
+                    self._save_scheduler(tmp)
+                    self._save_rng_state(tmp, rng_states)
+                    write_json(os.path.join(tmp, LOOP_STATE_NAME), self._loop_state(interrupt))
+                state.save_to_json(os.path.join(tmp, TRAINER_STATE_NAME))
+            checkpoint.rotate_checkpoints(run_dir, args.save_total_limit, state.best_model_checkpoint)
+        if not interrupt:
+            distributed.barrier()
         self._last_saved_step = state.global_step
-        checkpoint.rotate_checkpoints(run_dir, args.save_total_limit, state.best_model_checkpoint)
         return final
 
     def _store_callback_states(self) -> None:
@@ -1301,15 +1393,27 @@ class Trainer:
         d["last_lr"] = self._last_lr
         write_json(os.path.join(out, SCHEDULER_NAME), d)
 
-    def _save_rng_state(self, out: str) -> None:
+    def _gather_rng_states(self) -> List[Optional[int]]:
+        """Every rank's dropout RNG state, by rank."""
+        if not hasattr(self.model, "get_rng_state"):
+            return [None]
+        states = distributed.all_gather_u64([int(self.model.get_rng_state())])
+        assert states is not None  # no timeout
+        return [int(x) for x in states[:, 0]]
+
+    def _save_rng_state(self, out: str, rng_states: List[Optional[int]]) -> None:
         epoch = self._data_position[0]
         d: Dict[str, Any] = {
-            "model_rng_state": int(self.model.get_rng_state()) if hasattr(self.model, "get_rng_state") else None,
+            "model_rng_state": rng_states[0],
             "data_seed": self._data_seed(),
             "epoch": epoch,
             # the generator that orders this epoch's data (a function of data_seed and epoch)
             "numpy_generator": self._data_rng(epoch).bit_generator.state,
         }
+        if len(rng_states) > 1:
+            # data-parallel: every rank's dropout generator, by rank
+            d["world_size"] = len(rng_states)
+            d["model_rng_states"] = rng_states
         write_json(os.path.join(out, RNG_STATE_NAME), d)
 
     # ------------------------------------------------------------------ loading
@@ -1338,8 +1442,20 @@ class Trainer:
 
         rng = checkpoint.read_rng_state(ckpt)
         if rng is not None:
-            if rng.get("model_rng_state") is not None and hasattr(self.model, "set_rng_state"):
-                self.model.set_rng_state(int(rng["model_rng_state"]))
+            world, rank = self.args.world_size, self.args.process_index
+            saved_world = int(rng.get("world_size") or 1)
+            states = rng.get("model_rng_states") or [rng.get("model_rng_state")]
+            if saved_world != world and self.args.should_log:
+                warnings.warn(
+                    f"{ckpt} was written by a run of {saved_world} process(es), this one has {world}: the weights, "
+                    f"optimizer moments, schedule and step count are restored, but from here the run is not the one "
+                    f"{saved_world} process(es) would have continued: a step now takes "
+                    f"{self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * world} examples "
+                    "instead, the data position within the epoch is counted in steps of the new size, and ranks without "
+                    "a saved dropout generator start a fresh one"
+                )
+            if rank < len(states) and states[rank] is not None and hasattr(self.model, "set_rng_state"):
+                self.model.set_rng_state(int(states[rank]))
             if rng.get("data_seed") is not None and int(rng["data_seed"]) != self._data_seed():
                 warnings.warn(
                     f"the checkpoint was trained with data seed {rng['data_seed']} but this run uses "

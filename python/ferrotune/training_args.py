@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Union
 
+from . import distributed
 from ._core import ConfigError
 from .integrations import SUPPORTED_REPORT_TO, available_integrations, require_integration
 from .optimization import SCHEDULER_TYPES, UNSUPPORTED_SCHEDULER_TYPES, scheduler_name
@@ -70,9 +71,9 @@ _UNSUPPORTED: Dict[str, tuple] = {
     "push_to_hub": ((False,), "pushing to the Hugging Face Hub is not implemented; upload output_dir yourself"),
     "hub_model_id": ((None,), "pushing to the Hugging Face Hub is not implemented"),
     "hub_token": ((None,), "pushing to the Hugging Face Hub is not implemented"),
-    "local_rank": ((-1,), "distributed training is not supported"),
-    "ddp_backend": ((None,), "distributed training is not supported"),
-    "ddp_find_unused_parameters": ((None,), "distributed training is not supported"),
+    "local_rank": ((-1,), "the rank comes from the MPI launcher (mpiexec/srun; see ferrotune.distributed), not from torchrun"),
+    "ddp_backend": ((None, "mpi"), "ferrotune's data-parallel training runs over MPI only (ferrotune.distributed)"),
+    "ddp_find_unused_parameters": ((None,), "every trainable parameter gets a gradient in each step; there is nothing to find"),
     "tpu_num_cores": ((None,), "TPUs are not supported"),
     "dataloader_num_workers": ((0,), "worker processes are not used: batches are built in the main process"),
     "torch_empty_cache_steps": ((None,), "there is no CUDA cache to empty"),
@@ -146,6 +147,11 @@ class TrainingArguments:
         packing (ferrotune; False) concatenates short examples into blocks of ``max_length``,
         dataset_text_field (ferrotune; ``"text"``), add_eos_token (ferrotune; True: append the
         tokenizer's EOS to ``text`` examples and completions so a fine-tuned model learns to stop).
+
+    Data-parallel (read-only, from the MPI launcher; :mod:`ferrotune.distributed`): world_size,
+        process_index, local_process_index, should_log and should_save (rank 0 alone). A step
+        takes ``per_device_train_batch_size * world_size * gradient_accumulation_steps``
+        examples. ``ddp_backend`` may be None or ``"mpi"``.
 
     Logging and evaluation:
         logging_strategy (``"steps"``), logging_steps (500), logging_first_step, logging_dir
@@ -495,17 +501,29 @@ class TrainingArguments:
     def eval_batch_size(self) -> int:
         return self.per_device_eval_batch_size
 
-    @property
-    def should_save(self) -> bool:
-        return True
+    # the data-parallel world (ferrotune.distributed: the MPI launcher's, else one process)
 
     @property
     def world_size(self) -> int:
-        return 1
+        return distributed.world_size()
 
     @property
     def process_index(self) -> int:
-        return 0
+        return distributed.rank()
+
+    @property
+    def local_process_index(self) -> int:
+        return distributed.local_rank()
+
+    @property
+    def should_log(self) -> bool:
+        """Whether this process logs and shows progress: rank 0 alone (as transformers)."""
+        return distributed.rank() == 0
+
+    @property
+    def should_save(self) -> bool:
+        """Whether this process writes checkpoints and models: rank 0 alone."""
+        return distributed.rank() == 0
 
     @property
     def n_gpu(self) -> int:

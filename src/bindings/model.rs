@@ -239,7 +239,10 @@ impl PyModel {
     }
 
     /// Forward + backward, adding to the gradients: (summed loss, counted tokens).
-    #[pyo3(signature = (input_ids, attention_mask=None, labels=None, num_items_in_batch=None))]
+    /// `on_block_done(l)` is called (with the GIL) as soon as block l's gradients are final
+    /// in the gradient buffer (`grad_buffer`, ranges `block_grad_ranges`), the last block
+    /// first; an exception it raises ends the call once the backward is done.
+    #[pyo3(signature = (input_ids, attention_mask=None, labels=None, num_items_in_batch=None, on_block_done=None))]
     fn forward_backward(
         &self,
         py: Python<'_>,
@@ -247,14 +250,50 @@ impl PyModel {
         attention_mask: Option<Ids<'_>>,
         labels: Option<Ids<'_>>,
         num_items_in_batch: Option<f64>,
+        on_block_done: Option<Py<PyAny>>,
     ) -> PyResult<(f64, usize)> {
         let mut cell = self.lock()?;
         let batch = batch(&input_ids, &attention_mask, &labels, cell.model().num_labels().is_some())?;
         let model = cell.model_mut();
-        detach(py, move || {
-            let s = model.forward_backward(&batch, num_items_in_batch)?;
+        let mut raised: Option<PyErr> = None;
+        let r = detach(py, || {
+            let s = match &on_block_done {
+                None => model.forward_backward(&batch, num_items_in_batch)?,
+                Some(hook) => model.forward_backward_watched(&batch, num_items_in_batch, &mut |l| {
+                    if raised.is_none() {
+                        raised = Python::attach(|py| hook.call1(py, (l,)).map(drop)).err();
+                    }
+                })?,
+            };
             Ok((s.loss_sum, s.count))
-        })
+        });
+        match raised {
+            Some(e) => Err(e),
+            None => r,
+        }
+    }
+
+    /// The gradient-layout range (start, end) of each block's trainable parameters, in block
+    /// order ((0, 0) for a frozen block); the rest of the buffer (embeddings, final norm,
+    /// heads, adapters) is outside every block.
+    fn block_grad_ranges(&self) -> PyResult<Vec<(usize, usize)>> {
+        let cell = self.lock()?;
+        let m = cell.model();
+        let blocks = m.state().block_grad_ranges(&m.block_params()).map_err(|e| PyErr::from(PyFerrotuneErr::from(e)))?;
+        Ok(blocks.into_iter().map(|r| (r.start, r.end)).collect())
+    }
+
+    /// The gradient buffer itself (trainable parameters in storage order, `gradients()`'s
+    /// layout), as a writable float32 array that shares its memory: for reducing it in place
+    /// across processes. It stays valid until the trainable set changes (freeze, adapters)
+    /// or a fused step (`AdamW.backward_step`) releases the gradients: take a new one per step.
+    fn grad_buffer<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let mut cell = slf.get().lock()?;
+        let grads = cell.model_mut().state_mut().grads_mut();
+        let view = numpy::ndarray::ArrayViewMut1::from(&mut grads[..]);
+        // SAFETY: the array keeps the model object alive (its base), and the buffer is not
+        // reallocated while its length stays that of the trainable set (see the doc above)
+        Ok(unsafe { PyArray1::borrow_from_array(&view, slf.clone().into_any()) })
     }
 
     fn zero_grad(&self) -> PyResult<()> {

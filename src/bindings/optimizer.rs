@@ -71,8 +71,12 @@ impl PyAdamW {
     }
 
     /// Forward, backward and one step with the step fused into the backward
-    /// (optim::fused): (summed loss, counted tokens, gradient norm).
-    #[pyo3(signature = (input_ids, attention_mask=None, labels=None, num_items_in_batch=None))]
+    /// (optim::fused): (summed loss, counted tokens, gradient norm). `reduce_gradients(g)`,
+    /// when given, is called (with the GIL) on each block's final gradients, then on those
+    /// outside the blocks, before they are folded: a float32 array over the step's own
+    /// buffer, to change in place (summed over processes) and valid only during the call. An
+    /// exception it raises ends the call once the backward is done.
+    #[pyo3(signature = (input_ids, attention_mask=None, labels=None, num_items_in_batch=None, reduce_gradients=None))]
     fn backward_step(
         &mut self,
         py: Python<'_>,
@@ -80,6 +84,7 @@ impl PyAdamW {
         attention_mask: Option<Ids<'_>>,
         labels: Option<Ids<'_>>,
         num_items_in_batch: Option<f64>,
+        reduce_gradients: Option<Py<PyAny>>,
     ) -> PyResult<(f64, usize, f64)> {
         let mut model = self.model.get().lock()?;
         self.check_trainable_set(&model)?;
@@ -89,10 +94,29 @@ impl PyAdamW {
         }
         let fused = self.fused.as_mut().expect("built above");
         let (m, opt) = (model.model_mut().as_mut(), &mut self.inner);
-        detach(py, move || {
-            let (s, norm) = fused.step(m, opt, &batch, num_items_in_batch)?;
+        let mut raised: Option<PyErr> = None;
+        let mut reduce = |g: &mut [f32]| {
+            let Some(f) = &reduce_gradients else { return };
+            if raised.is_none() {
+                raised = Python::attach(|py| {
+                    let view = numpy::ndarray::ArrayViewMut1::from(g);
+                    // SAFETY: the array lives for this call; the callee is told not to keep it
+                    let arr = unsafe { numpy::PyArray1::borrow_from_array(&view, py.None().into_bound(py)) };
+                    f.call1(py, (arr,)).map(drop)
+                })
+                .err();
+            }
+        };
+        let wanted = reduce_gradients.is_some();
+        let r = detach(py, || {
+            let hook = wanted.then_some(&mut reduce as &mut dyn FnMut(&mut [f32]));
+            let (s, norm) = fused.step(m, opt, &batch, num_items_in_batch, hook)?;
             Ok((s.loss_sum, s.count, norm))
-        })
+        });
+        match raised {
+            Some(e) => Err(e),
+            None => r,
+        }
     }
 
     #[getter]

@@ -13,7 +13,7 @@ use crate::kernels::crossentropy::LossStats;
 use crate::kernels::Real;
 use crate::models::batch::Batch;
 use crate::models::decode::Decoder;
-use crate::models::grads::GradSink;
+use crate::models::grads::{GradSink, Watched};
 use crate::models::lora::{base_param_count, Lora, LoraModule};
 use crate::models::state::ModelState;
 
@@ -52,6 +52,14 @@ pub trait CausalLm<F: Real>: Send + Sync {
     /// counted tokens), so micro-batches of one optimizer step weight every token equally.
     fn forward_backward(&mut self, batch: &Batch<'_>, num_items: Option<f64>) -> Result<LossStats> {
         self.backward_with(batch, num_items, None)
+    }
+    /// `forward_backward`, calling `done(l)` as soon as block l's gradients are final in the
+    /// gradient buffer (`Watched`; blocks go from the last to the first).
+    fn forward_backward_watched(&mut self, batch: &Batch<'_>, num_items: Option<f64>, done: &mut dyn FnMut(usize)) -> Result<LossStats> {
+        let mut grads = self.state_mut().take_grads();
+        let out = self.backward_with(batch, num_items, Some(&mut Watched::new(&mut grads, done)));
+        self.state_mut().restore_grads(grads);
+        out
     }
     /// `forward_backward`, the gradients going to `sink` when given (optim::fused). Input
     /// errors are found before the first block's backward.

@@ -109,3 +109,121 @@ impl<'a, F: Real> GradView<'a, F> {
         }
     }
 }
+
+/// The model's gradient buffer (taken out of the model for one backward) as a `GradSink` that
+/// calls `done(l)` as soon as block l's gradients are final: data-parallel training
+/// (ferrotune.distributed) starts reducing them there while the earlier blocks' backward
+/// runs. Nothing writes a block's gradients after its `end_block`: a block's backward writes
+/// its own parameters' gradients only (optim::fused asserts it), and the tied embedding's
+/// gradient, written before and after the blocks, is outside every block.
+pub struct Watched<'a, F> {
+    grads: &'a mut [F],
+    done: &'a mut dyn FnMut(usize),
+    lent: Vec<F>,
+}
+
+impl<'a, F: Real> Watched<'a, F> {
+    pub fn new(grads: &'a mut [F], done: &'a mut dyn FnMut(usize)) -> Self {
+        Watched { grads, done, lent: Vec::new() }
+    }
+}
+
+impl<F: Real> GradSink<F> for Watched<'_, F> {
+    fn slot(&mut self, g: Range<usize>) -> &mut [F] {
+        &mut self.grads[g]
+    }
+
+    fn pair(&mut self, a: Range<usize>, b: Range<usize>) -> (&mut [F], &mut [F]) {
+        two_mut(self.grads, a, b)
+    }
+
+    fn begin_block(&mut self, _l: usize) {}
+
+    fn end_block(&mut self, l: usize) {
+        (self.done)(l);
+    }
+
+    fn lend(&mut self, buf: Vec<F>) {
+        self.lent = buf;
+    }
+
+    fn reclaim(&mut self) -> Vec<F> {
+        std::mem::take(&mut self.lent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::models::{from_config, Batch, BoxedModel};
+
+    /// The gradient buffer as a sink that copies each block's gradients at its end_block.
+    struct Snapshots {
+        grads: Vec<f32>,
+        blocks: Vec<Range<usize>>,
+        seen: Vec<(usize, Vec<f32>)>,
+        lent: Vec<f32>,
+    }
+
+    impl GradSink<f32> for Snapshots {
+        fn slot(&mut self, g: Range<usize>) -> &mut [f32] {
+            &mut self.grads[g]
+        }
+        fn pair(&mut self, a: Range<usize>, b: Range<usize>) -> (&mut [f32], &mut [f32]) {
+            two_mut(&mut self.grads, a, b)
+        }
+        fn begin_block(&mut self, _l: usize) {}
+        fn end_block(&mut self, l: usize) {
+            self.seen.push((l, self.grads[self.blocks[l].clone()].to_vec()));
+        }
+        fn lend(&mut self, buf: Vec<f32>) {
+            self.lent = buf;
+        }
+        fn reclaim(&mut self) -> Vec<f32> {
+            std::mem::take(&mut self.lent)
+        }
+    }
+
+    /// What data-parallel training relies on to reduce a block's gradients while the backward
+    /// goes on: after block l's end_block nothing writes its gradients again (tied embedding,
+    /// dropout, padding and gradient checkpointing included), the blocks end from the last to
+    /// the first, and `forward_backward_watched` gives `forward_backward`'s gradients.
+    #[test]
+    fn block_gradients_are_final_at_end_block() {
+        let gpt2 = json!({"model_type": "gpt2", "vocab_size": 13, "n_positions": 8, "n_embd": 8, "n_layer": 3,
+            "n_head": 2, "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1});
+        let qwen2 = json!({"model_type": "qwen2", "vocab_size": 13, "hidden_size": 8, "intermediate_size": 10,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": false});
+        let ids: Vec<i64> = (0..12).map(|i| (i * 5 % 13) as i64).collect();
+        let mask: Vec<i64> = (0..12).map(|k| i64::from(k != 6)).collect();
+        let batch = Batch { ids: &ids, mask: Some(&mask), labels: None, b: 2, t: 6 };
+        for (config, checkpointing) in [(gpt2.clone(), false), (gpt2, true), (qwen2, false)] {
+            let make = || -> BoxedModel {
+                let mut m = from_config(config.clone(), 1).unwrap();
+                m.state_mut().checkpointing = checkpointing;
+                m
+            };
+            let mut m = make();
+            let blocks = m.state().block_grad_ranges(&m.block_params()).unwrap();
+            let n = m.state().trainable_total();
+            let mut sink = Snapshots { grads: vec![0.0; n], blocks: blocks.clone(), seen: Vec::new(), lent: Vec::new() };
+            m.backward_with(&batch, None, Some(&mut sink)).unwrap();
+            let order: Vec<usize> = sink.seen.iter().map(|(l, _)| *l).collect();
+            assert_eq!(order, (0..blocks.len()).rev().collect::<Vec<_>>());
+            for (l, at_end) in &sink.seen {
+                assert!(at_end == &sink.grads[blocks[*l].clone()], "block {l}'s gradients changed after its end_block");
+                assert!(at_end.iter().any(|&x| x != 0.0));
+            }
+
+            let (mut a, mut b) = (make(), make());
+            a.forward_backward(&batch, None).unwrap();
+            let mut done = Vec::new();
+            b.forward_backward_watched(&batch, None, &mut |l| done.push(l)).unwrap();
+            assert_eq!(done, order);
+            assert!(a.state_mut().grads_mut() == b.state_mut().grads_mut(), "watched gradients differ");
+            assert!(sink.grads == *a.state_mut().grads_mut(), "the sink's gradients differ");
+        }
+    }
+}

@@ -150,6 +150,41 @@ impl<F: Real> ModelState<F> {
         (&self.params, GradView::new(&mut self.grads, &self.table, &self.grad_at, sink))
     }
 
+    /// The gradient-layout range of each block's trainable parameters (empty when the block
+    /// is frozen), given each block's parameter range (`CausalLm::block_params`). The layout
+    /// is [outer prefix | block 0 | ... | block L-1 | outer suffix]: an error says which
+    /// block breaks it.
+    pub fn block_grad_ranges(&self, block_params: &[Range<usize>]) -> Result<Vec<Range<usize>>> {
+        let slots = self.grad_slots();
+        let mut blocks: Vec<Range<usize>> = Vec::with_capacity(block_params.len());
+        for (l, params) in block_params.iter().enumerate() {
+            let inside: Vec<_> = slots.iter().filter(|s| params.start <= s.params.start && s.params.end <= params.end).collect();
+            let r = match (inside.first(), inside.last()) {
+                (Some(a), Some(b)) => a.grads.start..b.grads.end,
+                _ => 0..0,
+            };
+            if r.len() != inside.iter().map(|s| s.grads.len()).sum::<usize>() {
+                return Err(Error::Input(format!("block {l}'s trainable parameters are not contiguous")));
+            }
+            blocks.push(r);
+        }
+        let used: Vec<&Range<usize>> = blocks.iter().filter(|r| !r.is_empty()).collect();
+        if used.windows(2).any(|w| w[0].end != w[1].start) {
+            return Err(Error::Input("the blocks' gradients do not follow each other".into()));
+        }
+        Ok(blocks)
+    }
+
+    /// Moves the gradient buffer (allocated, zeroed, when needed) out of the model, for a
+    /// backward that writes it through a `GradSink` (`Watched`); `restore_grads` puts it back.
+    pub fn take_grads(&mut self) -> Vec<F> {
+        std::mem::take(self.grads_mut())
+    }
+
+    pub fn restore_grads(&mut self, grads: Vec<F>) {
+        self.grads = grads;
+    }
+
     /// Frees the gradient buffer (it is allocated, zeroed, on next use).
     pub fn release_grads(&mut self) {
         self.grads = Vec::new();

@@ -46,13 +46,18 @@ pub struct FusedBackward<F> {
     nonfinite: Option<usize>,
 }
 
+/// Called on gradients that are final, before they are folded: each block's, then those
+/// outside the blocks (data-parallel training sums them over the processes there, in place).
+pub type Reduce<'a, F> = &'a mut (dyn FnMut(&mut [F]) + 'a);
+
 /// What the backward writes gradients into in fused mode.
-struct Fused<'a, F: Real> {
+struct Fused<'a, 'r, F: Real> {
     bufs: &'a mut FusedBackward<F>,
     opt: &'a mut AdamW<F>,
+    reduce: &'a mut Option<Reduce<'r, F>>,
 }
 
-impl<F: Real> GradSink<F> for Fused<'_, F> {
+impl<F: Real> GradSink<F> for Fused<'_, '_, F> {
     fn slot(&mut self, g: Range<usize>) -> &mut [F] {
         self.bufs.slot(g)
     }
@@ -66,7 +71,7 @@ impl<F: Real> GradSink<F> for Fused<'_, F> {
     }
 
     fn end_block(&mut self, l: usize) {
-        self.bufs.end_block(l, self.opt);
+        self.bufs.end_block(l, self.opt, self.reduce);
     }
 
     fn lend(&mut self, buf: Vec<F>) {
@@ -82,28 +87,13 @@ impl<F: Real> FusedBackward<F> {
     /// The layout of `model`'s trainable parameters (as its optimizer was built for).
     pub fn new(model: &dyn CausalLm<F>) -> Result<Self> {
         let state = model.state();
-        let slots = state.grad_slots();
         let total = state.trainable_total();
-        let mut blocks = Vec::new();
-        for (l, params) in model.block_params().into_iter().enumerate() {
-            let inside: Vec<_> = slots.iter().filter(|s| params.start <= s.params.start && s.params.end <= params.end).collect();
-            let r = match (inside.first(), inside.last()) {
-                (Some(a), Some(b)) => a.grads.start..b.grads.end,
-                _ => 0..0,
-            };
-            if r.len() != inside.iter().map(|s| s.grads.len()).sum::<usize>() {
-                return Err(Error::Input(format!("block {l}'s trainable parameters are not contiguous")));
-            }
-            blocks.push(r);
-        }
+        let blocks = state.block_grad_ranges(&model.block_params())?;
         let used: Vec<&Range<usize>> = blocks.iter().filter(|r| !r.is_empty()).collect();
         let (lo, hi) = match (used.first(), used.last()) {
             (Some(a), Some(b)) => (a.start, b.end),
             _ => (0, 0),
         };
-        if used.windows(2).any(|w| w[0].end != w[1].start) {
-            return Err(Error::Input("the blocks' gradients do not follow each other".into()));
-        }
         let widest = blocks.iter().map(|r| r.len()).max().unwrap_or(0);
         Ok(Self { blocks, lo, hi, window: Vec::new(), widest, outer: vec![F::zero(); total - (hi - lo)], current: None, sumsq: 0.0, nonfinite: None })
     }
@@ -152,11 +142,14 @@ impl<F: Real> FusedBackward<F> {
         self.current = Some(l);
     }
 
-    /// Block l's gradients are final: into the moments (when they and every block's before
-    /// were finite), and the window is zero again.
-    fn end_block(&mut self, l: usize, opt: &mut AdamW<F>) {
+    /// Block l's gradients are final: reduced (when `reduce` is given), into the moments
+    /// (when they and every block's before were finite), and the window is zero again.
+    fn end_block(&mut self, l: usize, opt: &mut AdamW<F>, reduce: &mut Option<Reduce<'_, F>>) {
         let r = self.blocks[l].clone();
         let g = &mut self.window[..r.len()];
+        if let Some(reduce) = reduce {
+            reduce(g);
+        }
         let ss = sum_of_squares(g);
         if !ss.is_finite() {
             self.nonfinite.get_or_insert(l);
@@ -178,12 +171,24 @@ impl<F: Real> FusedBackward<F> {
     /// moments' update (it cannot be undone), nothing else is folded, no parameter changes,
     /// and the error says so. A non-finite loss (with finite gradients, as an infinite
     /// cross-entropy has) is refused the same way, after every block was folded.
-    pub fn step(&mut self, model: &mut dyn CausalLm<F>, opt: &mut AdamW<F>, batch: &Batch<'_>, num_items: Option<f64>) -> Result<(LossStats, f64)> {
+    ///
+    /// `reduce` sees every gradient once it is final and before it is folded (`Reduce`).
+    pub fn step(
+        &mut self,
+        model: &mut dyn CausalLm<F>,
+        opt: &mut AdamW<F>,
+        batch: &Batch<'_>,
+        num_items: Option<f64>,
+        mut reduce: Option<Reduce<'_, F>>,
+    ) -> Result<(LossStats, f64)> {
         model.state_mut().release_grads();
         self.outer.fill(F::zero());
         (self.sumsq, self.nonfinite) = (0.0, None);
         // the model fails (bad input) before its first block's backward, or not at all
-        let stats = model.backward_with(batch, num_items, Some(&mut Fused { bufs: self, opt }))?;
+        let stats = model.backward_with(batch, num_items, Some(&mut Fused { bufs: self, opt, reduce: &mut reduce }))?;
+        if let Some(reduce) = &mut reduce {
+            reduce(&mut self.outer);
+        }
         let outer_ss = sum_of_squares(&self.outer);
         let last = self.blocks.len().saturating_sub(1);
         // the plain loop refuses a step with a non-finite loss or gradient norm (Trainer); here
@@ -242,7 +247,7 @@ mod tests {
             let la = a.forward_backward(&batch, None).unwrap();
             let (p, g) = a.state_mut().params_and_grads();
             oa.step(p, g);
-            let (lb, norm) = fused.step(b.as_mut(), &mut ob, &batch, None).unwrap();
+            let (lb, norm) = fused.step(b.as_mut(), &mut ob, &batch, None, None).unwrap();
             assert_eq!(la.loss_sum, lb.loss_sum);
             let want = crate::optim::clip::grad_norm(a.state_mut().grads_mut());
             assert!((norm - want).abs() <= 1e-12 * want, "gradient norm {norm} vs {want}");
@@ -299,7 +304,7 @@ mod tests {
         let before = m.state().params.clone();
         let ids = [1i64, 99];
         let bad = Batch { ids: &ids, mask: None, labels: None, b: 1, t: 2 };
-        assert!(fused.step(m.as_mut(), &mut opt, &bad, None).is_err());
+        assert!(fused.step(m.as_mut(), &mut opt, &bad, None, None).is_err());
         assert!(m.state().params == before);
         assert_eq!(opt.step_count(), 0);
         assert!(opt.exp_avg.iter().all(|&x| x == 0.0));
@@ -316,7 +321,7 @@ mod tests {
         let before: Vec<u32> = m.state().params.iter().map(|x| x.to_bits()).collect();
         let ids = [1i64, 2, 3, 4];
         let batch = Batch { ids: &ids, mask: None, labels: None, b: 1, t: 4 };
-        let e = fused.step(m.as_mut(), &mut opt, &batch, None).unwrap_err().to_string();
+        let e = fused.step(m.as_mut(), &mut opt, &batch, None, None).unwrap_err().to_string();
         assert!(e.contains("not finite") && e.contains("no parameter was updated"), "{e}");
         assert_eq!(m.state().params.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), before);
         assert_eq!(opt.step_count(), 0);
