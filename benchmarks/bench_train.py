@@ -65,7 +65,6 @@ import atexit
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -73,7 +72,7 @@ import sys
 import tempfile
 import time
 
-from hostinfo import add_isa_argument, isa_env, tier
+from hostinfo import add_isa_argument, git_revision, isa_env, load_average, machine, tier
 
 GPT2_124M = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 TINY = dict(vocab_size=50257, n_positions=1024, n_embd=256, n_layer=4, n_head=4)
@@ -137,15 +136,6 @@ def _file_id(path: str) -> str:
         digest = hashlib.sha256(f.read()).hexdigest()[:12]
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(os.stat(path).st_mtime))
     return f"{os.path.basename(path)} sha256 {digest}, built {stamp} UTC"
-
-
-def _git_revision() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        p = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True, text=True)
-        return p.stdout.strip() or "?"
-    except OSError:
-        return "?"
 
 
 def _timed_loop(step, warmup: int, steps: int) -> dict:
@@ -380,33 +370,6 @@ def torch_available(python: str) -> bool:
     return p.returncode == 0
 
 
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def machine_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(f.readline().split()[1])
-        mem = f", {kb / 2**20:.1f} GiB memory"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs{mem}"
-
-
 def fmt_gb(x: float) -> str:
     return f"{x / 1e9:.2f} GB"
 
@@ -464,12 +427,12 @@ def main() -> None:
                         ignore=shutil.ignore_patterns("__pycache__"))
         ft_env["PYTHONPATH"] = os.pathsep.join([snapshot] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
-    print(f"machine: {machine_description()}; load average at start: {load_average()}")
+    print(f"machine: {machine()}; load average at start: {load_average()}")
     if os.environ.get("OPENBLAS_CORETYPE"):
         print(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set here; the runs go without it "
               "(OpenBLAS picks its kernels for this CPU)")
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    source = _git_revision()
+    source = git_revision()
     print(f"date: {date}; source tree: {source}")
     started = time.time()
 
@@ -535,7 +498,7 @@ def main() -> None:
     probes.append(measure_matmul())
     show_matmul("at end", probes[-1])
     data = {
-        "machine": machine_description(), "source": source, "date": date, "builds": builds,
+        "machine": machine(), "source": source, "date": date, "builds": builds,
         "versions": versions, "isa": args.isa, "tiers": tiers, "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
         "torch_threads": args.torch_threads, "wall_s": time.time() - started, "load_end": load_average(),
         "matmul_gflops": probes,
