@@ -175,7 +175,8 @@ fn matmul_kn_on<F: Real>(isa: Isa, out: &mut [F], x: &[F], w: &[F], m: usize, n:
         out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
         "matmul_kn: buffers too small for ({m}, {k}) @ ({k}, {n})"
     );
-    assert!(crate::kernels::cpu::available().contains(&isa), "matmul_kn: this CPU does not run {isa:?}");
+    // isa() in use, a tier from cpu::available() in the tests (checked off the hot path only)
+    debug_assert!(crate::kernels::cpu::available().contains(&isa), "matmul_kn: this CPU does not run {isa:?}");
     let tasks = k.div_ceil(KN_ROWS_PER_TASK);
     KN_PARTIAL.with(|partial| {
         let mut partial = partial.borrow_mut();
@@ -184,7 +185,7 @@ fn matmul_kn_on<F: Real>(isa: Isa, out: &mut [F], x: &[F], w: &[F], m: usize, n:
         partial.resize(tasks * m * n, 0.0);
         partial.par_chunks_mut(m * n).enumerate().for_each(|(t, part)| {
             let (k0, k1) = (t * KN_ROWS_PER_TASK, ((t + 1) * KN_ROWS_PER_TASK).min(k));
-            // SAFETY: the CPU runs `isa` (asserted)
+            // SAFETY: the CPU runs `isa`: `isa()`, or one of `available()` in the tests
             unsafe { simd_on(isa, #[inline(always)] || kn_rows(part, x, w, m, n, k, k0, k1)) }
         });
         // the tasks' sums added in task order: the same result on any number of threads
